@@ -1,0 +1,671 @@
+"""Online inference with Ray Serve: the labeling model behind an HTTP endpoint.
+
+One application, three deployments, each scaling on its own::
+
+    HTTP ─► Ingress       FastAPI: upload limits (streamed), form validation, errors as JSON
+              │ file bytes + transcript (+ optional start/end seconds)
+              ▼
+            Preprocessor  CPU: Predictor.preprocess (PyAV decode + features) in a thread pool
+              │ features of one clip: dict[str, np.ndarray]
+              ▼
+            Model         @serve.batch dynamic batching → Predictor.predict_batch; 1 GPU/replica
+              │ one row: the same fields and values as a `label` Parquet row
+              ▼
+            JSON
+
+Decoding and feature extraction are `mmsa_ray.predict.Predictor.preprocess` and the model
+step is `Predictor.predict_batch`: the very code `label` runs, so a file POSTed here gets
+the probabilities its labeling row has. Decoding lives in its own deployment so CPU
+decoders scale apart from GPU model replicas, and so a decoder that dies on a hostile
+file (PyAV can segfault) takes down a preprocessing replica, never the HTTP front or the
+model. Nothing here reads a server-side path named by a request: uploads travel as bytes.
+
+Entry points:
+    build_app(ServeConfig) -> Application     the app, for serve.run
+    app(args: dict) -> Application            builder for `serve run mmsa_ray.serve:app
+                                              checkpoint=DIR` and jobs/serve.yaml
+    run_serve(ServeConfig)                    `mmsa-ray serve --checkpoint DIR` (blocking)
+    add_serve_args(parser), serve_config_from_args(args)   argparse wiring for cli.py
+
+Importing this module starts nothing: no Ray, no model loading.
+"""
+
+# No `from __future__ import annotations`: Serve's FastAPI class-based views need the
+# real annotation objects (a string `Request` would turn into a query parameter).
+import argparse
+import asyncio
+import dataclasses
+import logging
+import math
+import os
+import time
+import typing
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from fastapi import FastAPI, Request
+from fastapi.responses import JSONResponse
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve import Application
+from ray.serve.exceptions import BackPressureError, DeploymentUnavailableError
+from starlette.datastructures import UploadFile
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.formparsers import MultiPartException, MultiPartParser
+
+logger = logging.getLogger("ray.serve")
+
+MiB = 1024 * 1024
+
+
+# ----------------------------------------------------------------------------- config
+
+
+@dataclass
+class ServeConfig:
+    """Everything `mmsa-ray serve`, `serve run mmsa_ray.serve:app` and jobs/serve.yaml set.
+
+    Field defaults suit one laptop-sized machine; a GPU cluster raises replicas and
+    num_gpus. Units are in the names (`_s` seconds, `_mb` MiB).
+    """
+
+    checkpoint: str = field(metadata={"help": "checkpoint directory (config.json + model.safetensors)"})
+    host: str = field(default="127.0.0.1", metadata={"help": "HTTP bind address; 0.0.0.0 exposes it beyond this machine"})
+    port: int = field(default=8000, metadata={"help": "HTTP port"})
+    app_name: str = field(default="mmsa", metadata={"help": "Serve application name"})
+    route_prefix: str = field(default="/", metadata={"help": "HTTP route prefix of the application"})
+    # Limits: beyond them a request gets a 4xx with the reason, never a 500.
+    max_upload_mb: float = field(default=64.0, metadata={"help": "largest accepted request body, MiB (413 beyond, enforced while streaming)"})
+    max_duration_s: float = field(default=600.0, metadata={"help": "longest accepted media (or start..end window), seconds"})
+    max_pixels: int = field(default=3840 * 2160, metadata={"help": "largest accepted frame, width*height pixels"})
+    decode_timeout_s: float = field(default=30.0, metadata={"help": "wall-clock limit to decode one upload, seconds"})
+    request_timeout_s: float = field(default=60.0, metadata={"help": "end-to-end limit per request, seconds (504 beyond)"})
+    max_transcript_chars: int = field(default=5000, metadata={"help": "longest accepted transcript, characters"})
+    # Model deployment.
+    num_gpus: float | None = field(default=None, metadata={"help": "GPUs per model replica; default: 1 if CUDA is visible where the app is built, else 0"})
+    model_num_cpus: float = field(default=1.0, metadata={"help": "CPUs reserved per model replica"})
+    model_threads: int = field(default=0, metadata={"help": "torch threads per model replica; 0 = its reserved CPUs (at least 1)"})
+    min_replicas: int = field(default=1, metadata={"help": "autoscaling: fewest model replicas"})
+    max_replicas: int = field(default=1, metadata={"help": "autoscaling: most model replicas"})
+    target_ongoing_requests: float | None = field(default=None, metadata={"help": "autoscaling: requests per model replica to aim for; default max_batch_size"})
+    max_batch_size: int = field(default=8, metadata={"help": "dynamic batching: largest batch; 1 turns batching off"})
+    batch_wait_timeout_s: float = field(default=0.01, metadata={"help": "dynamic batching: longest wait for a batch to fill, seconds"})
+    max_ongoing_requests: int | None = field(default=None, metadata={"help": "requests in flight per model replica; default 2 * max_batch_size"})
+    max_queued_requests: int = field(default=64, metadata={"help": "requests waiting per caller for the model and the preprocessor (503 beyond)"})
+    # Preprocessing deployment (decode + features, CPU only).
+    preprocess_replicas: int = field(default=1, metadata={"help": "autoscaling: most preprocessing replicas (at least 1 runs)"})
+    preprocess_num_cpus: float = field(default=1.0, metadata={"help": "CPUs reserved per preprocessing replica"})
+    preprocess_threads: int = field(default=2, metadata={"help": "concurrent decodes per preprocessing replica"})
+    # Ingress deployment (HTTP only; holds no model).
+    ingress_replicas: int = field(default=1, metadata={"help": "HTTP ingress replicas"})
+    ingress_max_ongoing_requests: int = field(default=64, metadata={"help": "requests in flight per ingress replica"})
+    ingress_max_queued_requests: int = field(default=128, metadata={"help": "requests waiting at the HTTP proxy (503 beyond)"})
+
+    def __post_init__(self) -> None:
+        if not str(self.checkpoint).strip():
+            raise ValueError("ServeConfig.checkpoint is required: a checkpoint directory")
+        positive = {
+            "max_upload_mb": self.max_upload_mb,
+            "max_duration_s": self.max_duration_s,
+            "max_pixels": self.max_pixels,
+            "decode_timeout_s": self.decode_timeout_s,
+            "request_timeout_s": self.request_timeout_s,
+            "max_transcript_chars": self.max_transcript_chars,
+            "model_num_cpus": self.model_num_cpus + 1e-9,  # 0 CPUs is allowed (GPU-only replica)
+            "max_replicas": self.max_replicas,
+            "max_batch_size": self.max_batch_size,
+            "max_queued_requests": self.max_queued_requests,
+            "preprocess_replicas": self.preprocess_replicas,
+            "preprocess_threads": self.preprocess_threads,
+            "ingress_replicas": self.ingress_replicas,
+            "ingress_max_ongoing_requests": self.ingress_max_ongoing_requests,
+            "ingress_max_queued_requests": self.ingress_max_queued_requests,
+        }
+        bad = [f"{k}={v!r}" for k, v in positive.items() if not (isinstance(v, (int, float)) and v > 0)]
+        if self.batch_wait_timeout_s < 0:
+            bad.append(f"batch_wait_timeout_s={self.batch_wait_timeout_s!r}")
+        if self.model_threads < 0 or self.min_replicas < 0 or self.preprocess_num_cpus < 0:
+            bad.append("model_threads, min_replicas and preprocess_num_cpus must be >= 0")
+        if self.num_gpus is not None and self.num_gpus < 0:
+            bad.append(f"num_gpus={self.num_gpus!r}")
+        if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
+            bad.append(f"max_ongoing_requests={self.max_ongoing_requests} < max_batch_size={self.max_batch_size} (batches could never fill)")
+        if self.min_replicas > self.max_replicas:
+            bad.append(f"min_replicas={self.min_replicas} > max_replicas={self.max_replicas}")
+        if not str(self.route_prefix).startswith("/"):
+            bad.append(f"route_prefix={self.route_prefix!r} must start with '/'")
+        if bad:
+            raise ValueError("invalid ServeConfig: " + "; ".join(bad))
+
+    @property
+    def max_upload_bytes(self) -> int:
+        return int(self.max_upload_mb * MiB)
+
+    def resolved_num_gpus(self) -> float:
+        """GPUs per model replica. Decided where the app is built: on a cluster whose head
+        has no GPU, set num_gpus explicitly (jobs/serve.yaml does)."""
+        if self.num_gpus is not None:
+            return float(self.num_gpus)
+        import torch  # only here: keeps `import mmsa_ray.serve` light
+
+        return 1.0 if torch.cuda.is_available() else 0.0
+
+    def resolved_max_ongoing_requests(self) -> int:
+        # Twice a batch: one batch runs while the next one fills.
+        return self.max_ongoing_requests or 2 * self.max_batch_size
+
+    @classmethod
+    def from_dict(cls, args: dict[str, Any]) -> "ServeConfig":
+        """Build from `serve run ... key=value` strings or YAML `args` (typed values).
+
+        Unknown keys raise (Ray would otherwise ignore a typo); strings are converted to
+        each field's type ("none"/"null" give None for optional fields).
+        """
+        hints = typing.get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(args) - set(names))
+        if unknown:
+            raise ValueError(f"unknown serve option(s) {unknown}; valid: {names}")
+        return cls(**{k: _coerce(k, hints[k], v) for k, v in args.items()})
+
+
+def _coerce(name: str, hint: Any, value: Any) -> Any:
+    """Convert one option value to the field's declared type (str, int, float, optional)."""
+    options = typing.get_args(hint)
+    optional = type(None) in options
+    base = next((t for t in options if t is not type(None)), hint) if options else hint
+    if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
+        if optional:
+            return None
+        raise ValueError(f"serve option {name!r} needs a {base.__name__}, got {value!r}")
+    try:
+        if base is bool or isinstance(value, bool):
+            raise TypeError
+        if base is int:
+            as_float = float(value)
+            if not as_float.is_integer():
+                raise ValueError
+            return int(as_float)
+        if base is float:
+            return float(value)
+        return str(value)
+    except (TypeError, ValueError):
+        raise ValueError(f"serve option {name!r} needs a {base.__name__}, got {value!r}") from None
+
+
+def add_serve_args(parser: argparse.ArgumentParser) -> None:
+    """Add one flag per ServeConfig field (`--max-upload-mb`, ...), help from the field."""
+    hints = typing.get_type_hints(ServeConfig)
+    for f in dataclasses.fields(ServeConfig):
+        options = typing.get_args(hints[f.name])
+        base = next((t for t in options if t is not type(None)), hints[f.name]) if options else hints[f.name]
+        flag = "--" + f.name.replace("_", "-")
+        if f.default is dataclasses.MISSING:
+            parser.add_argument(flag, type=base, required=True, help=f.metadata["help"])
+        else:
+            # Optional fields describe their automatic default in their help.
+            suffix = "" if f.default is None else f" (default: {f.default})"
+            parser.add_argument(flag, type=base, default=f.default, help=f.metadata["help"] + suffix)
+
+
+def serve_config_from_args(args: argparse.Namespace) -> ServeConfig:
+    """The ServeConfig for parsed `add_serve_args` flags."""
+    return ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
+
+
+# ----------------------------------------------------------------------------- preprocessing
+
+
+@serve.deployment(name="Preprocessor")
+class Preprocessor:
+    """Upload bytes -> features of one clip, via Predictor.preprocess, in a thread pool.
+
+    PyAV decoding is blocking C code: running it on the replica's event loop would stall
+    every other request on this replica, so it runs in `threads` worker threads.
+    """
+
+    def __init__(self, checkpoint: str, limits: dict[str, float], threads: int):
+        from mmsa_ray.predict import Predictor
+
+        # Preprocessing needs only the checkpoint's preprocessing config and tokenizer;
+        # CPU is enough, the model itself never runs here.
+        self._predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+        _apply_decode_limits(self._predictor, limits)
+        self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+
+    async def preprocess(self, data: bytes, transcript: str | None, start: float | None, end: float | None) -> dict[str, Any]:
+        """-> {"features": dict[str, np.ndarray]} or {"error": reason} for unusable media."""
+        from mmsa_ray.media import MediaError
+
+        loop = asyncio.get_running_loop()
+        try:
+            features = await loop.run_in_executor(
+                self._pool, lambda: self._predictor.preprocess(data, transcript=transcript, start=start, end=end)
+            )
+        except MediaError as e:
+            return {"error": str(e)}
+        return {"features": features}
+
+
+def _apply_decode_limits(predictor: Any, limits: dict[str, float]) -> None:
+    """Serve's caps replace the checkpoint's: only limits change, never the sampling
+    (frames, size, sample rate), so accepted files get exactly the labeling features."""
+    predictor.decode_config = dataclasses.replace(predictor.decode_config, **limits)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+@serve.deployment(name="Model")
+class Model:
+    """Features of one clip -> one labeling row, with dynamic batching across requests.
+
+    The forward pass runs in one dedicated thread (batches run one after another, as on a
+    GPU) so the event loop keeps accepting requests and filling the next batch.
+    """
+
+    def __init__(self, checkpoint: str, device: str, threads: int, max_batch_size: int, batch_wait_timeout_s: float):
+        import torch
+
+        from mmsa_ray.predict import Predictor
+
+        if threads > 0:
+            # A replica inherits OMP_NUM_THREADS=<its num_cpus> from Ray; set it on purpose.
+            torch.set_num_threads(threads)
+        self._predictor = Predictor.from_checkpoint(checkpoint, device=device)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="model")
+        self._batching = max_batch_size > 1
+        self._predict_batched.set_max_batch_size(max_batch_size)
+        self._predict_batched.set_batch_wait_timeout_s(batch_wait_timeout_s)
+        self._failures = 0  # consecutive batches that raised; check_health reports them
+        self._batches = 0  # model steps run, and the clips they held (info(): batching at work)
+        self._clips = 0
+        self._largest_batch = 0
+        self._probe = _health_probe(self._predictor)
+        self._probe()  # fail the constructor (Serve retries) rather than serve a broken model
+
+    async def predict(self, features: dict[str, np.ndarray]) -> dict[str, Any]:
+        """Features of one clip (Predictor.preprocess output) -> its row."""
+        if self._batching:
+            return await self._predict_batched(features)
+        rows = await self._run([features])
+        return rows[0]
+
+    @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # real values set in __init__
+    async def _predict_batched(self, items: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        return await self._run(items)
+
+    async def _run(self, items: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        from mmsa_ray.features import collate
+
+        batch = collate(items)
+        loop = asyncio.get_running_loop()
+        try:
+            rows = await loop.run_in_executor(self._pool, self._predictor.predict_batch, batch)
+        except Exception:
+            self._failures += 1
+            raise
+        self._failures = 0
+        self._batches += 1
+        self._clips += len(items)
+        self._largest_batch = max(self._largest_batch, len(items))
+        return [_jsonable(row) for row in rows]
+
+    def info(self) -> dict[str, Any]:
+        return {
+            "model_id": getattr(self._predictor, "model_id", None),
+            "device": str(getattr(self._predictor, "device", "")),
+            "max_batch_size": self._predict_batched._get_max_batch_size(),
+            "batching": self._batching,
+            "batches": self._batches,
+            "clips": self._clips,
+            "largest_batch": self._largest_batch,
+        }
+
+    def check_health(self) -> None:
+        """Serve calls this every health_check_period_s; raising marks the replica
+        unhealthy and Serve replaces it."""
+        if self._failures >= 3:
+            raise RuntimeError(f"model failed {self._failures} batches in a row")
+        self._probe()
+
+
+def _health_probe(predictor: Any):
+    """A cheap check that the model still computes: the fusion and heads on cached
+    encoder outputs (the frozen backbones are skipped), outputs finite and well shaped.
+
+    Returns a callable that raises RuntimeError when the model is unusable.
+    """
+    import torch
+
+    from mmsa_ray.features import collate
+
+    model = predictor.model
+    device = next(model.parameters()).device
+    dummy = collate([predictor.dummy_features()]) if hasattr(predictor, "dummy_features") else None
+    if dummy is None:
+        raise RuntimeError("Predictor has no dummy_features(); cannot build the health probe")
+    with torch.no_grad():
+        batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in dummy.items()}
+        batch.update(model.backbone_features(batch))  # run the backbones once, at start-up
+        batch = {k: v for k, v in batch.items() if k not in ("video",)}
+
+    def probe() -> None:
+        with torch.no_grad():
+            out = model(batch)
+        for key, n in (("emotion", 7), ("sentiment", 3)):
+            t = out[key]
+            if tuple(t.shape) != (1, n) or not bool(torch.isfinite(t).all()):
+                raise RuntimeError(f"model health probe: {key} logits shape {tuple(t.shape)}, finite={bool(torch.isfinite(t).all())}")
+
+    return probe
+
+
+def _jsonable(value: Any) -> Any:
+    """numpy scalars/arrays -> Python numbers/lists (exact: float32 -> float is lossless)."""
+    if isinstance(value, dict):
+        return {k: _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.ndarray):
+        return value.tolist()
+    if isinstance(value, np.generic):
+        return value.item()
+    return value
+
+
+# ----------------------------------------------------------------------------- HTTP ingress
+
+
+api = FastAPI(
+    title="mmsa-ray",
+    version="1",
+    description="Multimodal (video + audio + text) emotion and sentiment of a video clip.",
+)
+
+# Declared by hand because the body is parsed by hand (streamed, with a size cap);
+# FastAPI's own File()/Form() parameters would read the whole upload first.
+_PREDICT_OPENAPI = {
+    "requestBody": {
+        "required": True,
+        "content": {
+            "multipart/form-data": {
+                "schema": {
+                    "type": "object",
+                    "required": ["file"],
+                    "properties": {
+                        "file": {"type": "string", "format": "binary", "description": "a video or audio file (mp4, mkv, webm, wav, ...)"},
+                        "transcript": {"type": "string", "description": "what is said in the clip; omit or leave empty if unknown"},
+                        "start": {"type": "number", "description": "window start, seconds (optional)"},
+                        "end": {"type": "number", "description": "window end, seconds (optional)"},
+                    },
+                }
+            }
+        },
+    }
+}
+_ERROR_SCHEMA = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
+_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
+    400: {"description": "malformed multipart body or empty file", **_ERROR_SCHEMA},
+    413: {"description": "upload larger than max_upload_mb", **_ERROR_SCHEMA},
+    415: {"description": "not multipart/form-data, or the file is not video/audio", **_ERROR_SCHEMA},
+    422: {"description": "missing/invalid field, or media that cannot be decoded or exceeds a limit", **_ERROR_SCHEMA},
+    503: {"description": "overloaded (queue full) or a worker is unavailable; retry later", **_ERROR_SCHEMA},
+    504: {"description": "the request took longer than request_timeout_s", **_ERROR_SCHEMA},
+}
+_FORM_FIELDS = ("file", "transcript", "start", "end")
+# Content types a client may declare for the file part. Anything else (text/plain,
+# image/png, application/json, ...) is refused before any decoding.
+_MEDIA_TYPES = ("video/", "audio/")
+_GENERIC_TYPES = ("", "application/octet-stream", "application/mp4", "application/ogg", "application/x-matroska")
+
+
+class RequestError(Exception):
+    """A client error: becomes `status` with {"error": message}."""
+
+    def __init__(self, status: int, message: str):
+        super().__init__(message)
+        self.status = status
+        self.message = message
+
+
+class _UploadTooLarge(Exception):
+    pass
+
+
+def _error(status: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
+
+
+@api.exception_handler(StarletteHTTPException)
+async def _http_exception(_: Request, exc: StarletteHTTPException) -> JSONResponse:
+    # Unknown routes and wrong methods answer in the same {"error": ...} shape.
+    return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
+
+
+def _text_field(form: Any, name: str) -> str | None:
+    value = form.get(name)
+    if value is None:
+        return None
+    if not isinstance(value, str):
+        raise RequestError(422, f"form field {name!r} must be text, not a file")
+    return value
+
+
+def _seconds_field(form: Any, name: str) -> float | None:
+    text = _text_field(form, name)
+    if text is None or not text.strip():
+        return None
+    try:
+        value = float(text)
+    except ValueError:
+        raise RequestError(422, f"form field {name!r} must be a number of seconds, got {text[:40]!r}") from None
+    if not math.isfinite(value) or value < 0:
+        raise RequestError(422, f"form field {name!r} must be a finite number >= 0, got {text[:40]!r}")
+    return value
+
+
+# Everything the Ingress methods use must be defined above it: @serve.ingress pickles
+# the FastAPI app (with these methods, by value) when the class is created.
+@serve.deployment(name="Ingress")
+@serve.ingress(api)
+class Ingress:
+    """HTTP front: validates and streams uploads, then calls Preprocessor and Model."""
+
+    def __init__(self, preprocessor: Any, model: Any, limits: dict[str, Any]):
+        self._pre = preprocessor  # DeploymentHandle
+        self._model = model  # DeploymentHandle
+        self._max_bytes = int(limits["max_upload_bytes"])
+        self._max_transcript = int(limits["max_transcript_chars"])
+        self._timeout_s = float(limits["request_timeout_s"])
+
+    @api.post(
+        "/v1/predict",
+        summary="Emotion and sentiment of an uploaded clip",
+        description="multipart/form-data with `file` and optional `transcript`, `start`, `end`; "
+        "returns the fields of a labeling row (emotion, emotion_probs, sentiment, sentiment_probs, ...).",
+        openapi_extra=_PREDICT_OPENAPI,
+        responses=_ERROR_RESPONSES,
+    )
+    async def predict(self, request: Request) -> JSONResponse:
+        try:
+            row = await asyncio.wait_for(self._predict(request), timeout=self._timeout_s)
+        except RequestError as e:
+            return _error(e.status, e.message)
+        except (TimeoutError, asyncio.TimeoutError):
+            return _error(504, f"request did not finish within request_timeout_s={self._timeout_s:g} s")
+        except BackPressureError as e:
+            return _error(503, f"server busy, retry later: {e.message}", headers={"Retry-After": "1"})
+        except DeploymentUnavailableError as e:
+            return _error(503, f"model not available: {e.message}")
+        except RayActorError as e:
+            # A replica died under this request, e.g. the decoder crashed on the file.
+            logger.warning("replica died while serving a request: %s", e)
+            return _error(503, "a worker died while processing this request (the file may crash the decoder); retry later")
+        except Exception as e:
+            # A bug, not bad input (bad media is a MediaError -> 422 above): log it whole,
+            # answer briefly.
+            logger.exception("predict failed")
+            return _error(500, f"internal error: {type(e).__name__}")
+        return JSONResponse(row)
+
+    async def _predict(self, request: Request) -> dict[str, Any]:
+        upload, transcript, start, end = await self._read_form(request)
+        try:
+            data = await upload.read()
+        finally:
+            await upload.close()
+        if not data:
+            raise RequestError(400, f"uploaded file {upload.filename!r} is empty")
+        result = await self._pre.preprocess.remote(data, transcript, start, end)
+        if "error" in result:
+            raise RequestError(422, f"cannot use the uploaded media: {result['error']}")
+        row = await self._model.predict.remote(result["features"])
+        return {"source": upload.filename or "upload", **row}
+
+    async def _read_form(self, request: Request) -> tuple[UploadFile, str | None, float | None, float | None]:
+        """Parse the multipart body, counting bytes as they stream in (413 past the cap)."""
+        content_type = request.headers.get("content-type", "")
+        if not content_type.lower().startswith("multipart/form-data"):
+            raise RequestError(415, f"expected multipart/form-data with a 'file' field, got content-type {content_type!r}")
+        declared = request.headers.get("content-length")
+        if declared is not None and declared.isdigit() and int(declared) > self._max_bytes:
+            raise RequestError(413, f"request body of {int(declared)} bytes exceeds the {self._max_bytes}-byte limit (max_upload_mb)")
+
+        limit = self._max_bytes
+
+        async def limited_stream():
+            received = 0
+            async for chunk in request.stream():
+                received += len(chunk)
+                if received > limit:
+                    raise _UploadTooLarge()
+                yield chunk
+
+        try:
+            form = await MultiPartParser(request.headers, limited_stream(), max_files=1, max_fields=len(_FORM_FIELDS)).parse()
+        except _UploadTooLarge:
+            raise RequestError(413, f"request body exceeds the {limit}-byte limit (max_upload_mb)") from None
+        except MultiPartException as e:
+            raise RequestError(400, f"malformed multipart body: {e.message}") from None
+
+        try:
+            unknown = sorted(set(form.keys()) - set(_FORM_FIELDS))
+            if unknown:
+                raise RequestError(422, f"unknown form field(s) {unknown}; expected {list(_FORM_FIELDS)}")
+            upload = form.get("file")
+            if not isinstance(upload, UploadFile):
+                raise RequestError(422, "form field 'file' (a video or audio file upload) is required")
+            declared_type = (upload.content_type or "").split(";")[0].strip().lower()
+            if not (declared_type.startswith(_MEDIA_TYPES) or declared_type in _GENERIC_TYPES):
+                raise RequestError(415, f"unsupported file type {declared_type!r}; send video/*, audio/* or application/octet-stream")
+            transcript = _text_field(form, "transcript")
+            if transcript is not None and len(transcript) > self._max_transcript:
+                raise RequestError(422, f"transcript has {len(transcript)} characters; the limit is max_transcript_chars={self._max_transcript}")
+            start, end = _seconds_field(form, "start"), _seconds_field(form, "end")
+            if start is not None and end is not None and end <= start:
+                raise RequestError(422, f"end={end:g} must be greater than start={start:g}")
+        except RequestError:
+            await form.close()
+            raise
+        return upload, transcript, start, end
+
+    @api.get("/healthz", summary="Liveness and model readiness")
+    async def healthz(self) -> JSONResponse:
+        """200 while the app can serve (a busy model counts as up); 503 when the model
+        deployment is unavailable."""
+        try:
+            info = await asyncio.wait_for(self._model.info.remote(), timeout=5.0)
+        except (BackPressureError, TimeoutError, asyncio.TimeoutError):
+            return JSONResponse({"status": "ok", "model": "busy"})
+        except (DeploymentUnavailableError, RayActorError) as e:
+            return JSONResponse({"status": "unavailable", "error": str(e)}, status_code=503)
+        return JSONResponse({"status": "ok", "model": info})
+
+
+# ----------------------------------------------------------------------------- app builders
+
+
+def build_app(config: ServeConfig) -> Application:
+    """The Serve application for `config`: Ingress -> Preprocessor -> Model, bound."""
+    num_gpus = config.resolved_num_gpus()
+    threads = config.model_threads or max(1, int(config.model_num_cpus))
+    model = Model.options(
+        ray_actor_options={"num_cpus": config.model_num_cpus, "num_gpus": num_gpus},
+        max_ongoing_requests=config.resolved_max_ongoing_requests(),
+        max_queued_requests=config.max_queued_requests,
+        autoscaling_config={
+            "min_replicas": config.min_replicas,
+            "initial_replicas": max(1, config.min_replicas),
+            "max_replicas": config.max_replicas,
+            "target_ongoing_requests": config.target_ongoing_requests or float(config.max_batch_size),
+        },
+        health_check_period_s=10.0,
+        health_check_timeout_s=30.0,
+    ).bind(
+        config.checkpoint,
+        "cuda" if num_gpus > 0 else "cpu",
+        threads,
+        config.max_batch_size,
+        config.batch_wait_timeout_s,
+    )
+    limits = {"max_duration_s": config.max_duration_s, "max_pixels": config.max_pixels, "timeout_s": config.decode_timeout_s}
+    preprocessor = Preprocessor.options(
+        ray_actor_options={"num_cpus": config.preprocess_num_cpus},
+        # Beyond its threads a replica only queues; keep a little slack so threads never idle.
+        max_ongoing_requests=2 * config.preprocess_threads,
+        max_queued_requests=config.max_queued_requests,
+        autoscaling_config={
+            "min_replicas": 1,
+            "initial_replicas": 1,
+            "max_replicas": config.preprocess_replicas,
+            "target_ongoing_requests": float(config.preprocess_threads),
+        },
+    ).bind(config.checkpoint, limits, config.preprocess_threads)
+    ingress_limits = {
+        "max_upload_bytes": config.max_upload_bytes,
+        "max_transcript_chars": config.max_transcript_chars,
+        "request_timeout_s": config.request_timeout_s,
+    }
+    return Ingress.options(
+        num_replicas=config.ingress_replicas,
+        ray_actor_options={"num_cpus": 0},  # it waits on I/O; the work is downstream
+        max_ongoing_requests=config.ingress_max_ongoing_requests,
+        max_queued_requests=config.ingress_max_queued_requests,
+    ).bind(preprocessor, model, ingress_limits)
+
+
+def app(args: dict[str, Any]) -> Application:
+    """Application builder for `serve run mmsa_ray.serve:app checkpoint=DIR [key=value ...]`
+    and the `args:` of jobs/serve.yaml; keys are ServeConfig fields (host/port there are
+    ignored: the Serve config's http_options set them)."""
+    return build_app(ServeConfig.from_dict(dict(args)))
+
+
+def http_options(config: ServeConfig) -> dict[str, Any]:
+    """Serve's cluster-wide HTTP options for `config`. The proxy's timeout is a backstop
+    a few seconds behind the app's own (which answers 504 with a reason)."""
+    return {"host": config.host, "port": config.port, "request_timeout_s": config.request_timeout_s + 5.0}
+
+
+def run_serve(config: ServeConfig) -> None:
+    """`mmsa-ray serve`: start (or join, with RAY_ADDRESS) Ray, deploy, block until Ctrl-C."""
+    import ray
+
+    if not os.path.isfile(os.path.join(config.checkpoint, "config.json")):
+        raise FileNotFoundError(f"no checkpoint at {config.checkpoint!r} (expected config.json and model.safetensors there)")
+    if not ray.is_initialized():
+        ray.init()
+    serve.start(http_options=http_options(config))
+    serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix)
+    base = f"http://{config.host}:{config.port}{config.route_prefix.rstrip('/')}"
+    print(f"mmsa-ray serve: POST {base}/v1/predict  GET {base}/healthz  docs {base}/docs  (Ctrl-C stops)", flush=True)
+    try:
+        while True:
+            time.sleep(3600)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        serve.shutdown()

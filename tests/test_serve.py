@@ -1,0 +1,268 @@
+"""The Serve application end to end on loopback: a random-initialised checkpoint behind
+a real HTTP endpoint (Ingress -> Preprocessor -> Model), compared with in-process
+prediction of the same files, plus hostile uploads and the config surface."""
+
+from __future__ import annotations
+
+import concurrent.futures as cf
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+import yaml
+
+from mmsa_ray.serve import ServeConfig, add_serve_args, app, build_app, http_options, serve_config_from_args
+
+import mediagen
+
+REPO = Path(__file__).resolve().parents[1]
+APP = "mmsa-test"
+MAX_UPLOAD_MB = 1.0
+PROB_FIELDS = ("emotion_probs", "sentiment_probs")
+
+
+# ----------------------------------------------------------------------------- config (no Ray)
+
+
+def test_config_from_strings_and_unknown_keys():
+    config = ServeConfig.from_dict({"checkpoint": "ck", "max_batch_size": "4", "num_gpus": "none", "max_upload_mb": "1.5"})
+    assert (config.max_batch_size, config.num_gpus, config.max_upload_bytes) == (4, None, int(1.5 * 1024 * 1024))
+    assert config.resolved_max_ongoing_requests() == 8
+    with pytest.raises(ValueError, match="unknown serve option"):
+        ServeConfig.from_dict({"checkpoint": "ck", "max_batch": 4})
+    with pytest.raises(ValueError, match="max_batch_size"):
+        ServeConfig.from_dict({"checkpoint": "ck", "max_batch_size": "4.5"})
+    with pytest.raises(ValueError, match="max_ongoing_requests"):
+        ServeConfig(checkpoint="ck", max_batch_size=8, max_ongoing_requests=4)
+    with pytest.raises(ValueError, match="checkpoint"):
+        ServeConfig(checkpoint="")
+
+
+def test_cli_flags_map_onto_config():
+    import argparse
+
+    parser = argparse.ArgumentParser()
+    add_serve_args(parser)
+    args = parser.parse_args(["--checkpoint", "ck", "--max-batch-size", "1", "--num-gpus", "0", "--port", "9001"])
+    config = serve_config_from_args(args)
+    assert (config.checkpoint, config.max_batch_size, config.num_gpus, config.port) == ("ck", 1, 0.0, 9001)
+    assert config.request_timeout_s == ServeConfig(checkpoint="x").request_timeout_s
+
+
+def test_serve_yaml_is_a_valid_serve_config():
+    from ray.serve.schema import ServeDeploySchema
+
+    raw = yaml.safe_load((REPO / "jobs" / "serve.yaml").read_text())
+    schema = ServeDeploySchema.model_validate(raw)
+    (application,) = schema.applications
+    assert application.import_path == "mmsa_ray.serve:app"
+    assert schema.http_options.request_timeout_s is not None
+    config = ServeConfig.from_dict(application.args)
+    assert config.num_gpus == 1 and config.max_batch_size > 1
+    # The builder yields the application without touching Ray.
+    built = app(dict(application.args))
+    assert type(built).__name__ == "Application"
+
+
+# ----------------------------------------------------------------------------- live server
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def checkpoint(tmp_path_factory) -> Path:
+    import torch
+
+    from mmsa_ray.model import ModelConfig, MultimodalSentimentModel
+
+    torch.manual_seed(0)
+    path = tmp_path_factory.mktemp("serve") / "checkpoint"
+    MultimodalSentimentModel(ModelConfig()).save(str(path))
+    return path
+
+
+@pytest.fixture(scope="module")
+def clips(tmp_path_factory) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("serve-media")
+    return mediagen_clips(d)
+
+
+@pytest.fixture(scope="module")
+def predictor(checkpoint):
+    from mmsa_ray.predict import Predictor
+
+    return Predictor.from_checkpoint(str(checkpoint), device="cpu")
+
+
+@pytest.fixture(scope="module")
+def server(ray_local, checkpoint):
+    """One Serve app for the module: small queues so that an overload burst is cheap."""
+    from ray import serve
+
+    config = ServeConfig(
+        checkpoint=str(checkpoint),
+        port=_free_port(),
+        num_gpus=0,
+        model_num_cpus=0.5,
+        preprocess_num_cpus=0.5,
+        model_threads=2,
+        max_upload_mb=MAX_UPLOAD_MB,
+        max_batch_size=4,
+        batch_wait_timeout_s=0.2,
+        max_ongoing_requests=4,
+        max_queued_requests=4,
+        preprocess_threads=2,
+        request_timeout_s=120,
+    )
+    serve.start(http_options=http_options(config))
+    serve.run(build_app(config), name=APP, route_prefix="/")
+    try:
+        yield f"http://127.0.0.1:{config.port}"
+    finally:
+        serve.shutdown()
+
+
+def _post(base: str, path: Path | None = None, *, data: bytes | None = None, name: str = "clip.mp4",
+          content_type: str = "video/mp4", transcript: str | None = None) -> requests.Response:
+    payload = data if data is not None else path.read_bytes()
+    form = {"transcript": transcript} if transcript is not None else {}
+    return requests.post(f"{base}/v1/predict", files={"file": (name, payload, content_type)}, data=form, timeout=120)
+
+
+def _in_process(predictor, path: Path, transcripts: list[str | None]) -> list[dict]:
+    from mmsa_ray.features import collate
+
+    feats = [predictor.preprocess(str(path), transcript=t) for t in transcripts]
+    return predictor.predict_batch(collate(feats))
+
+
+def _assert_same_prediction(got: dict, want: dict) -> None:
+    for key in PROB_FIELDS:
+        np.testing.assert_allclose(np.asarray(got[key]), np.asarray(want[key], dtype=np.float64), atol=1e-5, rtol=0)
+    for key in ("emotion", "sentiment", "model_id"):
+        assert got[key] == want[key], key
+    assert list(got["modalities"]) == list(want["modalities"])
+
+
+def test_post_matches_in_process_prediction(server, clips, predictor):
+    transcript = "Oh my god, that is the best news I have heard all year!"
+    r = _post(server, clips["av"], transcript=transcript)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    (want,) = _in_process(predictor, clips["av"], [transcript])
+    _assert_same_prediction(got, want)
+    assert set(want) <= set(got)  # every field of a labeling row is in the response
+    assert len(got["emotion_probs"]) == 7 and len(got["sentiment_probs"]) == 3
+    assert abs(sum(got["emotion_probs"]) - 1) < 1e-5
+    assert got["source"] == "clip.mp4"
+
+
+def test_concurrent_requests_are_batched_and_stay_in_order(server, clips, predictor):
+    """Three different transcripts at once: each answer must be its own clip's."""
+    transcripts = ["I hate this.", "What a lovely day.", ""]
+    with cf.ThreadPoolExecutor(3) as pool:
+        responses = list(pool.map(lambda t: _post(server, clips["av"], transcript=t), transcripts))
+    assert [r.status_code for r in responses] == [200, 200, 200], [r.text for r in responses]
+    wants = _in_process(predictor, clips["av"], transcripts)
+    for r, want in zip(responses, wants):
+        _assert_same_prediction(r.json(), want)
+    assert "text" not in responses[2].json()["modalities"]
+
+
+def test_model_deployment_batches_handle_calls(server, clips, predictor):
+    """Four calls issued together reach the model as one batch of four."""
+    from ray import serve
+
+    handle = serve.get_deployment_handle("Model", app_name=APP)
+    before = handle.info.remote().result()
+    feats = [predictor.preprocess(str(clips["av"]), transcript=t) for t in ("a", "b", "c", "d")]
+    rows = [r.result() for r in [handle.predict.remote(f) for f in feats]]
+    after = handle.info.remote().result()
+    assert after["clips"] - before["clips"] == 4
+    assert after["batches"] - before["batches"] == 1 and after["largest_batch"] == 4
+    from mmsa_ray.features import collate
+
+    for row, want in zip(rows, predictor.predict_batch(collate(feats))):
+        _assert_same_prediction(row, want)
+
+
+def test_hostile_uploads_get_4xx_with_reason_and_server_stays_healthy(server, clips):
+    good = clips["av"].read_bytes()
+    cases = {
+        "empty": _post(server, data=b""),
+        "text as mp4": _post(server, data=b"this is not a video\n" * 200),
+        "truncated": _post(server, data=good[: len(good) // 3]),
+        "too large": _post(server, data=np.random.default_rng(0).bytes(int(MAX_UPLOAD_MB * 1024 * 1024) + 4096)),
+        "text/plain part": _post(server, data=b"hello", name="notes.txt", content_type="text/plain"),
+        "png part": _post(server, data=b"\x89PNG\r\n\x1a\n" + b"\0" * 64, name="x.png", content_type="image/png"),
+        "json body": requests.post(f"{server}/v1/predict", json={"file": "/etc/passwd"}, timeout=30),
+        "no file field": requests.post(f"{server}/v1/predict", files={"transcript": (None, "hi")}, timeout=30),
+        "bad window": requests.post(f"{server}/v1/predict", files={"file": ("c.mp4", good, "video/mp4")},
+                                    data={"start": "2", "end": "1"}, timeout=30),
+        "broken multipart": requests.post(
+            f"{server}/v1/predict", data=b"--zz\r\nnonsense", headers={"content-type": "multipart/form-data; boundary=zz"}, timeout=30),
+    }
+    expected = {"empty": 400, "too large": 413, "text/plain part": 415, "png part": 415, "json body": 415,
+                "no file field": 422, "bad window": 422, "broken multipart": 400}
+    for name, r in cases.items():
+        assert 400 <= r.status_code < 500, (name, r.status_code, r.text)
+        assert r.json()["error"], name
+        if name in expected:
+            assert r.status_code == expected[name], (name, r.status_code, r.text)
+    assert cases["text as mp4"].status_code == 422 and cases["truncated"].status_code == 422
+
+    health = requests.get(f"{server}/healthz", timeout=30)
+    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert _post(server, clips["av"], transcript="still fine?").status_code == 200
+
+
+def test_oversized_chunked_upload_is_cut_off_while_streaming(server):
+    """No Content-Length: the 413 comes from counting bytes as they arrive."""
+    boundary = "mmsaboundary"
+    head = (f"--{boundary}\r\nContent-Disposition: form-data; name=\"file\"; filename=\"big.mp4\"\r\n"
+            f"Content-Type: video/mp4\r\n\r\n").encode()
+    chunk = b"\0" * 65536
+    n_chunks = int(4 * MAX_UPLOAD_MB * 1024 * 1024) // len(chunk)
+
+    def body():
+        yield head
+        for _ in range(n_chunks):
+            yield chunk
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    try:
+        r = requests.post(f"{server}/v1/predict", data=body(),
+                          headers={"content-type": f"multipart/form-data; boundary={boundary}"}, timeout=60)
+    except requests.ConnectionError:
+        pytest.fail("server dropped the connection instead of answering 413")
+    assert r.status_code == 413 and "max_upload_mb" in r.json()["error"]
+
+
+def test_overload_answers_503_not_a_growing_queue(server, clips):
+    """A burst far beyond max_ongoing + max_queued: the excess gets 503 at once."""
+    data = clips["av"].read_bytes()
+    with cf.ThreadPoolExecutor(24) as pool:
+        responses = list(pool.map(lambda _: _post(server, data=data, transcript="x"), range(24)))
+    codes = sorted(r.status_code for r in responses)
+    assert set(codes) <= {200, 503}, codes
+    assert codes.count(503) >= 1 and codes.count(200) >= 1, codes
+    rejected = next(r for r in responses if r.status_code == 503)
+    assert "busy" in rejected.json()["error"] and rejected.headers.get("Retry-After") == "1"
+    assert requests.get(f"{server}/healthz", timeout=30).status_code == 200
+
+
+def test_openapi_documents_the_routes(server):
+    spec = requests.get(f"{server}/openapi.json", timeout=30).json()
+    body = spec["paths"]["/v1/predict"]["post"]["requestBody"]["content"]["multipart/form-data"]["schema"]
+    assert body["required"] == ["file"] and {"file", "transcript"} <= set(body["properties"])
+    assert "/healthz" in spec["paths"]
+    docs = requests.get(f"{server}/docs", timeout=30)
+    assert docs.status_code == 200 and "swagger" in docs.text.lower()
+    missing = requests.get(f"{server}/nope", timeout=30)
+    assert missing.status_code == 404 and missing.json()["error"]
