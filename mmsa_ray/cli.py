@@ -1,0 +1,46 @@
+"""`mmsa-ray <command> ...`: one subcommand per job, each the `main(argv)` of its module.
+
+The same modules back `python jobs/<name>.py` for `ray job submit`, so the CLI and the
+cluster entrypoints take the same flags. Modules are imported only when their command
+runs: `mmsa-ray --help` stays fast and needs neither torch nor Ray.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+# command -> (module, one-line summary)
+COMMANDS: dict[str, tuple[str, str]] = {
+    "make-sample-data": ("mmsa_ray.sample_data", "write a small synthetic dataset in MELD layout"),
+    "demo": ("mmsa_ray.demo", "sample data -> train -> label, on local Ray with offline models"),
+    "featurize": ("mmsa_ray.featurize", "cache frozen-encoder features of clips as Parquet (Ray Data)"),
+    "train": ("mmsa_ray.train", "train the model data-parallel (Ray Train)"),
+    "evaluate": ("mmsa_ray.evaluate", "metrics, confusion matrices and a report for a checkpoint"),
+    "label": ("mmsa_ray.label", "label a video archive into Parquet (Ray Data)"),
+    "serve": ("mmsa_ray.serve", "serve the model over HTTP (Ray Serve)"),
+}
+
+
+def usage() -> str:
+    width = max(map(len, COMMANDS))
+    lines = ["usage: mmsa-ray <command> [options]   (mmsa-ray <command> --help for its options)", "", "commands:"]
+    lines += [f"  {name:<{width}}  {summary}" for name, (_, summary) in COMMANDS.items()]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"mmsa-ray: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return int(module.main(rest) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
