@@ -669,3 +669,19 @@ def run_serve(config: ServeConfig) -> None:
         pass
     finally:
         serve.shutdown()
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`mmsa-ray serve --checkpoint DIR [limits ...]`: serve locally until Ctrl-C."""
+    parser = argparse.ArgumentParser(
+        prog="mmsa-ray serve",
+        description="Serve a checkpoint over HTTP: POST /v1/predict (multipart file + transcript), GET /healthz, /docs.",
+    )
+    add_serve_args(parser)
+    args = parser.parse_args(argv)
+    try:
+        config = serve_config_from_args(args)
+    except ValueError as e:
+        parser.error(str(e))
+    run_serve(config)
+    return 0
