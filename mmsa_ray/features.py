@@ -1,0 +1,226 @@
+"""Decoded media -> model inputs: frames -> video tensor, waveform -> log-mel, text -> token ids.
+
+numpy in, numpy out, so the same functions run in Ray Data workers, Serve replicas and
+the training loop. One clip's features are a ``dict[str, np.ndarray]`` (no batch axis):
+
+    "video"          float32 [3, T, H, W]  Kinetics-400 mean/std normalized; zeros when absent
+    "audio"          float32 [1, 64, 300]  normalized log-mel; zeros when absent
+    "input_ids"      int64   [128]         pad ids when there is no transcript
+    "attention_mask" int64   [128]         all zero when there is no transcript
+    "mask"           float32 [3]           presence, labels.MODALITIES order (text, audio, video)
+
+``collate`` stacks such dicts along a new axis 0 (the batch).
+"""
+
+from __future__ import annotations
+
+import functools
+import threading
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from mmsa_ray.labels import MODALITIES
+
+if TYPE_CHECKING:
+    from mmsa_ray.media import Clip, DecodeConfig
+
+# torchvision's Kinetics-400 video weights were trained on these ([0, 1] RGB pixels).
+KINETICS_MEAN = np.array([0.43216, 0.394666, 0.37645], dtype=np.float32)
+KINETICS_STD = np.array([0.22803, 0.22145, 0.216989], dtype=np.float32)
+LOG_EPS = 1e-6  # log(mel + LOG_EPS): silence maps to log(1e-6) instead of -inf
+NORM_EPS = 1e-5  # (x - mean) / (std + NORM_EPS): a constant spectrogram normalizes to 0
+
+FEATURE_KEYS = ("video", "audio", "input_ids", "attention_mask", "mask")
+
+
+@dataclass
+class FeatureConfig:
+    """Audio and text preprocessing; travels with the model in its checkpoint."""
+
+    n_fft: int = 1024  # STFT window, samples
+    hop_length: int = 512  # STFT hop, samples (32 ms at 16 kHz)
+    n_mels: int = 64  # mel bands
+    mel_frames: int = 300  # STFT frames kept (300 * 512 / 16 kHz = 9.6 s); shorter clips are zero-padded
+    sample_rate: int = 16000  # Hz; must equal the decoder's sample_rate
+    max_text_length: int = 128  # tokens per transcript (truncated / padded)
+
+    def __post_init__(self) -> None:
+        bad = [f"{k}={v!r}" for k, v in vars(self).items() if not (isinstance(v, int) and not isinstance(v, bool) and v > 0)]
+        if bad:
+            raise ValueError("invalid FeatureConfig (all fields are positive ints): " + ", ".join(bad))
+        if self.hop_length > self.n_fft:
+            raise ValueError(f"invalid FeatureConfig: hop_length={self.hop_length} > n_fft={self.n_fft}")
+
+
+# ----------------------------------------------------------------------------- video
+
+
+def video_features(frames: np.ndarray) -> np.ndarray:
+    """uint8 RGB frames [B, T, 3, H, W] -> float32 [B, 3, T, H, W], Kinetics mean/std normalized.
+
+    Pixels are scaled to [0, 1] first, then ``(x - mean) / std`` per channel; results lie
+    roughly in [-1.9, 2.9].
+    """
+    if frames.ndim != 5 or frames.shape[2] != 3:
+        raise ValueError(f"video_features expects uint8 frames [B, T, 3, H, W], got shape {frames.shape}")
+    if frames.dtype != np.uint8:
+        raise ValueError(f"video_features expects uint8 frames, got dtype {frames.dtype}")
+    x = frames.transpose(0, 2, 1, 3, 4).astype(np.float32)  # (B, 3, T, H, W)
+    scale = (1.0 / (255.0 * KINETICS_STD)).reshape(1, 3, 1, 1, 1)
+    shift = (KINETICS_MEAN / KINETICS_STD).reshape(1, 3, 1, 1, 1)
+    x *= scale
+    x -= shift
+    return x
+
+
+# ----------------------------------------------------------------------------- audio
+
+
+@functools.lru_cache(maxsize=8)
+def _mel_transform(sample_rate: int, n_fft: int, hop_length: int, n_mels: int):
+    """One torchaudio MelSpectrogram per setting, built once (it holds the filterbank)."""
+    import torchaudio
+
+    return torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels)
+
+
+def log_mel(audio: list[np.ndarray], config: FeatureConfig) -> np.ndarray:
+    """B mono waveforms (1-D float, [-1, 1], at config.sample_rate) -> float32 [B, 1, n_mels, mel_frames].
+
+    Per clip: power mel spectrogram (torchaudio, centered frames), ``log(mel + 1e-6)``,
+    the first ``mel_frames`` frames, normalized to zero mean / unit std over its valid
+    frames; frames past the end of a short clip stay 0. An empty waveform gives all zeros.
+    """
+    import torch
+
+    transform = _mel_transform(config.sample_rate, config.n_fft, config.hop_length, config.n_mels)
+    out = np.zeros((len(audio), 1, config.n_mels, config.mel_frames), dtype=np.float32)
+    # Samples that frame mel_frames-1 (centered, reflect-padded) still reads: cutting the
+    # waveform there gives exactly the frames of the whole waveform, for less work.
+    keep = (config.mel_frames - 1) * config.hop_length + config.n_fft // 2
+    for i, wave in enumerate(audio):
+        wave = np.asarray(wave, dtype=np.float32)
+        if wave.ndim != 1:
+            raise ValueError(f"log_mel expects 1-D mono waveforms, item {i} has shape {wave.shape}")
+        if wave.size == 0:
+            continue
+        wave = wave[:keep]
+        if not np.isfinite(wave).all():
+            raise ValueError(f"log_mel: waveform {i} contains NaN or inf samples")
+        if wave.size <= config.n_fft // 2:  # reflect padding needs more samples than it pads
+            wave = np.pad(wave, (0, config.n_fft // 2 + 1 - wave.size))
+        with torch.no_grad():
+            mel = transform(torch.from_numpy(wave)).numpy()  # (n_mels, frames)
+        mel = np.log(mel[:, : config.mel_frames] + LOG_EPS)
+        mel = (mel - mel.mean()) / (mel.std() + NORM_EPS)
+        out[i, 0, :, : mel.shape[1]] = mel
+    return out
+
+
+# ----------------------------------------------------------------------------- text
+
+# Hugging Face fast tokenizers are not safe to call from several threads at once
+# ("Already borrowed"): Serve preprocesses in a thread pool.
+_TOKENIZER_LOCK = threading.Lock()
+
+
+def tokenize(texts: list[str | None], tokenizer: Any, max_length: int) -> dict[str, np.ndarray]:
+    """Transcripts -> {"input_ids", "attention_mask"}: int64 [B, max_length] each.
+
+    None, "" or whitespace-only means no transcript: pad ids and an all-zero mask.
+    Longer texts are truncated to max_length tokens (special tokens included).
+    """
+    n = len(texts)
+    pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
+    ids = np.full((n, max_length), pad_id, dtype=np.int64)
+    mask = np.zeros((n, max_length), dtype=np.int64)
+    present = [i for i, t in enumerate(texts) if t is not None and str(t).strip()]
+    if present:
+        with _TOKENIZER_LOCK:
+            enc = tokenizer(
+                [str(texts[i]).strip() for i in present],
+                padding="max_length",
+                truncation=True,
+                max_length=max_length,
+                return_tensors="np",
+            )
+        ids[present] = enc["input_ids"].astype(np.int64)
+        mask[present] = enc["attention_mask"].astype(np.int64)
+    return {"input_ids": ids, "attention_mask": mask}
+
+
+# ----------------------------------------------------------------------------- one clip
+
+
+def clip_features(
+    clip: Clip,
+    transcript: str | None,
+    tokenizer: Any,
+    config: FeatureConfig,
+    decode: DecodeConfig | None = None,
+) -> dict[str, np.ndarray]:
+    """A decoded clip (+ its transcript) -> its feature dict (see the module docstring).
+
+    ``decode`` gives the [T, H, W] of the zero video of a clip without a video stream
+    (DecodeConfig() defaults when not given); pass the config the clip was decoded with.
+    A modality is absent when its stream is missing (audio: or decoded to zero samples),
+    or, for text, when the transcript is None/blank. Silent audio is present.
+    """
+    if decode is None:
+        from mmsa_ray.media import DecodeConfig
+
+        decode = DecodeConfig()
+    if clip.frames is not None:
+        frames = np.asarray(clip.frames)
+        if frames.ndim != 4 or frames.shape[1] != 3:
+            raise ValueError(f"{clip.source}: frames must be uint8 [T, 3, H, W], got shape {frames.shape}")
+        video = video_features(frames[None])[0]
+        has_video = True
+    else:
+        video = np.zeros((3, decode.num_frames, decode.height, decode.width), dtype=np.float32)
+        has_video = False
+
+    has_audio = clip.audio is not None and np.asarray(clip.audio).size > 0
+    if has_audio:
+        if clip.sample_rate != config.sample_rate:
+            raise ValueError(f"{clip.source}: audio decoded at {clip.sample_rate} Hz but features expect {config.sample_rate} Hz")
+        audio = log_mel([clip.audio], config)[0]
+    else:
+        audio = np.zeros((1, config.n_mels, config.mel_frames), dtype=np.float32)
+
+    tokens = tokenize([transcript], tokenizer, config.max_text_length)
+    has_text = bool(tokens["attention_mask"][0].any())
+    present = {"text": has_text, "audio": has_audio, "video": has_video}
+    return {
+        "video": video,
+        "audio": audio,
+        "input_ids": tokens["input_ids"][0],
+        "attention_mask": tokens["attention_mask"][0],
+        "mask": np.array([present[m] for m in MODALITIES], dtype=np.float32),
+    }
+
+
+def collate(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
+    """Feature dicts of single clips -> one batch: each key stacked along a new axis 0.
+
+    All items must have the same keys and, per key, the same shape and dtype.
+    """
+    if not items:
+        raise ValueError("collate: no items")
+    keys = list(items[0])
+    out: dict[str, np.ndarray] = {}
+    for i, item in enumerate(items):
+        if set(item) != set(keys):
+            raise ValueError(f"collate: item {i} has keys {sorted(item)}, item 0 has {sorted(keys)}")
+    for k in keys:
+        arrays = [np.asarray(item[k]) for item in items]
+        shapes = {a.shape for a in arrays}
+        if len(shapes) > 1:
+            raise ValueError(f"collate: {k!r} has different shapes across items: {sorted(shapes)} (decoded with different configs?)")
+        dtypes = {a.dtype for a in arrays}
+        if len(dtypes) > 1:
+            raise ValueError(f"collate: {k!r} has different dtypes across items: {sorted(map(str, dtypes))}")
+        out[k] = np.stack(arrays)
+    return out

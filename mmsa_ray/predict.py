@@ -1,0 +1,193 @@
+"""The one inference path: a checkpoint -> preprocessing + model -> prediction rows.
+
+`label` (Ray Data) and `serve` (Ray Serve) both run exactly this code:
+
+    source ─► Preprocessing (decode_clip + clip_features, CPU) ─► features dict
+    features dicts ─► collate ─► Predictor.predict_batch (model, any device) ─► rows
+
+A row (one per clip):
+    emotion: str, emotion_probs: list[float] (7, labels.EMOTIONS order),
+    sentiment: str, sentiment_probs: list[float] (3, labels.SENTIMENTS order),
+    modalities: list[str] (present ones, labels.MODALITIES order),
+    text_emotion / audio_emotion / video_emotion: str | None (that modality's own top
+    emotion; None when it is absent), model_id: str.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, BinaryIO
+
+import numpy as np
+
+from mmsa_ray import labels
+from mmsa_ray.features import FeatureConfig, clip_features, log_mel, tokenize, video_features
+
+if TYPE_CHECKING:
+    import torch
+
+    from mmsa_ray.media import DecodeConfig
+    from mmsa_ray.model import MultimodalSentimentModel
+
+# Keys predict_batch passes to the model (anything else in a batch, e.g. ids, is ignored).
+MODEL_INPUT_KEYS = ("video", "audio", "input_ids", "attention_mask", "mask", "video_emb", "text_emb")
+
+
+class Preprocessing:
+    """CPU side of inference: decode + features of one clip. Holds configs and the
+    tokenizer, no model weights, so it is cheap to build in every decode worker."""
+
+    def __init__(self, decode_config: DecodeConfig, feature_config: FeatureConfig, tokenizer: Any):
+        self.decode_config = decode_config
+        self.feature_config = feature_config
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | os.PathLike) -> Preprocessing:
+        """The checkpoint's decode/feature config and tokenizer (no weights are read)."""
+        from transformers import AutoTokenizer
+
+        from mmsa_ray.model import TEXT_ENCODER_DIR, ModelConfig, read_checkpoint_config
+
+        config = ModelConfig.from_dict(read_checkpoint_config(directory)["model"])
+        text_dir = Path(directory) / TEXT_ENCODER_DIR
+        if not text_dir.is_dir():
+            raise FileNotFoundError(f"checkpoint {directory}: {TEXT_ENCODER_DIR}/ (the tokenizer) is missing")
+        return cls(config.decode, config.features, AutoTokenizer.from_pretrained(str(text_dir)))
+
+    def __call__(
+        self,
+        source: str | os.PathLike | bytes | BinaryIO,
+        transcript: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """One clip (path, bytes or file object; optional [start, end) window, seconds)
+        -> its features dict (see mmsa_ray.features). Unusable media raises MediaError."""
+        from mmsa_ray.media import decode_clip
+
+        clip = decode_clip(source, start=start, end=end, config=self.decode_config)
+        return clip_features(clip, transcript, self.tokenizer, self.feature_config, decode=self.decode_config)
+
+    def dummy_features(self) -> dict[str, np.ndarray]:
+        """A valid feature dict with every modality present (mid-gray video, a quiet
+        tone, a short sentence), for health probes and warm-up."""
+        d, f = self.decode_config, self.feature_config
+        t = np.arange(f.sample_rate, dtype=np.float32) / f.sample_rate  # 1 s
+        audio = (0.1 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
+        frames = np.full((1, d.num_frames, 3, d.height, d.width), 128, dtype=np.uint8)
+        tokens = tokenize(["This is a health check."], self.tokenizer, f.max_text_length)
+        return {
+            "video": video_features(frames)[0],
+            "audio": log_mel([audio], f)[0],
+            "input_ids": tokens["input_ids"][0],
+            "attention_mask": tokens["attention_mask"][0],
+            "mask": np.ones(len(labels.MODALITIES), dtype=np.float32),
+        }
+
+
+class Predictor:
+    """A loaded checkpoint: `preprocess` one clip on CPU, `predict_batch` a collated batch.
+
+    `decode_config` is settable (Serve tightens limits this way); preprocessing uses it.
+    """
+
+    def __init__(
+        self,
+        model: MultimodalSentimentModel,
+        preprocessing: Preprocessing,
+        model_id: str,
+        device: torch.device,
+        dtype: torch.dtype | None = None,
+    ):
+        self.model = model
+        self.preprocessing = preprocessing
+        self.model_id = model_id
+        self.device = device
+        self.dtype = dtype  # None: fp32; torch.bfloat16: autocast on CUDA only
+
+    @classmethod
+    def from_checkpoint(cls, directory: str | os.PathLike, device: str | None = None, dtype: str | None = None) -> Predictor:
+        """Load a checkpoint for inference. device None -> "cuda" when available, else
+        "cpu". dtype None/"fp32" runs in float32; "bf16" autocasts to bfloat16 on CUDA
+        (ignored on CPU)."""
+        import torch
+
+        from mmsa_ray.model import MultimodalSentimentModel, weights_digest
+
+        dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
+        if dtype in (None, "fp32", "float32"):
+            amp = None
+        elif dtype in ("bf16", "bfloat16"):
+            amp = torch.bfloat16
+        else:
+            raise ValueError(f"dtype must be None, 'fp32' or 'bf16', got {dtype!r}")
+        directory = Path(directory)
+        model = MultimodalSentimentModel.load(directory, map_location=dev).eval()
+        config = model.config
+        preprocessing = Preprocessing(config.decode, config.features, model.tokenizer)
+        model_id = f"{directory.resolve().name}-{weights_digest(directory)[:12]}"
+        return cls(model, preprocessing, model_id, dev, amp)
+
+    @property
+    def decode_config(self) -> DecodeConfig:
+        return self.preprocessing.decode_config
+
+    @decode_config.setter
+    def decode_config(self, value: DecodeConfig) -> None:
+        self.preprocessing.decode_config = value
+
+    @property
+    def feature_config(self) -> FeatureConfig:
+        return self.preprocessing.feature_config
+
+    def preprocess(
+        self,
+        source: str | os.PathLike | bytes | BinaryIO,
+        transcript: str | None = None,
+        start: float | None = None,
+        end: float | None = None,
+    ) -> dict[str, np.ndarray]:
+        """Decode + features of one clip (CPU); raises MediaError for unusable media."""
+        return self.preprocessing(source, transcript=transcript, start=start, end=end)
+
+    def dummy_features(self) -> dict[str, np.ndarray]:
+        """A valid all-modalities-present feature dict (Serve's health probe)."""
+        return self.preprocessing.dummy_features()
+
+    def predict_batch(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
+        """Collated features (numpy, batch axis 0) -> one row per clip (module docstring).
+
+        Extra keys (ids, uris, ...) are ignored. Probabilities are softmax in float32,
+        as Python floats."""
+        import torch
+
+        inputs = {}
+        for k in MODEL_INPUT_KEYS:
+            if k in batch:
+                inputs[k] = torch.as_tensor(np.ascontiguousarray(batch[k])).to(self.device, non_blocking=True)
+        if "mask" not in inputs:
+            raise KeyError("predict_batch: the batch has no 'mask' [B, 3] (features from clip_features have one)")
+        use_amp = self.dtype is not None and self.device.type == "cuda"
+        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=use_amp):
+            out = self.model(inputs)
+        emotion = torch.softmax(out["emotion"].float(), dim=-1).cpu().numpy()
+        sentiment = torch.softmax(out["sentiment"].float(), dim=-1).cpu().numpy()
+        own = {m: out["per_modality"][m]["emotion"].float().argmax(dim=-1).cpu().numpy() for m in labels.MODALITIES}
+        present = inputs["mask"].float().cpu().numpy() > 0.5
+        rows = []
+        for i in range(emotion.shape[0]):
+            row: dict[str, Any] = {
+                "emotion": labels.EMOTIONS[int(emotion[i].argmax())],
+                "emotion_probs": [float(p) for p in emotion[i]],
+                "sentiment": labels.SENTIMENTS[int(sentiment[i].argmax())],
+                "sentiment_probs": [float(p) for p in sentiment[i]],
+                "modalities": [m for j, m in enumerate(labels.MODALITIES) if present[i, j]],
+            }
+            for j, m in enumerate(labels.MODALITIES):
+                row[f"{m}_emotion"] = labels.EMOTIONS[int(own[m][i])] if present[i, j] else None
+            row["model_id"] = self.model_id
+            rows.append(row)
+        return rows
+
