@@ -1,0 +1,9 @@
+"""`ray job submit --working-dir . -- python jobs/featurize.py ...`: same flags as `mmsa-ray featurize`."""
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: works without pip install
+
+from mmsa_ray import featurize  # noqa: E402
+
+sys.exit(featurize.main())
