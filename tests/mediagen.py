@@ -1,0 +1,210 @@
+"""Test media written with PyAV: colour-coded video, tones, and hostile files.
+
+Plain functions, each writing into a path or directory the caller owns.
+
+Frame code (pattern="index"): frame i is a flat colour whose R, G, B levels are the
+three base-14 digits of i (level = 16 * (digit + 1), i.e. 16..224, 16 apart), so any
+sane codec keeps it readable: `frame_index(decoded_frame)` recovers i from the centre
+of the frame (tolerates +-7 levels of error). A small dark square moves along the
+bottom edge so the codec has motion to encode. pattern="texture" is a smoother,
+natural-ish picture (gradients, moving blobs, mild noise) for benchmarks.
+"""
+
+from __future__ import annotations
+
+import fractions
+import os
+from pathlib import Path
+
+import numpy as np
+
+_BASE = 14  # digits per channel: 14**3 = 2744 distinct frames
+_STEP = 16
+
+# container extension -> default audio codec that the container accepts
+_AUDIO_FOR = {"mp4": "aac", "mov": "aac", "m4a": "aac", "mkv": "aac", "webm": "libopus",
+              "avi": "libmp3lame", "wav": "pcm_s16le", "mp3": "libmp3lame", "ogg": "libopus",
+              "opus": "libopus", "flac": "flac"}
+_PIX_FMT = {"mjpeg": "yuvj420p"}
+
+
+def index_colour(i: int) -> tuple[int, int, int]:
+    """RGB 0..255 of frame i's code colour."""
+    digits = (i % _BASE, (i // _BASE) % _BASE, (i // _BASE ** 2) % _BASE)
+    return tuple(_STEP * (d + 1) for d in digits)  # type: ignore[return-value]
+
+
+def frame_index(frame: np.ndarray) -> int:
+    """Frame index encoded by `index_colour`, read from the centre quarter of a decoded frame.
+
+    frame: uint8 [3, H, W] (decode_clip layout) or [H, W, 3].
+    """
+    f = np.asarray(frame, np.float64)
+    if f.shape[0] == 3 and f.shape[-1] != 3:
+        f = f.transpose(1, 2, 0)
+    h, w = f.shape[:2]
+    patch = f[h // 4: max(h // 4 + 1, h * 3 // 4), w // 4: max(w // 4 + 1, w * 3 // 4)]
+    r, g, b = (np.clip(np.rint(patch[..., c].mean() / _STEP) - 1, 0, _BASE - 1) for c in range(3))
+    return int(r + _BASE * g + _BASE ** 2 * b)
+
+
+def tone(seconds: float, rate: int, channels: int = 1, freq: float = 440.0, amplitude: float = 0.5) -> np.ndarray:
+    """A sine tone: float32 [channels, round(seconds*rate)] in [-amplitude, amplitude]."""
+    t = np.arange(round(seconds * rate)) / rate
+    x = (amplitude * np.sin(2 * np.pi * freq * t)).astype(np.float32)
+    return np.repeat(x[None], channels, axis=0)
+
+
+def _picture(i: int, t: float, width: int, height: int, pattern: str, rng: np.random.Generator) -> np.ndarray:
+    """One frame, uint8 [H, W, 3]."""
+    if pattern == "index":
+        img = np.empty((height, width, 3), np.uint8)
+        img[:] = index_colour(i)
+        s = max(1, min(width, height) // 8)  # moving dark square on the bottom edge
+        x = int((t * 0.37 % 1.0) * max(1, width - s))
+        img[height - s:, x:x + s] = 10
+        return img
+    if pattern == "texture":
+        yy, xx = np.mgrid[0:height, 0:width].astype(np.float32)
+        img = np.empty((height, width, 3), np.float32)
+        img[..., 0] = 128 + 90 * np.sin(xx / width * 6.28 + t * 1.3)
+        img[..., 1] = 128 + 90 * np.sin(yy / height * 6.28 - t * 0.9)
+        img[..., 2] = 128 + 90 * np.sin((xx + yy) / (width + height) * 12.5 + t * 2.1)
+        for k in range(3):  # blobs on Lissajous paths
+            cx = width * (0.5 + 0.35 * np.sin(t * (0.7 + k * 0.3) + k))
+            cy = height * (0.5 + 0.35 * np.cos(t * (0.5 + k * 0.4) + 2 * k))
+            r2 = (min(width, height) / (6 + 2 * k)) ** 2
+            img[(xx - cx) ** 2 + (yy - cy) ** 2 < r2] = (40 + 70 * k, 220 - 60 * k, 90 + 50 * k)
+        img += rng.normal(0, 3, img.shape).astype(np.float32)
+        return np.clip(img, 0, 255).astype(np.uint8)
+    raise ValueError(f"unknown pattern {pattern!r} (index | texture)")
+
+
+def write_video(
+    path: str | os.PathLike, seconds: float = 2.0, width: int = 160, height: int = 120,
+    fps: float | fractions.Fraction = 15, codec: str = "libx264",
+    audio: tuple[int, int, str | None] | None = None, pattern: str = "index",
+    pix_fmt: str | None = None, options: dict[str, str] | None = None, freq: float = 440.0,
+    rotation: float | None = None, seed: int = 0, container_options: dict[str, str] | None = None,
+) -> Path:
+    """Write a video (container from the extension: mp4/mkv/webm/avi/mov) and return its path.
+
+    frames: round(seconds*fps), frame i at pts i/fps, picture from `pattern`.
+    audio: None, or (rate Hz, channels, codec or None for the container's default) carrying
+    a `freq` Hz tone over `seconds`. options: encoder options (e.g. {"g": "10"} for a
+    keyframe every 10 frames); container_options: muxer options (e.g. {"movflags": "faststart"}). rotation: display-matrix rotation in degrees, if any.
+    """
+    import av
+
+    path = Path(path)
+    ext = path.suffix.lstrip(".").lower()
+    fps = fractions.Fraction(fps).limit_denominator(1001)
+    n = max(1, round(seconds * fps))
+    rng = np.random.default_rng(seed)
+    with av.open(str(path), "w", options=container_options or {}) as container:
+        vs = container.add_stream(codec, rate=fps)
+        vs.width, vs.height = width, height
+        vs.pix_fmt = pix_fmt or _PIX_FMT.get(codec, "yuv420p")
+        vs.codec_context.thread_count = 1
+        opts = {"preset": "veryfast"} if codec == "libx264" else {}
+        if codec == "libvpx-vp9":
+            opts = {"deadline": "realtime", "cpu-used": "8"}
+        opts.update(options or {})
+        vs.options = opts
+        if rotation is not None:
+            vs.set_display_rotation(rotation)
+        aus = None
+        if audio is not None:
+            rate, channels, acodec = audio
+            aus = container.add_stream(acodec or _AUDIO_FOR[ext], rate=rate)
+            aus.layout = "mono" if channels == 1 else "stereo"
+        for i in range(n):
+            frame = av.VideoFrame.from_ndarray(_picture(i, float(i / fps), width, height, pattern, rng), format="rgb24")
+            frame.pts, frame.time_base = i, 1 / fps
+            container.mux(vs.encode(frame))
+        container.mux(vs.encode(None))
+        if aus is not None:
+            _encode_audio(container, aus, tone(float(n / fps), aus.rate, channels, freq))
+    return path
+
+
+def _encode_audio(container, stream, samples: np.ndarray) -> None:
+    import av
+
+    layout = "mono" if samples.shape[0] == 1 else "stereo"
+    step = 1024
+    for start in range(0, samples.shape[1], step):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + step]), format="fltp", layout=layout)
+        frame.sample_rate, frame.pts, frame.time_base = stream.rate, start, fractions.Fraction(1, stream.rate)
+        container.mux(stream.encode(frame))
+    container.mux(stream.encode(None))
+
+
+def write_audio(
+    path: str | os.PathLike, seconds: float = 1.0, rate: int = 44100, channels: int = 2,
+    codec: str | None = None, freq: float = 440.0,
+) -> Path:
+    """Write an audio-only file (wav/m4a/mp3/opus/ogg/flac by extension) with a `freq` Hz tone."""
+    import av
+
+    path = Path(path)
+    ext = path.suffix.lstrip(".").lower()
+    fmt = {"opus": "ogg", "m4a": "mp4"}.get(ext)
+    with av.open(str(path), "w", format=fmt) as container:
+        stream = container.add_stream(codec or _AUDIO_FOR[ext], rate=rate)
+        stream.layout = "mono" if channels == 1 else "stereo"
+        _encode_audio(container, stream, tone(seconds, rate, channels, freq))
+    return path
+
+
+def clips(directory: str | os.PathLike) -> dict[str, Path]:
+    """Everyday clips: {"av": mp4 H.264 + AAC 44.1 kHz mono, 2 s, 160x120, 15 fps, 440 Hz tone,
+    colour-coded frames; "video_only": same without audio; "audio_only": 1 s wav}."""
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    return {
+        "av": write_video(d / "av.mp4", 2.0, 160, 120, 15, audio=(44100, 1, "aac")),
+        "video_only": write_video(d / "video_only.mp4", 2.0, 160, 120, 15),
+        "audio_only": write_audio(d / "audio_only.wav", 1.0, 16000, 1),
+    }
+
+
+def hostile_files(directory: str | os.PathLike) -> dict[str, Path]:
+    """Files no decoder should accept: name -> path.
+
+    empty, text, random bytes, an mp4 truncated to its first third (moov at the end, so
+    no index), a faststart mp4 cut inside its first frame, a faststart mp4 cut to its
+    header (ftyp + moov, no media data), just the ftyp box, and an mp4 whose middle
+    half is overwritten with random bytes.
+    """
+    d = Path(directory)
+    d.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(1)
+    good = write_video(d / "good.mp4", 2.0, 160, 120, 15, audio=(16000, 1, "aac"), pattern="texture")
+    fast = write_video(d / "good_faststart.mp4", 2.0, 160, 120, 15, audio=(16000, 1, "aac"), pattern="texture",
+                       container_options={"movflags": "faststart"})
+    data, fdata = good.read_bytes(), fast.read_bytes()
+    # faststart layout: ftyp | moov | mdat; the mdat payload starts 8 bytes after its tag
+    mdat = fdata.find(b"mdat") - 4
+    assert mdat > 0 and fdata.find(b"moov") < mdat, "expected a faststart mp4"
+    out = {
+        "empty": b"",
+        "text": b"this is not a video, just some text\n" * 20,
+        "random": rng.integers(0, 256, 64 * 1024, dtype=np.uint8).tobytes(),
+        "truncated_third": data[: len(data) // 3],
+        "truncated_first_frame": fdata[: mdat + 8 + 40],
+        "header_only": fdata[:mdat + 8],
+        "ftyp_only": fdata[: int.from_bytes(fdata[:4], "big")],
+    }
+    mid = bytearray(data)
+    a, b = len(data) // 4, 3 * len(data) // 4
+    mid[a:b] = rng.integers(0, 256, b - a, dtype=np.uint8).tobytes()
+    out["corrupt_middle"] = bytes(mid)
+    paths = {}
+    for name, blob in out.items():
+        p = d / f"{name}.mp4"
+        p.write_bytes(blob)
+        paths[name] = p
+    good.unlink()
+    fast.unlink()
+    return paths
