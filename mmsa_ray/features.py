@@ -113,8 +113,10 @@ def log_mel(audio: list[np.ndarray], config: FeatureConfig) -> np.ndarray:
             wave = np.pad(wave, (0, config.n_fft // 2 + 1 - wave.size))
         with torch.no_grad():
             mel = transform(torch.from_numpy(wave)).numpy()  # (n_mels, frames)
-        mel = np.log(mel[:, : config.mel_frames] + LOG_EPS)
-        mel = (mel - mel.mean()) / (mel.std() + NORM_EPS)
+        mel = np.log(mel[:, : config.mel_frames].astype(np.float64) + LOG_EPS)
+        std = mel.std()
+        # A (numerically) constant spectrogram, e.g. digital silence, normalizes to 0.
+        mel = (mel - mel.mean()) / (std + NORM_EPS) if std > NORM_EPS else np.zeros_like(mel)
         out[i, 0, :, : mel.shape[1]] = mel
     return out
 

@@ -449,7 +449,6 @@ class MultimodalSentimentModel(nn.Module):
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~umask)  # safetensors writes 0600
-            os.chmod(tmp, 0o777 & ~umask)  # mkdtemp-like names aside, a normal directory
             if target.exists():
                 old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
                 os.rename(target, old)
