@@ -134,6 +134,8 @@ def _decode(source, name: str, start, end, config: DecodeConfig) -> Clip:
         source = path
     try:
         container = av.open(source, "r", timeout=(config.timeout_s, config.timeout_s), metadata_errors="ignore")
+    except av.error.ExitError as e:  # the interrupt callback fired: timeout_s ran out while opening
+        raise MediaError(name, f"timed out after {config.timeout_s:g} s (timeout_s) while opening") from e
     except av.error.FFmpegError as e:
         raise MediaError(name, f"not a readable media file ({e.strerror or e})") from e
     with container:
@@ -276,6 +278,8 @@ def _demux(container, vs, aus, video, audio, deadline, name, config) -> None:
             packet = next(packets)
         except StopIteration:
             break
+        except av.error.ExitError as e:
+            raise MediaError(name, f"timed out after {config.timeout_s:g} s (timeout_s) while decoding") from e
         except av.error.FFmpegError as e:  # truncated / damaged container: keep what was read
             video_done = video is None or video.done
             if not video_done or (audio is not None and not audio.done):

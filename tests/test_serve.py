@@ -90,7 +90,7 @@ def checkpoint(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def clips(tmp_path_factory) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("serve-media")
-    return mediagen_clips(d)
+    return mediagen.clips(d)
 
 
 @pytest.fixture(scope="module")

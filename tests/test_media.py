@@ -1,0 +1,285 @@
+"""mmsa_ray.media.decode_clip on media written by tests/mediagen.py (PyAV)."""
+
+from __future__ import annotations
+
+import io
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+sys.path.insert(0, str(Path(__file__).parent))
+import mediagen  # noqa: E402
+
+from mmsa_ray.media import Clip, DecodeConfig, MediaError, decode_clip  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="module")
+def av_clip(media) -> Path:
+    """2 s, 15 fps (30 frames), 160x120 H.264 + AAC 44.1 kHz stereo 440 Hz."""
+    return mediagen.write_video(media / "av.mp4", 2.0, 160, 120, 15, audio=(44100, 2, "aac"))
+
+
+def indices(clip: Clip) -> list[int]:
+    return [mediagen.frame_index(f) for f in clip.frames]
+
+
+def peak_hz(audio: np.ndarray, rate: int) -> float:
+    spectrum = np.abs(np.fft.rfft(audio * np.hanning(len(audio))))
+    return float(np.argmax(spectrum) * rate / len(audio))
+
+
+def expected_indices(start: float, end: float, fps: float, n_frames: int, T: int = 16) -> list[int]:
+    samples = start + (np.arange(T) + 0.5) * (end - start) / T
+    return [min(int(np.floor(s * fps + 1e-9)), n_frames - 1) for s in samples]
+
+
+# ----------------------------------------------------------------------------- containers, codecs
+
+
+@pytest.mark.parametrize("name,codec,audio", [
+    ("mp4", "libx264", (44100, 2, "aac")),
+    ("mkv", "libx264", (48000, 1, "aac")),
+    ("webm", "libvpx-vp9", (48000, 2, "libopus")),
+    ("avi", "mpeg4", (22050, 1, "libmp3lame")),
+    ("mov", "mjpeg", (16000, 1, "aac")),
+])
+def test_containers_and_codecs(media, name, codec, audio):
+    path = mediagen.write_video(media / f"c.{name}", 1.0, 96, 64, 15, codec=codec, audio=audio)
+    clip = decode_clip(path)
+    assert clip.frames.shape == (16, 3, 112, 112) and clip.frames.dtype == np.uint8
+    assert clip.audio.dtype == np.float32 and clip.audio.ndim == 1
+    assert clip.end == clip.duration == pytest.approx(1.0, abs=0.1)  # avi keeps mp3's encoder padding
+    assert abs(len(clip.audio) - round(clip.end * 16000)) <= 400
+    assert abs(peak_hz(clip.audio, 16000) - 440) < 5
+    assert (clip.width, clip.height) == (96, 64)
+    assert clip.fps == pytest.approx(15, rel=0.01)
+    assert clip.duration == pytest.approx(1.0, abs=0.1)
+    want = expected_indices(0, clip.end, 15, 15)
+    if name == "avi":  # AVI has no pts: the muxer/demuxer guess puts mpeg4's frames one slot late
+        assert all(0 <= w - g <= 1 for g, w in zip(indices(clip), want)) and indices(clip)[-1] == 14
+    else:
+        assert indices(clip) == want
+    assert clip.frame_times.shape == (16,) and np.all(np.diff(clip.frame_times) >= 0)
+
+
+def test_av_clip_properties_and_exact_sampling(av_clip):
+    clip = decode_clip(av_clip)
+    assert clip.source == str(av_clip) and clip.has_video and clip.has_audio
+    assert (clip.start, clip.end, clip.duration) == (0.0, 2.0, 2.0)
+    assert (clip.width, clip.height, clip.fps, clip.sample_rate) == (160, 120, 15.0, 16000)
+    want = expected_indices(0, 2.0, 15, 30)
+    assert indices(clip) == want  # spans the clip: frame 0 .. 29
+    np.testing.assert_allclose(clip.frame_times, np.array(want) / 15, atol=1e-6)
+    assert len(clip.audio) == 32000
+
+
+def test_window_frames_and_audio_are_exact(av_clip):
+    full = decode_clip(av_clip).audio
+    for start, end in [(0.5, 1.5), (0.25, 0.75), (1.0003, 1.9)]:
+        clip = decode_clip(av_clip, start, end)
+        assert (clip.start, clip.end) == (start, end)
+        assert indices(clip) == expected_indices(start, end, 15, 30)
+        assert np.all((clip.frame_times >= start - 1 / 15) & (clip.frame_times < end))
+        n = round((end - start) * 16000)
+        assert len(clip.audio) == n
+        i0 = round(start * 16000)
+        # sample-accurate: the window equals the same span of the whole-clip decode
+        assert np.corrcoef(clip.audio[100:], full[i0 + 100:i0 + n])[0, 1] > 0.999
+        # and is in phase with the 440 Hz tone written at t = 0
+        t = (i0 + np.arange(n)) / 16000
+        ref = 0.5 * np.sin(2 * np.pi * 440 * t)
+        assert np.corrcoef(clip.audio[200:-200], ref[200:-200])[0, 1] > 0.99
+
+
+def test_window_limits_and_errors(av_clip):
+    assert decode_clip(av_clip, 1.5, 99.0).end == 2.0  # clamped to the source
+    assert decode_clip(av_clip, start=1.0).start == 1.0
+    with pytest.raises(MediaError, match="past the end"):
+        decode_clip(av_clip, 2.5, 3.0)
+    with pytest.raises(MediaError, match="invalid window"):
+        decode_clip(av_clip, 1.0, 0.5)
+
+
+def test_long_clip_skips_frames_but_spans_window(media):
+    # 4 s at 30 fps, T = 8: 15 frames per sample, so non-reference frames are skipped and
+    # a 10-frame GOP lets whole GOPs go undecoded; samples stay within a few frames.
+    path = mediagen.write_video(media / "long.mp4", 4.0, 96, 64, 30, options={"g": "10"})
+    clip = decode_clip(path, config=DecodeConfig(num_frames=8, height=32, width=48))
+    assert clip.frames.shape == (8, 3, 32, 48)
+    got = indices(clip)
+    want = expected_indices(0, 4.0, 30, 120, T=8)
+    assert all(0 <= w - g <= 3 for g, w in zip(got, want)), (got, want)
+    np.testing.assert_allclose(clip.frame_times, np.array(got) / 30, atol=1e-6)
+    assert got[0] <= 8 and got[-1] >= 108
+
+
+# ----------------------------------------------------------------------------- missing streams, odd shapes
+
+
+def test_video_without_audio(media):
+    clip = decode_clip(mediagen.write_video(media / "silent.mkv", 1.0, 64, 48, 10))
+    assert clip.has_video and not clip.has_audio and clip.audio is None
+    assert indices(clip) == expected_indices(0, 1.0, 10, 10)
+
+
+@pytest.mark.parametrize("ext,rate,channels", [("wav", 44100, 2), ("m4a", 44100, 2), ("mp3", 22050, 1), ("opus", 48000, 2)])
+def test_audio_only_resampled_to_16k_mono(media, ext, rate, channels):
+    path = mediagen.write_audio(media / f"tone.{ext}", 1.0, rate, channels, freq=440)
+    clip = decode_clip(path)
+    assert clip.frames is None and not clip.has_video and clip.frame_times.shape == (0,)
+    assert clip.fps is None and clip.width is None and clip.height is None
+    assert len(clip.audio) == pytest.approx(16000, abs=200)
+    assert abs(peak_hz(clip.audio, 16000) - 440) < 3
+    assert 0.3 < np.abs(clip.audio).max() <= 1.0
+    # in phase with the tone written at t = 0 (no resampler / priming delay)
+    t = np.arange(len(clip.audio)) / 16000
+    assert np.corrcoef(clip.audio[500:15000], 0.5 * np.sin(2 * np.pi * 440 * t[500:15000]))[0, 1] > 0.98
+
+
+def test_very_short_clip_repeats_frames(media):
+    path = mediagen.write_video(media / "short.mp4", 0.2, 64, 48, 15, audio=(16000, 1, "aac"))  # 3 frames
+    clip = decode_clip(path)
+    assert clip.frames.shape == (16, 3, 112, 112)
+    got = indices(clip)
+    assert got == sorted(got) and set(got) == {0, 1, 2}
+    assert len(clip.audio) == pytest.approx(3200, abs=40)
+
+
+@pytest.mark.parametrize("codec,pix_fmt", [("libx264", "yuv444p"), ("mjpeg", "yuvj444p")])
+def test_odd_frame_size(media, codec, pix_fmt):
+    path = mediagen.write_video(media / f"odd_{codec}.mkv", 0.5, 97, 61, 10, codec=codec, pix_fmt=pix_fmt)
+    clip = decode_clip(path, config=DecodeConfig(num_frames=4, height=61, width=97))
+    assert (clip.width, clip.height) == (97, 61)
+    assert clip.frames.shape == (4, 3, 61, 97)
+    assert indices(clip) == expected_indices(0, 0.5, 10, 5, T=4)
+
+
+def test_large_frame_and_max_pixels(media):
+    path = mediagen.write_video(media / "uhd.mp4", 0.1, 3840, 2160, 20, options={"preset": "ultrafast"})  # 2 frames
+    clip = decode_clip(path, config=DecodeConfig(num_frames=2))
+    assert (clip.width, clip.height) == (3840, 2160) and indices(clip) == [0, 1]
+    with pytest.raises(MediaError, match=r"3840x2160 = 8294400 pixels exceeds max_pixels=2073600"):
+        decode_clip(path, config=DecodeConfig(max_pixels=1920 * 1080))
+
+
+def test_rotation_metadata_is_applied(media):
+    # left half red, right half blue in the coded picture; rotation 90 (counter-clockwise)
+    import av
+
+    path = media / "rot.mp4"
+    with av.open(str(path), "w") as c:
+        s = c.add_stream("libx264", rate=10)
+        s.width, s.height, s.pix_fmt = 64, 32, "yuv444p"
+        s.set_display_rotation(90)
+        img = np.zeros((32, 64, 3), np.uint8)
+        img[:, :32] = (220, 0, 0)
+        img[:, 32:] = (0, 0, 220)
+        for i in range(3):
+            f = av.VideoFrame.from_ndarray(img, format="rgb24")
+            f.pts = i
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    clip = decode_clip(path, config=DecodeConfig(num_frames=2, height=64, width=32))
+    assert (clip.width, clip.height) == (32, 64)  # displayed portrait
+    f = clip.frames[0].astype(int)  # [3, 64, 32]: left half went to the bottom
+    assert f[0, 40:].mean() > 150 and f[2, 40:].mean() < 60
+    assert f[2, :24].mean() > 150 and f[0, :24].mean() < 60
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def test_bytes_and_file_like_sources(av_clip):
+    ref = decode_clip(av_clip, 0.5, 1.5)
+    data = av_clip.read_bytes()
+    from_bytes = decode_clip(data, 0.5, 1.5)
+    assert from_bytes.source == f"<bytes: {len(data)} B>"
+    with open(av_clip, "rb") as f:
+        from_file = decode_clip(f, 0.5, 1.5)
+    assert from_file.source == str(av_clip)
+    from_bytesio = decode_clip(io.BytesIO(data), 0.5, 1.5)
+    for c in (from_bytes, from_file, from_bytesio):
+        np.testing.assert_array_equal(c.frames, ref.frames)
+        np.testing.assert_array_equal(c.audio, ref.audio)
+
+
+# ----------------------------------------------------------------------------- limits
+
+
+def test_max_duration(av_clip):
+    cfg = DecodeConfig(max_duration_s=1.0)
+    with pytest.raises(MediaError, match=r"2\.0 s long, over max_duration_s=1; pass a window"):
+        decode_clip(av_clip, config=cfg)
+    assert decode_clip(av_clip, 0.5, 1.0, config=cfg).end == 1.0
+    with pytest.raises(MediaError, match=r"window \[0, 1.5\) is 1.5 s long, over max_duration_s=1"):
+        decode_clip(av_clip, 0.0, 1.5, config=cfg)
+
+
+def test_timeout(av_clip):
+    with pytest.raises(MediaError, match=r"timed out after 1e-09 s \(timeout_s\)"):
+        decode_clip(av_clip, config=DecodeConfig(timeout_s=1e-9))
+
+
+# ----------------------------------------------------------------------------- hostile input
+
+
+@pytest.fixture(scope="module")
+def hostile(media) -> dict[str, Path]:
+    return mediagen.hostile_files(media / "hostile")
+
+
+EXPECTED_CAUSE = {
+    "empty": "empty file",
+    "text": "not a readable media file",
+    "random": "not a readable media file",
+    "truncated_third": "not a readable media file",
+    "truncated_first_frame": "no decodable",
+    "header_only": "no decodable",
+    "ftyp_only": "not a readable media file",
+    "corrupt_middle": "corrupt",
+}
+
+
+@pytest.mark.parametrize("name", sorted(EXPECTED_CAUSE))
+def test_hostile_files_raise_media_error(hostile, name):
+    path = hostile[name]
+    for source in (path, path.read_bytes()):
+        with pytest.raises(MediaError) as info:
+            decode_clip(source)
+        assert EXPECTED_CAUSE[name] in info.value.cause or (name == "empty" and "empty input" in info.value.cause)
+        assert str(info.value).startswith(info.value.source + ": ")
+    assert info.value.source.startswith("<bytes")
+
+
+def test_missing_path_and_empty_bytes(media):
+    with pytest.raises(MediaError, match="nope.mp4: no such file"):
+        decode_clip(media / "nope.mp4")
+    with pytest.raises(MediaError, match=r"<bytes: 0 B>: empty input"):
+        decode_clip(b"")
+
+
+def test_hostile_files_never_crash_the_process(hostile):
+    """Decode every hostile file in a fresh interpreter: only MediaError, no signal, no other exception."""
+    code = (
+        "import sys\n"
+        "from mmsa_ray.media import decode_clip, MediaError\n"
+        "for p in sys.argv[1:]:\n"
+        "    for src in (p, open(p, 'rb').read()):\n"
+        "        try:\n"
+        "            decode_clip(src)\n"
+        "        except MediaError:\n"
+        "            pass\n"
+        "print('ok')\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code, *map(str, hostile.values())], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
