@@ -252,9 +252,10 @@ def _demux(container, vs, aus, video, audio, deadline, name, config) -> None:
     errors = {"video": 0, "audio": 0}
     counts = {"video": 0, "audio": 0}
 
-    def decode_video(packets) -> None:
+    def decode_video(packets, until: float | None) -> None:
+        # decode until every sample <= until is assigned (the frame after it has been seen)
         for p in packets:
-            if video.done:
+            if video.done or (until is not None and video.next_sample > until):
                 return
             try:
                 frames = vs.codec_context.decode(p)
@@ -267,7 +268,8 @@ def _demux(container, vs, aus, video, audio, deadline, name, config) -> None:
     def flush_gop(next_start: float | None) -> None:
         # decode the buffered GOP only if a pending sample falls before the next keyframe
         if gop and not video.done and (next_start is None or video.next_sample < next_start):
-            decode_video(gop)
+            inside = video.samples[video.samples < next_start] if next_start is not None else video.samples
+            decode_video(gop, float(inside[-1]) if next_start is not None else None)
         gop.clear()
 
     packets = container.demux(streams)
