@@ -41,16 +41,17 @@ def ours(path: str) -> None:
 
     clip = decode_clip(path, config=DecodeConfig(threads=1))
     features.video_features(clip.frames[None])
-    features.log_mel([clip.audio], features.FeatureConfig())
+    if clip.audio is not None:
+        features.log_mel([clip.audio], features.FeatureConfig())
 
 
 def floor(path: str) -> None:
     import av
 
     with av.open(path) as c:
-        vs, aus = c.streams.video[0], c.streams.audio[0]
+        vs = c.streams.video[0]
         vs.codec_context.thread_count = 1
-        for packet in c.demux(vs, aus):
+        for packet in c.demux(vs, *c.streams.audio[:1]):
             packet.decode()
 
 
@@ -69,10 +70,11 @@ def seed(path: str) -> None:
     with tempfile.TemporaryDirectory() as d:
         wav = os.path.join(d, "a.wav")
         subprocess.run(["ffmpeg", "-nostdin", "-loglevel", "error", "-threads", "1", "-i", path, "-vn",
-                        "-acodec", "pcm_s16le", "-ar", "16000", "-ac", "1", wav], check=True)
-        audio = _read_wav(wav)
+                        "-acodec", "pcm_s16le", "-ar", "16000", "-ac", "1", wav], check=False)
+        audio = _read_wav(wav) if os.path.exists(wav) else None
     from mmsa_ray import features
-    features.log_mel([audio], features.FeatureConfig())
+    if audio is not None and audio.size:
+        features.log_mel([audio], features.FeatureConfig())
     del video
 
 

@@ -12,7 +12,8 @@ Audio: every channel mixed to mono, resampled to `sample_rate`, trimmed to [star
 to the sample.
 
 Speed (single-threaded decoding of a 720p clip is the usual bottleneck):
-- only the sampled frames are converted to RGB, resized straight to H x W by swscale;
+- only the sampled frames are converted to RGB, resized straight to H x W by swscale
+  (area averaging: anti-aliased, and ~5x cheaper than its default bilinear here);
 - demuxing buffers one GOP (keyframe to keyframe) of video packets and decodes it only
   if a sample time falls inside it, stopping inside the GOP once past its last sample:
   with dense keyframes (1-2 s GOPs) long windows decode a fraction of their frames;
@@ -366,9 +367,9 @@ class _VideoSampler:
             rot = int(round((getattr(frame, "rotation", 0) or 0) / 90)) % 4
             self.rotation = rot * 90
             if rot % 2:  # displayed sideways: scale to the transposed size, then rotate
-                img = frame.to_ndarray(width=H, height=W, format="rgb24")
+                img = frame.to_ndarray(width=H, height=W, format="rgb24", interpolation="AREA")
             else:
-                img = frame.to_ndarray(width=W, height=H, format="rgb24")
+                img = frame.to_ndarray(width=W, height=H, format="rgb24", interpolation="AREA")
             if rot:
                 img = np.rot90(img, rot)
             self.prev_rgb = np.ascontiguousarray(img.transpose(2, 0, 1))  # [3, H, W]
