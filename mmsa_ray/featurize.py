@@ -357,8 +357,11 @@ def stack_audio(values, mel_shape=(1, 64, 300)) -> np.ndarray:
 
 def featurize_records(records, model, split: str, *, modalities=MODALITIES, cache_dir: str | None = None,
                       actors: int = 1, gpus_per_actor: float = 0.0, batch_size: int = 32,
-                      decode_batch_size: int = 8, audio_dtype: str = "float16", verbose: bool = True) -> FeaturizeResult:
+                      decode_batch_size: int = 8, audio_dtype: str = "float16", reuse_superset: bool = True) -> FeaturizeResult:
     """Featurize `records` (one split) with `model`'s frozen encoders into the cache; reuse a complete one.
+
+    A complete cache of all modalities is reused for any subset (reuse_superset); the
+    consumer masks the modalities it does not use.
 
     Needs a running Ray (ray.init) unless the cache is complete. Returns where the Parquet is.
     """
@@ -369,6 +372,11 @@ def featurize_records(records, model, split: str, *, modalities=MODALITIES, cach
     if not records:
         raise ValueError(f"featurize: no records for split {split!r}")
     cache_root = Path(cache_dir or default_cache_dir()).expanduser().absolute()
+    if reuse_superset and modalities != MODALITIES:  # features of all modalities serve any subset
+        full = cache_root / cache_key(records, model, MODALITIES) / split / COMPLETE
+        if full.is_file():
+            info = json.loads(full.read_text())
+            return FeaturizeResult(str(full.parent), full.parent.parent.name, split, info["rows"], info["errors"], reused=True)
     key = cache_key(records, model, modalities)
     base = cache_root / key
     out = base / split

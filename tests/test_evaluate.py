@@ -1,0 +1,122 @@
+"""Metrics against hand-computed values, the PNG/JSON/Markdown report, and `mmsa-ray evaluate`
+on a featurized Parquet directory (no Ray needed)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from mmsa_ray import evaluate
+from mmsa_ray.labels import EMOTIONS, MODALITIES, SENTIMENTS
+
+
+def test_confusion_and_metrics_by_hand():
+    # classes 0,1,2; true/pred pairs chosen so every number is easy to check
+    y_true = [0, 0, 0, 1, 1, 2]
+    y_pred = [0, 0, 1, 1, 2, 2]
+    cm = evaluate.confusion_matrix(y_true, y_pred, 3)
+    assert cm.tolist() == [[2, 1, 0], [0, 1, 1], [0, 0, 1]]
+    m = evaluate.metrics_from_confusion(cm)
+    # precision: 2/2, 1/2, 1/2 ; recall: 2/3, 1/2, 1/1
+    assert m["precision"] == pytest.approx([1.0, 0.5, 0.5])
+    assert m["recall"] == pytest.approx([2 / 3, 0.5, 1.0])
+    f1 = [2 * 1 * (2 / 3) / (1 + 2 / 3), 0.5, 2 * 0.5 * 1 / 1.5]  # 0.8, 0.5, 0.6667
+    assert m["f1"] == pytest.approx(f1)
+    assert m["accuracy"] == pytest.approx(4 / 6)
+    assert m["weighted_f1"] == pytest.approx((3 * f1[0] + 2 * f1[1] + 1 * f1[2]) / 6)
+    assert m["macro_f1"] == pytest.approx(sum(f1) / 3)
+    assert m["support"] == [3, 2, 1] and m["n"] == 6
+
+
+def test_zero_division_and_absent_classes():
+    # class 2 never occurs (true or predicted): excluded from macro F1; class 1 predicted never -> P=0
+    m = evaluate.classification_metrics([0, 1, 1], [0, 0, 0], 3)
+    assert m["precision"] == pytest.approx([1 / 3, 0.0, 0.0])
+    assert m["recall"] == pytest.approx([1.0, 0.0, 0.0])
+    assert m["f1"] == pytest.approx([0.5, 0.0, 0.0])
+    assert m["macro_f1"] == pytest.approx(0.25)
+    assert m["weighted_f1"] == pytest.approx(0.5 / 3)
+    with pytest.raises(ValueError, match="outside"):
+        evaluate.confusion_matrix([0, 3], [0, 0], 3)
+    with pytest.raises(ValueError, match="labels"):
+        evaluate.confusion_matrix([0, 1], [0], 3)
+
+
+def test_metrics_match_sklearn_on_random_labels():
+    sk = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    t, p = rng.integers(0, 7, 500), rng.integers(0, 7, 500)
+    p[:200] = t[:200]
+    m = evaluate.classification_metrics(t, p, 7)
+    assert m["accuracy"] == pytest.approx(sk.accuracy_score(t, p))
+    assert m["weighted_f1"] == pytest.approx(sk.f1_score(t, p, average="weighted"))
+    assert m["macro_f1"] == pytest.approx(sk.f1_score(t, p, average="macro"))
+    assert m["confusion"] == sk.confusion_matrix(t, p, labels=range(7)).tolist()
+
+
+def test_report_files(tmp_path):
+    from PIL import Image
+
+    rng = np.random.default_rng(1)
+    labels = {"emotion": rng.integers(0, 7, 40), "sentiment": rng.integers(0, 3, 40)}
+    logits = {h: np.eye(len(evaluate.HEADS[h]))[labels[h]] * 5 for h in labels}  # perfect
+    result = {"n": 40, "heads": evaluate.head_metrics(logits, labels), "per_modality": {}, "errors": [{"id": "x", "error": "MediaError: x: bad"}]}
+    assert result["heads"]["emotion"]["accuracy"] == 1.0 and result["heads"]["sentiment"]["weighted_f1"] == 1.0
+    out = evaluate.write_report(result, tmp_path / "r", "t")
+    for head, names in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
+        img = Image.open(out / f"confusion_{head}.png")
+        assert img.format == "PNG" and img.size[0] > 100
+    data = json.loads((out / "report.json").read_text())
+    assert data["labels"]["emotion"] == list(EMOTIONS)
+    md = (out / "report.md").read_text()
+    assert "| emotion | 1.0000 | 1.0000 |" in md and "failed to decode" in md and "confusion_sentiment.png" in md
+
+
+def _feature_dir(tmp_path, model, n=24):
+    """A featurized Parquet directory like featurize writes, with random embeddings."""
+    import pyarrow.parquet as pq
+
+    from mmsa_ray.featurize import output_table
+
+    rng = np.random.default_rng(0)
+    batch = {
+        "id": np.array([f"dev/dia0_utt{i}" for i in range(n)], dtype=object),
+        "split": np.array(["dev"] * n, dtype=object),
+        "emotion_index": rng.integers(0, 7, n), "sentiment_index": rng.integers(0, 3, n),
+        "audio": rng.standard_normal((n, 1, 64, 300)).astype(np.float32),
+        "mask": np.ones((n, 3), np.float32),
+        "error": np.array([None] * (n - 1) + ["MediaError: broken.mp4: no streams"], dtype=object),
+    }
+    batch["mask"][0, MODALITIES.index("audio")] = 0  # one clip without audio: stored as an empty list
+    emb = {"video_emb": rng.standard_normal((n, 512)).astype(np.float32),
+           "text_emb": rng.standard_normal((n, model.text_hidden)).astype(np.float32)}
+    table = output_table(batch, emb)
+    d = tmp_path / "features"
+    d.mkdir()
+    pq.write_table(table, d / "part-0.parquet")
+    return d, table
+
+
+def test_evaluate_cli_on_features(tmp_path, tiny_checkpoint):
+    from mmsa_ray.model import MultimodalSentimentModel
+
+    model = MultimodalSentimentModel.load(tiny_checkpoint)
+    d, table = _feature_dir(tmp_path, model)
+    assert table.column("audio")[0].as_py() == [] and len(table.column("audio")[1].as_py()) == 64 * 300
+    data, errors = evaluate.load_features(d)
+    assert len(data) == 23 and errors == [{"id": "dev/dia0_utt23", "error": "MediaError: broken.mp4: no streams"}]
+    assert data.audio.shape == (23, 1, 64, 300) and not data.audio[0].any() and data.audio[1].any()
+    # the CLI agrees with the library call
+    expected = evaluate.evaluate(model, data)
+    out = tmp_path / "report"
+    assert evaluate.main(["--checkpoint", str(tiny_checkpoint), "--features", str(d), "--output", str(out), "--device", "cpu"]) == 0
+    got = json.loads((out / "report.json").read_text())
+    assert got["n"] == 23 and len(got["errors"]) == 1
+    for h in ("emotion", "sentiment"):
+        assert got["heads"][h]["confusion"] == expected["heads"][h]["confusion"]
+    assert set(got["per_modality"]) == set(MODALITIES)
+    # masking a modality out changes what the model sees
+    text_only, _ = evaluate.load_features(d, modalities=("text",))
+    assert text_only.mask[:, 1:].sum() == 0 and text_only.mask[:, 0].all()
