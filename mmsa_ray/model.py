@@ -209,6 +209,16 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
     return state
 
 
+class _BatchNorm1d(nn.BatchNorm1d):
+    """BatchNorm1d that uses its running statistics for a training batch of one sample
+    (batch statistics of one value per channel do not exist; plain BatchNorm1d raises)."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if self.training and x.shape[0] == 1:
+            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+        return super().forward(x)
+
+
 class AudioEncoder(nn.Module):
     """log-mel [B,1,n_mels,frames] -> [B,128]: Conv1d over time with the mel bands as channels."""
 
@@ -262,14 +272,20 @@ class MultimodalSentimentModel(nn.Module):
         self.video_proj = nn.Sequential(nn.Linear(VIDEO_EMB_DIM, e), nn.ReLU(), nn.Dropout(config.dropout))
         self.text_proj = nn.Linear(hidden, e)
         self.audio_encoder = AudioEncoder(config.features.n_mels, e, config.dropout)
-        self.fusion = nn.Sequential(
-            nn.Linear(len(labels.MODALITIES) * e, config.fusion_dim),
-            nn.BatchNorm1d(config.fusion_dim),
-            nn.ReLU(),
-            nn.Dropout(config.dropout),
-        )
-        self.emotion_head = nn.Linear(config.fusion_dim, len(labels.EMOTIONS))
-        self.sentiment_head = nn.Linear(config.fusion_dim, len(labels.SENTIMENTS))
+        # Late fusion has no fusion layer: parameters that never get a gradient would
+        # break DDP (unused parameters) and bloat checkpoints.
+        self.fusion: nn.Module | None = None
+        self.emotion_head: nn.Module | None = None
+        self.sentiment_head: nn.Module | None = None
+        if config.fusion == "concat":
+            self.fusion = nn.Sequential(
+                nn.Linear(len(labels.MODALITIES) * e, config.fusion_dim),
+                _BatchNorm1d(config.fusion_dim),
+                nn.ReLU(),
+                nn.Dropout(config.dropout),
+            )
+            self.emotion_head = nn.Linear(config.fusion_dim, len(labels.EMOTIONS))
+            self.sentiment_head = nn.Linear(config.fusion_dim, len(labels.SENTIMENTS))
         self.modality_heads = nn.ModuleDict(
             {
                 m: nn.ModuleDict({"emotion": nn.Linear(e, len(labels.EMOTIONS)), "sentiment": nn.Linear(e, len(labels.SENTIMENTS))})
@@ -307,7 +323,7 @@ class MultimodalSentimentModel(nn.Module):
         }
         out = []
         for name, modules in groups.items():
-            params = [p for m in modules for p in m.parameters() if p.requires_grad]
+            params = [p for m in modules if m is not None for p in m.parameters() if p.requires_grad]
             if params:
                 out.append({"name": name, "params": params})
         return out
@@ -402,7 +418,7 @@ class MultimodalSentimentModel(nn.Module):
             m: {"emotion": self.modality_heads[m]["emotion"](emb[m]), "sentiment": self.modality_heads[m]["sentiment"](emb[m])}
             for m in labels.MODALITIES
         }
-        if self.config.fusion == "concat":
+        if self.fusion is not None:
             fused = self.fusion(torch.cat([emb[m] for m in labels.MODALITIES], dim=1))  # (B, fusion_dim)
             emotion, sentiment = self.emotion_head(fused), self.sentiment_head(fused)
         else:
@@ -475,7 +491,8 @@ class MultimodalSentimentModel(nn.Module):
         text_dir = directory / TEXT_ENCODER_DIR
         if not (text_dir / "config.json").is_file():
             raise FileNotFoundError(f"checkpoint {directory}: {TEXT_ENCODER_DIR}/config.json is missing")
-        model = cls(config, _text_encoder_dir=text_dir)
+        with torch.random.fork_rng(devices=[]):  # random init before the weights arrive: leave the caller's RNG alone
+            model = cls(config, _text_encoder_dir=text_dir)
         try:
             missing, unexpected = load_model(model, str(weights), strict=True, device=str(map_location))
         except RuntimeError as e:

@@ -37,6 +37,12 @@ def model(small_model_config) -> MultimodalSentimentModel:
     return MultimodalSentimentModel(small_model_config).eval()
 
 
+@pytest.fixture(scope="module")
+def late_model(small_model_config) -> MultimodalSentimentModel:
+    torch.manual_seed(0)
+    return MultimodalSentimentModel(dataclasses.replace(small_model_config, fusion="late")).eval()
+
+
 def _batch(config: ModelConfig, seed: int = 0, b: int = B) -> dict[str, torch.Tensor]:
     g = torch.Generator().manual_seed(seed)
     d = config.decode
@@ -105,12 +111,11 @@ def test_forward_shapes_and_backward(model):
 
 
 @pytest.mark.parametrize("fusion", ["concat", "late"])
-def test_absent_modalities_cannot_change_the_output(model, fusion):
+def test_absent_modalities_cannot_change_the_output(model, late_model, fusion):
     """A sample's outputs depend only on its present modalities: garbage (huge values,
     NaN, out-of-vocabulary ids) in the absent ones changes nothing, for that sample or
     for the others in the batch, in eval and in train mode."""
-    m = copy.deepcopy(model)
-    m.config = dataclasses.replace(m.config, fusion=fusion)
+    m = copy.deepcopy(model if fusion == "concat" else late_model)
     clean = _batch(m.config)
     # zero what is absent: the reference
     for i, row in enumerate(clean["mask"]):
@@ -131,7 +136,7 @@ def test_absent_modalities_cannot_change_the_output(model, fusion):
         if not row[2]:
             dirty["video"][i] = 1e6
             dirty["video"][i, 0, 0, 0, 0] = float("inf")
-    for train in (False, True):
+    for train in (False, True) if fusion == "concat" else (False,):
         m.train(train)
         torch.manual_seed(1)
         a = m(clean)
@@ -147,9 +152,9 @@ def test_absent_modalities_cannot_change_the_output(model, fusion):
         torch.testing.assert_close(full[key][1:2], alone[key], rtol=0, atol=1e-5)
 
 
-def test_late_fusion_is_the_mask_weighted_average_of_modality_logits(model):
-    m = copy.deepcopy(model)
-    m.config = dataclasses.replace(m.config, fusion="late")
+def test_late_fusion_is_the_mask_weighted_average_of_modality_logits(late_model):
+    m = late_model
+    assert m.fusion is None and not any(k.startswith(("fusion.", "emotion_head.")) for k in m.state_dict())
     batch = _batch(m.config)
     with torch.no_grad():
         out = m(batch)
@@ -160,6 +165,23 @@ def test_late_fusion_is_the_mask_weighted_average_of_modality_logits(model):
         torch.testing.assert_close(out[key], want)
     # a sample with one modality: fused == that modality's own logits
     torch.testing.assert_close(out["emotion"][3], out["per_modality"]["video"]["emotion"][3])
+
+
+@pytest.mark.parametrize("fusion", ["concat", "late"])
+def test_every_trainable_parameter_gets_a_gradient(model, late_model, fusion):
+    """DDP needs every trainable parameter in the graph of a loss over all outputs,
+    and a training batch of one sample must work (last batch of a shard)."""
+    m = copy.deepcopy(model if fusion == "concat" else late_model).train()
+    for b in (B, 1):
+        m.zero_grad()
+        batch = _batch(m.config, b=b)
+        cached = m.backbone_features(batch)  # the frozen trunks get no gradient anyway
+        out = m({"audio": batch["audio"], "mask": batch["mask"], **cached})
+        loss = out["emotion"].sum() + out["sentiment"].sum()
+        loss = loss + sum(out["per_modality"][mod][k].sum() for mod in labels.MODALITIES for k in ("emotion", "sentiment"))
+        loss.backward()
+        missing = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
+        assert not missing, missing
 
 
 def test_cached_embeddings_give_the_raw_forward(model):
@@ -269,7 +291,10 @@ def test_checkpoint_round_trip_in_a_fresh_offline_process(tiny_checkpoint, small
     assert set(meta["versions"]) == {"mmsa_ray", "torch", "transformers"}
     assert ModelConfig.from_dict(meta["model"]) == small_model_config
 
+    torch.manual_seed(123)
+    state = torch.random.get_rng_state()
     model = MultimodalSentimentModel.load(ck)
+    assert torch.equal(torch.random.get_rng_state(), state), "load must not consume the caller's RNG"
     assert not model.training
     batch = _batch(model.config)
     np.savez(tmp_path / "batch.npz", **{k: v.numpy() for k, v in batch.items()})
