@@ -343,6 +343,7 @@ class MultimodalSentimentModel(nn.Module):
         """[B,3,T,H,W] -> r3d_18 pooled [B,512]; absent clips run on zeros."""
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"batch['video'] must be [B, 3, T, H, W], got {tuple(video.shape)}")
+        video = video.to(self.video_backbone.stem[0].weight.dtype)
         video = torch.where(present.view(-1, 1, 1, 1, 1), video, torch.zeros((), dtype=video.dtype, device=video.device))
         return self.video_backbone(video)
 
@@ -403,6 +404,7 @@ class MultimodalSentimentModel(nn.Module):
         else:
             raise KeyError(f"batch needs 'input_ids' and 'attention_mask' [B,L] or a cached 'text_emb' [B,{self.text_hidden}]")
 
+        audio = audio.to(self.audio_encoder.conv[0].weight.dtype)  # e.g. float16 features from a cache
         zero = torch.zeros((), dtype=audio.dtype, device=audio.device)
         audio_in = torch.where(present[:, a].view(-1, 1, 1, 1), audio, zero)
         # Absent inputs were neutralised above; their embeddings are zeroed here with

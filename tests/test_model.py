@@ -195,7 +195,9 @@ def test_cached_embeddings_give_the_raw_forward(model):
     small = {"audio": batch["audio"], "mask": batch["mask"], **cached}
     with torch.no_grad():
         out = model(small)
+        half = model({**small, "audio": batch["audio"].half(), "video_emb": cached["video_emb"].half()})
     _assert_outputs_equal(raw, out, atol=1e-5)
+    torch.testing.assert_close(half["emotion"], raw["emotion"], rtol=0, atol=5e-3)  # float16 caches are accepted
     with pytest.raises(KeyError, match="video_emb"):
         model({"audio": batch["audio"], "mask": batch["mask"], "text_emb": cached["text_emb"]})
 
