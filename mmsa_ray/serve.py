@@ -5,7 +5,7 @@ One application, three deployments, each scaling on its own::
     HTTP ─► Ingress       FastAPI: upload limits (streamed), form validation, errors as JSON
               │ file bytes + transcript (+ optional start/end seconds)
               ▼
-            Preprocessor  CPU: Predictor.preprocess (PyAV decode + features) in a thread pool
+            Preprocessor  CPU: predict.Preprocessing (PyAV decode + features) in a thread pool
               │ features of one clip: dict[str, np.ndarray]
               ▼
             Model         @serve.batch dynamic batching → Predictor.predict_batch; 1 GPU/replica
@@ -13,7 +13,7 @@ One application, three deployments, each scaling on its own::
               ▼
             JSON
 
-Decoding and feature extraction are `mmsa_ray.predict.Predictor.preprocess` and the model
+Decoding and feature extraction are `mmsa_ray.predict.Preprocessing` and the model
 step is `Predictor.predict_batch`: the very code `label` runs, so a file POSTed here gets
 the probabilities its labeling row has. Decoding lives in its own deployment so CPU
 decoders scale apart from GPU model replicas, and so a decoder that dies on a hostile
@@ -220,19 +220,20 @@ def serve_config_from_args(args: argparse.Namespace) -> ServeConfig:
 
 @serve.deployment(name="Preprocessor")
 class Preprocessor:
-    """Upload bytes -> features of one clip, via Predictor.preprocess, in a thread pool.
+    """Upload bytes -> features of one clip, via predict.Preprocessing, in a thread pool.
 
     PyAV decoding is blocking C code: running it on the replica's event loop would stall
     every other request on this replica, so it runs in `threads` worker threads.
     """
 
     def __init__(self, checkpoint: str, limits: dict[str, float], threads: int):
-        from mmsa_ray.predict import Predictor
+        from mmsa_ray.predict import Preprocessing
 
-        # Preprocessing needs only the checkpoint's preprocessing config and tokenizer;
-        # CPU is enough, the model itself never runs here.
-        self._predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
-        _apply_decode_limits(self._predictor, limits)
+        # Only the checkpoint's preprocessing config and tokenizer: no model weights here.
+        self._preprocessing = Preprocessing.from_checkpoint(checkpoint)
+        # Serve's caps replace the checkpoint's: only limits change, never the sampling
+        # (frames, size, sample rate), so accepted files get exactly the labeling features.
+        self._preprocessing.decode_config = dataclasses.replace(self._preprocessing.decode_config, **limits)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     async def preprocess(self, data: bytes, transcript: str | None, start: float | None, end: float | None) -> dict[str, Any]:
@@ -242,17 +243,11 @@ class Preprocessor:
         loop = asyncio.get_running_loop()
         try:
             features = await loop.run_in_executor(
-                self._pool, lambda: self._predictor.preprocess(data, transcript=transcript, start=start, end=end)
+                self._pool, lambda: self._preprocessing(data, transcript=transcript, start=start, end=end)
             )
         except MediaError as e:
             return {"error": str(e)}
         return {"features": features}
-
-
-def _apply_decode_limits(predictor: Any, limits: dict[str, float]) -> None:
-    """Serve's caps replace the checkpoint's: only limits change, never the sampling
-    (frames, size, sample rate), so accepted files get exactly the labeling features."""
-    predictor.decode_config = dataclasses.replace(predictor.decode_config, **limits)
 
 
 # ----------------------------------------------------------------------------- model
@@ -315,8 +310,8 @@ class Model:
 
     def info(self) -> dict[str, Any]:
         return {
-            "model_id": getattr(self._predictor, "model_id", None),
-            "device": str(getattr(self._predictor, "device", "")),
+            "model_id": self._predictor.model_id,
+            "device": str(self._predictor.device),
             "max_batch_size": self._predict_batched._get_max_batch_size(),
             "batching": self._batching,
             "batches": self._batches,
@@ -344,9 +339,7 @@ def _health_probe(predictor: Any):
 
     model = predictor.model
     device = next(model.parameters()).device
-    dummy = collate([predictor.dummy_features()]) if hasattr(predictor, "dummy_features") else None
-    if dummy is None:
-        raise RuntimeError("Predictor has no dummy_features(); cannot build the health probe")
+    dummy = collate([predictor.dummy_features()])
     with torch.no_grad():
         batch = {k: torch.from_numpy(np.ascontiguousarray(v)).to(device) for k, v in dummy.items()}
         batch.update(model.backbone_features(batch))  # run the backbones once, at start-up
@@ -552,6 +545,9 @@ class Ingress:
             raise RequestError(400, f"malformed multipart body: {e.message}") from None
 
         try:
+            if not form:
+                # A body that is not multipart at all parses to zero parts.
+                raise RequestError(400, "malformed multipart body: no form parts found (expected a 'file' part)")
             unknown = sorted(set(form.keys()) - set(_FORM_FIELDS))
             if unknown:
                 raise RequestError(422, f"unknown form field(s) {unknown}; expected {list(_FORM_FIELDS)}")
