@@ -399,6 +399,9 @@ def featurize_records(records, model, split: str, *, modalities=MODALITIES, cach
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
     )
     tmp = base / f".{split}.tmp-{uuid.uuid4().hex[:8]}"
+    ctx = ray.data.DataContext.get_current()
+    preserve = ctx.execution_options.preserve_order
+    ctx.execution_options.preserve_order = True  # rows in record order: a deterministic cache
     try:
         ds.write_parquet(str(tmp))
         import pyarrow.dataset as pads
@@ -414,6 +417,7 @@ def featurize_records(records, model, split: str, *, modalities=MODALITIES, cach
             shutil.rmtree(out)
         os.rename(tmp, out)
     finally:
+        ctx.execution_options.preserve_order = preserve
         shutil.rmtree(tmp, ignore_errors=True)
         staging.unlink(missing_ok=True)
     res = FeaturizeResult(str(out), key, split, rows, errors, reused=False, seconds=time.time() - t0)

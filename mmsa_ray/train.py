@@ -62,7 +62,8 @@ class TrainConfig:
     seed: int = 0
     end_to_end: bool = False  # stream raw clips (decode+features) instead of cached features
     finetune: tuple[str, ...] = ()  # encoders to unfreeze ("text", "video"); implies end_to_end
-    shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer
+    shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer (0 = record order)
+    deterministic: bool = False  # Ray Data preserves row order (reproducible runs; slower streaming)
     pid_dir: str | None = None  # where each worker writes rank<r>.pid (tests kill one)
 
 
@@ -492,6 +493,8 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
     }
     cpus = job.cpus_per_worker if job.cpus_per_worker is not None else (1.0 if job.use_gpu else 0.5)
     resources = {"CPU": cpus} | ({"GPU": 1} if job.use_gpu else {})
+    ingest = DataConfig.default_ingest_options()
+    ingest.preserve_order = cfg.deterministic
     trainer = TorchTrainer(
         train_loop,
         train_loop_config=loop_config,
@@ -502,7 +505,7 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
             checkpoint_config=CheckpointConfig(num_to_keep=job.num_to_keep, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"),
         ),
         datasets=datasets,
-        dataset_config=DataConfig(datasets_to_split=["train"]),
+        dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ingest),
     )
     t_fit = time.time()
     result = trainer.fit()
