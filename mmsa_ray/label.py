@@ -1,0 +1,722 @@
+"""`mmsa-ray label INPUT --checkpoint DIR --output OUT`: label a video archive into Parquet.
+
+The Ray Data pipeline, streaming end to end (nothing is materialized, nothing but the
+final counts comes back to the driver):
+
+    list sources ─► OUT/_staging/*.parquet ─► read_parquet ─► [checkpoint filter]
+      ─► repartition(decode_batch_size rows) ─► decode + features   (CPU tasks)
+      ─► LabelPredictor                        (actor pool, CPU or GPU)
+      ─► write_parquet(OUT)                    (fixed LABEL_SCHEMA, atomic files)
+
+INPUT is a directory (searched recursively for media extensions), a glob, or a manifest
+(.csv / .parquet / .jsonl with a `path` column and optional `id`, `transcript`, `start`,
+`end`). Paths may be local or cloud URIs (s3://, gs://, anything pyarrow.fs resolves);
+remote media is streamed through pyarrow, never copied to disk.
+
+One row per input item, always. A file that cannot be decoded (corrupt, empty,
+truncated, too long, too large, no streams) becomes a row whose `error` says why; the job
+still exits 0 and prints labeled / failed / skipped counts.
+
+Exactly once, across kills and re-runs
+--------------------------------------
+Ray Data's own checkpointing (`ray.data.checkpoint.CheckpointConfig`, Ray 2.60) does the
+bookkeeping: the staged manifest is read back with `read_parquet`, so the planner puts a
+CheckpointFilter after the read that drops ids already committed in OUT/_checkpoint, and
+the write runs a two-phase commit per output file (a `<file>.pending.parquet` id list is
+written before the data file and renamed to `<file>.parquet` after it). On start-up Ray
+deletes any data file whose pending id list was never committed, so a job killed at any
+point (driver or worker, kill -9) and run again leaves every input id in OUT exactly once.
+`delete_checkpoint_on_success` is off: the committed id lists are what make a later
+re-run skip finished work. Each data file is written to a hidden `.<name>.inprogress`
+file and renamed when complete, so a partially written file never looks like output
+(readers such as pyarrow.dataset and pandas skip names starting with '.' or '_').
+
+Crashing and hanging decoders
+-----------------------------
+PyAV can SIGSEGV or block on hostile input. Decoding runs in Ray tasks (not in the model
+actors), so a crash is a dead worker and Ray retries the task. To keep a file that crashes
+the decoder every time from being retried forever, each item's decode is bracketed by an
+attempt record, OUT/_attempts/<sha1(id)>.json (attempt count, pid, host): written before
+decoding, deleted as soon as decode returns or raises. A record that survives therefore
+means "the process died while decoding this item". When a retried task meets an item whose
+record shows `max_decode_attempts` deaths, it does not decode it again: the item becomes an
+error row ("the decoding worker died N times..."). Task retries are bounded accordingly
+(`max_decode_attempts * decode_batch_size + 2`). A decoder that blocks is bounded twice:
+DecodeConfig.timeout_s inside decode_clip (raises MediaError), and a watchdog thread here
+that gives up on a decode still running after `2 * timeout_s + 10` s (the stuck thread is
+abandoned; its worker process is reused, one thread short).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import fnmatch
+import functools
+import hashlib
+import json
+import os
+import posixpath
+import socket
+import sys
+import threading
+import time
+import warnings
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, Iterator
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from mmsa_ray import labels
+
+MEDIA_EXTENSIONS: tuple[str, ...] = (
+    ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp",
+    ".m4a", ".wav", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".aac", ".wma",
+)
+MANIFEST_EXTENSIONS: tuple[str, ...] = (".csv", ".parquet", ".jsonl", ".ndjson")
+FEATURE_KEYS = ("video", "audio", "input_ids", "attention_mask", "mask")
+
+STAGING_DIR = "_staging"  # the listed sources, read back by read_parquet
+CHECKPOINT_DIR = "_checkpoint"  # Ray Data's committed / pending id lists
+ATTEMPTS_DIR = "_attempts"  # per-item decode attempt records (see module docstring)
+STAGING_ROWS_PER_FILE = 4096
+
+STAGING_SCHEMA = pa.schema([
+    ("id", pa.string()),
+    ("uri", pa.string()),
+    ("transcript", pa.string()),
+    ("start", pa.float64()),
+    ("end", pa.float64()),
+])
+
+# One row per input item. Probabilities follow labels.EMOTIONS (7) and labels.SENTIMENTS (3);
+# every prediction column is null on error rows.
+LABEL_SCHEMA = pa.schema([
+    ("id", pa.string()),  # unique per item: path relative to INPUT, the manifest's id, or uri#t=start,end
+    ("uri", pa.string()),  # local path or cloud URI of the media
+    ("start", pa.float64()),  # window start, seconds (null: from the beginning)
+    ("end", pa.float64()),  # window end, seconds (null: to the end, capped by max_duration_s)
+    ("transcript", pa.string()),  # from the manifest; null when none was given
+    ("emotion", pa.string()),
+    ("emotion_probs", pa.list_(pa.float32())),  # 7, labels.EMOTIONS order
+    ("sentiment", pa.string()),
+    ("sentiment_probs", pa.list_(pa.float32())),  # 3, labels.SENTIMENTS order
+    ("modalities", pa.list_(pa.string())),  # present ones, labels.MODALITIES order
+    ("text_emotion", pa.string()),  # each modality's own top emotion; null when absent
+    ("audio_emotion", pa.string()),
+    ("video_emotion", pa.string()),
+    ("error", pa.string()),  # null when labeled; otherwise "<uri>: <cause>"
+    ("model_id", pa.string()),  # checkpoint dir name + short hash of its weights
+    ("labeled_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+@dataclass
+class LabelConfig:
+    """One labeling job; `mmsa-ray label` flags map one to one onto these fields."""
+
+    input: str  # directory, glob, or manifest (.csv/.parquet/.jsonl); local or cloud URI
+    checkpoint: str  # model checkpoint directory (readable on every node)
+    output: str  # output directory (local or cloud URI); re-runs skip ids already in it
+    actors: tuple[int, int] = (1, 1)  # model actor pool (min, max)
+    gpus_per_actor: float = 0.0  # 0 = CPU model actors; 1 on GPU nodes
+    cpus_per_actor: float = 1.0  # CPUs reserved per model actor (also its torch threads)
+    batch_size: int = 16  # clips per model forward
+    decode_batch_size: int = 4  # clips per decode task
+    decode_cpus: float = 1.0  # CPUs per decode task
+    decode_timeout_s: float | None = None  # per-clip decode limit; None = the checkpoint's DecodeConfig.timeout_s
+    max_decode_attempts: int = 3  # worker deaths while decoding one item before it is recorded as failed
+    rows_per_file: int = 256  # rows per output Parquet file (the unit of commit)
+    device: str | None = None  # model device; None = "cuda" when gpus_per_actor > 0, else "cpu"
+    ray_address: str | None = None  # None: RAY_ADDRESS / running cluster / a new local Ray
+    extensions: tuple[str, ...] = field(default=MEDIA_EXTENSIONS)  # media suffixes for directory/glob inputs
+
+    def __post_init__(self) -> None:
+        lo, hi = self.actors
+        if not (1 <= lo <= hi):
+            raise ValueError(f"actors must be MIN,MAX with 1 <= MIN <= MAX, got {self.actors}")
+        for name in ("batch_size", "decode_batch_size", "max_decode_attempts", "rows_per_file"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if self.gpus_per_actor < 0 or self.cpus_per_actor < 0 or self.decode_cpus <= 0:
+            raise ValueError("gpus_per_actor and cpus_per_actor must be >= 0, decode_cpus > 0")
+
+
+@dataclass
+class LabelSummary:
+    """What a run did. `skipped`: ids already in OUT from an earlier run."""
+
+    staged: int  # items listed from INPUT
+    labeled: int  # rows written by this run without error
+    failed: int  # rows written by this run with an error
+    skipped: int  # items not processed because OUT already has them
+    total_rows: int  # rows in OUT after the run
+    seconds: float
+    output: str
+    errors: list[tuple[str, str]] = field(default_factory=list)  # a few (id, error) of this run
+    stats: str = ""  # Ray Data's per-operator stats of this run
+
+    def __str__(self) -> str:
+        lines = [
+            f"labeled {self.labeled}, failed {self.failed}, skipped {self.skipped} (already in output) "
+            f"of {self.staged} items in {self.seconds:.1f} s; {self.output} holds {self.total_rows} rows",
+        ]
+        lines += [f"  failed: {i}: {e}" for i, e in self.errors]
+        return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- sources
+
+
+def resolve(uri: str) -> tuple[pafs.FileSystem, str]:
+    """Local path or cloud URI -> (pyarrow filesystem, path inside it)."""
+    if "://" in uri:
+        return pafs.FileSystem.from_uri(uri)
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(uri))
+
+
+def _uri_of(template: str, path: str) -> str:
+    """The user-facing URI of a listed `path` on the filesystem `template` came from."""
+    if "://" in template:
+        scheme = template.split("://", 1)[0]
+        return f"{scheme}://{path.lstrip('/')}" if scheme != "file" else path
+    return path
+
+
+def _window_id(uri: str, start: float | None, end: float | None) -> str:
+    if start is None and end is None:
+        return uri
+    fmt = lambda v: "" if v is None else f"{v:g}"  # noqa: E731
+    return f"{uri}#t={fmt(start)},{fmt(end)}"  # W3C media-fragment syntax
+
+
+def _is_glob(s: str) -> bool:
+    return any(c in s for c in "*?[")
+
+
+def list_sources(spec: str, extensions: tuple[str, ...] = MEDIA_EXTENSIONS) -> Iterator[dict[str, Any]]:
+    """INPUT -> staging rows {id, uri, transcript, start, end}, ids unique (ValueError otherwise).
+
+    directory: every file below it whose suffix is in `extensions`, id = relative path;
+    glob: matching files (fnmatch; `*` also crosses '/'), id = path relative to the glob's
+    fixed prefix; manifest (.csv/.parquet/.jsonl): its rows, `path` relative to the
+    manifest's folder unless absolute or a URI."""
+    seen: set[str] = set()
+    for row in _raw_sources(spec, tuple(e.lower() for e in extensions)):
+        if row["id"] in seen:
+            raise ValueError(f"{spec}: duplicate id {row['id']!r}: ids must be unique (give the manifest an `id` column)")
+        seen.add(row["id"])
+        yield row
+
+
+def _raw_sources(spec: str, extensions: tuple[str, ...]) -> Iterator[dict[str, Any]]:
+    if _is_glob(spec):
+        parts = spec.split("/")
+        fixed = next(i for i, p in enumerate(parts) if _is_glob(p))
+        base = "/".join(parts[:fixed]) or "."
+        fs, base_path = resolve(base)
+        _, pattern = resolve(spec) if "://" in spec else (None, os.path.join(base_path, "/".join(parts[fixed:])))
+        infos = fs.get_file_info(pafs.FileSelector(base_path, recursive=True, allow_not_found=True))
+        files = sorted(i.path for i in infos if i.type == pafs.FileType.File and fnmatch.fnmatchcase(i.path, pattern))
+        if not files:
+            raise FileNotFoundError(f"{spec}: no files match")
+        for path in files:
+            yield _row(posixpath.relpath(path, base_path), _uri_of(spec, path))
+        return
+    fs, path = resolve(spec)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise FileNotFoundError(f"{spec}: no such file or directory")
+    if info.type == pafs.FileType.Directory:
+        infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        files = sorted(
+            i.path for i in infos
+            if i.type == pafs.FileType.File and i.path.lower().endswith(extensions)
+            and not any(p.startswith((".", "_")) for p in posixpath.relpath(i.path, path).split("/"))
+        )
+        if not files:
+            raise FileNotFoundError(f"{spec}: no media files ({', '.join(extensions)}) below it")
+        for f in files:
+            yield _row(posixpath.relpath(f, path), _uri_of(spec, f))
+        return
+    if path.lower().endswith(MANIFEST_EXTENSIONS):
+        yield from _manifest_rows(spec, fs, path)
+        return
+    if path.lower().endswith(extensions):
+        yield _row(posixpath.basename(path), _uri_of(spec, path))
+        return
+    raise ValueError(f"{spec}: not a directory, glob, media file or manifest ({', '.join(MANIFEST_EXTENSIONS)})")
+
+
+def _row(id_: str, uri: str, transcript=None, start=None, end=None) -> dict[str, Any]:
+    return {"id": id_, "uri": uri, "transcript": transcript, "start": start, "end": end}
+
+
+def _manifest_batches(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[pa.RecordBatch]:
+    import pyarrow.csv as pacsv
+    import pyarrow.json as pajson
+    import pyarrow.parquet as pq
+
+    lower = path.lower()
+    if lower.endswith(".parquet"):
+        with fs.open_input_file(path) as f:
+            yield from pq.ParquetFile(f).iter_batches(batch_size=8192)
+    elif lower.endswith(".csv"):
+        types = {"path": pa.string(), "id": pa.string(), "transcript": pa.string(), "start": pa.float64(), "end": pa.float64()}
+        with fs.open_input_stream(path) as f:
+            yield from pacsv.open_csv(f, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True))
+    else:  # jsonl
+        with fs.open_input_stream(path) as f:
+            yield from pajson.read_json(f).to_batches()
+
+
+def _manifest_rows(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[dict[str, Any]]:
+    base_uri = spec.rsplit("/", 1)[0] if "/" in spec else "."
+    n = 0
+    for batch in _manifest_batches(spec, fs, path):
+        cols = set(batch.schema.names)
+        if "path" not in cols:
+            raise ValueError(f"{spec}: manifest has no `path` column (columns: {sorted(cols)})")
+        data = batch.to_pydict()
+        for i, p in enumerate(data["path"]):
+            n += 1
+            id_ = data.get("id", [None] * (i + 1))[i]
+            if not p and not id_:
+                raise ValueError(f"{spec}: row {n} has neither a path nor an id")
+            p = str(p or "")  # no path but an id: an error row says so
+            uri = p if (not p or "://" in p or os.path.isabs(p)) else (
+                f"{base_uri}/{p}" if "://" in base_uri else os.path.abspath(os.path.join(os.path.dirname(path), p)))
+            start = _float_or_none(data.get("start", [None] * (i + 1))[i])
+            end = _float_or_none(data.get("end", [None] * (i + 1))[i])
+            transcript = data.get("transcript", [None] * (i + 1))[i]
+            transcript = None if transcript is None or (isinstance(transcript, float) and np.isnan(transcript)) else str(transcript)
+            id_ = _window_id(uri, start, end) if id_ is None or id_ == "" else str(id_)
+            yield _row(id_, uri, transcript, start, end)
+    if n == 0:
+        raise ValueError(f"{spec}: manifest has no rows")
+
+
+def _str_or_none(v: Any) -> str | None:
+    """A string cell from a numpy batch: None (or NaN, numpy's null) -> None."""
+    return None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
+
+
+def _float_or_none(v: Any) -> float | None:
+    if v is None or v == "":
+        return None
+    v = float(v)
+    return None if np.isnan(v) else v
+
+
+def stage_sources(rows: Iterator[dict[str, Any]], fs: pafs.FileSystem, staging: str) -> int:
+    """Write rows as Parquet files of STAGING_ROWS_PER_FILE rows under `staging` (replaced)."""
+    import pyarrow.parquet as pq
+
+    fs.delete_dir_contents(staging, missing_dir_ok=True)
+    fs.create_dir(staging, recursive=True)
+    n, part, buf = 0, 0, []
+
+    def flush():
+        nonlocal part, buf
+        if buf:
+            table = pa.Table.from_pylist(buf, schema=STAGING_SCHEMA)
+            pq.write_table(table, f"{staging}/part-{part:05d}.parquet", filesystem=fs)
+            part, buf = part + 1, []
+
+    for row in rows:
+        buf.append(row)
+        n += 1
+        if len(buf) >= STAGING_ROWS_PER_FILE:
+            flush()
+    flush()
+    return n
+
+
+# ----------------------------------------------------------------------------- decode stage
+
+
+@functools.lru_cache(maxsize=4)
+def _preprocessing(checkpoint: str, decode_timeout_s: float | None):
+    """One Preprocessing (configs + tokenizer) per worker process and settings."""
+    from mmsa_ray.predict import Preprocessing
+
+    prep = Preprocessing.from_checkpoint(checkpoint)
+    if decode_timeout_s is not None:
+        prep.decode_config = dataclasses.replace(prep.decode_config, timeout_s=float(decode_timeout_s))
+    zeros = {k: np.zeros_like(v) for k, v in prep.dummy_features().items()}
+    return prep, zeros
+
+
+class _AttemptLog:
+    """OUT/_attempts/<sha1(id)>.json: exists only while an item is being decoded, or after
+    the process decoding it died. `begin` returns the deaths recorded so far."""
+
+    def __init__(self, fs: pafs.FileSystem, directory: str):
+        self.fs, self.dir = fs, directory
+
+    def _path(self, id_: str) -> str:
+        return f"{self.dir}/{hashlib.sha1(id_.encode()).hexdigest()}.json"
+
+    def deaths(self, id_: str) -> int:
+        try:
+            with self.fs.open_input_stream(self._path(id_)) as f:
+                return int(json.loads(f.read())["attempts"])
+        except FileNotFoundError:
+            return 0
+        except (ValueError, KeyError, OSError):
+            return 1  # a record cut short by the death it records
+
+    def begin(self, id_: str, attempts: int) -> None:
+        record = {"id": id_, "attempts": attempts, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+        with self.fs.open_output_stream(self._path(id_)) as f:
+            f.write(json.dumps(record).encode())
+
+    def end(self, id_: str) -> None:
+        try:
+            self.fs.delete_file(self._path(id_))
+        except FileNotFoundError:
+            pass
+
+
+class DecodeHung(Exception):
+    pass
+
+
+def _call_with_deadline(fn, deadline_s: float, *args, **kwargs):
+    """fn(*args) in a daemon thread; DecodeHung if it has not returned after deadline_s."""
+    out: dict[str, Any] = {}
+
+    def run():
+        try:
+            out["value"] = fn(*args, **kwargs)
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=run, daemon=True, name="mmsa-decode")
+    t.start()
+    t.join(deadline_s)
+    if t.is_alive():
+        raise DecodeHung(f"decoder still running after {deadline_s:g} s (hung); gave up on it")
+    if "error" in out:
+        raise out["error"]
+    return out["value"]
+
+
+def _open_source(uri: str):
+    """Local paths go to the decoder as paths; remote URIs as pyarrow random-access files."""
+    if "://" in uri and not uri.startswith("file://"):
+        fs, path = pafs.FileSystem.from_uri(uri)
+        return fs.open_input_file(path)
+    return uri[len("file://"):] if uri.startswith("file://") else uri
+
+
+def decode_batch(
+    batch: pa.Table,
+    checkpoint: str,
+    attempts_uri: str,
+    max_decode_attempts: int,
+    decode_timeout_s: float | None,
+) -> pa.Table:
+    """Staging rows (STAGING_SCHEMA) -> the same rows + `error` (string, null when fine)
+    + one tensor column per feature key (mmsa_ray.features shapes; zeros on error rows).
+
+    Never raises for one bad item: MediaError and any other exception become that row's
+    `error` ("<uri>: <cause>"). Columns are typed explicitly: a batch whose errors are all
+    null must still carry a string column."""
+    from ray.data.extensions import ArrowTensorArray
+
+    from mmsa_ray.media import MediaError
+
+    prep, zeros = _preprocessing(checkpoint, decode_timeout_s)
+    fs, attempts_dir = resolve(attempts_uri)
+    log = _AttemptLog(fs, attempts_dir)
+    deadline = 2.0 * prep.decode_config.timeout_s + 10.0
+    rows = batch.select(STAGING_SCHEMA.names).cast(STAGING_SCHEMA).to_pylist()
+    errors: list[str | None] = []
+    feats: list[dict[str, np.ndarray]] = []
+    for row in rows:
+        id_, uri, transcript, start, end = (row[k] for k in STAGING_SCHEMA.names)
+        uri = uri or ""
+        deaths = log.deaths(id_)
+        if deaths >= max_decode_attempts:
+            errors.append(f"{uri}: the decoding worker died {deaths} times on this file (crash or kill); not retried")
+            feats.append(zeros)
+            continue
+        if not uri:
+            errors.append("no media path given for this id in the manifest")
+            feats.append(zeros)
+            continue
+        log.begin(id_, deaths + 1)
+        source = None
+        try:
+            source = _open_source(uri)
+            f = _call_with_deadline(prep, deadline, source, transcript=transcript, start=start, end=end)
+            errors.append(None)
+            feats.append(f)
+        except MediaError as e:
+            errors.append(f"{uri}: {getattr(e, 'cause', None) or e}")
+            feats.append(zeros)
+        except Exception as e:  # noqa: BLE001 - every failure is recorded on its row
+            errors.append(f"{uri}: {type(e).__name__}: {e}")
+            feats.append(zeros)
+        finally:
+            if source is not None and not isinstance(source, str):
+                source.close()
+            log.end(id_)
+    columns = {k: pa.array([r[k] for r in rows], STAGING_SCHEMA.field(k).type) for k in STAGING_SCHEMA.names}
+    columns["error"] = pa.array(errors, pa.string())
+    for k in FEATURE_KEYS:
+        columns[k] = ArrowTensorArray.from_numpy(np.stack([f[k] for f in feats]))
+    return pa.table(columns)
+
+
+# ----------------------------------------------------------------------------- model stage
+
+
+class LabelPredictor:
+    """Actor: features of good rows -> Predictor.predict_batch; error rows pass through.
+    Returns a pyarrow.Table in LABEL_SCHEMA (no feature columns)."""
+
+    def __init__(self, checkpoint: str, device: str):
+        import torch
+
+        from mmsa_ray.predict import Predictor
+
+        if device == "cpu":
+            torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
+        self.predictor = Predictor.from_checkpoint(checkpoint, device=device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        n = len(batch["id"])
+        errors = [_str_or_none(e) for e in batch["error"]]
+        good = [i for i in range(n) if errors[i] is None]
+        preds: dict[int, dict[str, Any]] = {}
+        if good:
+            rows = self.predictor.predict_batch({k: batch[k][good] for k in FEATURE_KEYS})
+            preds = dict(zip(good, rows))
+        now = datetime.now(timezone.utc)
+        columns: dict[str, list] = {name: [] for name in LABEL_SCHEMA.names}
+        for i in range(n):
+            p = preds.get(i, {})
+            columns["id"].append(str(batch["id"][i]))
+            columns["uri"].append(str(batch["uri"][i]))
+            columns["start"].append(_float_or_none(batch["start"][i]))
+            columns["end"].append(_float_or_none(batch["end"][i]))
+            columns["transcript"].append(_str_or_none(batch["transcript"][i]))
+            for k in ("emotion", "emotion_probs", "sentiment", "sentiment_probs", "modalities",
+                      "text_emotion", "audio_emotion", "video_emotion"):
+                columns[k].append(p.get(k))
+            columns["error"].append(errors[i])
+            columns["model_id"].append(self.predictor.model_id)
+            columns["labeled_at"].append(now)
+        return pa.Table.from_pydict(columns, schema=LABEL_SCHEMA)
+
+
+# ----------------------------------------------------------------------------- sink
+
+
+def _atomic_parquet_datasink(path: str, rows_per_file: int):
+    """Ray's ParquetDatasink, except each file is written as `.<name>.inprogress` and
+    renamed when complete (one file per write task; no partitioning)."""
+    import pyarrow.parquet as pq
+    from ray.data._internal.datasource.parquet_datasink import ParquetDatasink
+
+    class AtomicParquetDatasink(ParquetDatasink):
+        def _write_parquet_files(self, tables, filename, output_schema, write_uuid, write_kwargs, partitioning_flavor):
+            template = self._get_basename_template(filename, write_uuid)
+            table = pa.concat_tables([t.cast(output_schema) for t in tables])
+            for i, offset in enumerate(range(0, table.num_rows, rows_per_file)):
+                # `<task file name>-<i>.parquet`: Ray's pending-checkpoint recovery
+                # matches data files by the task file name prefix.
+                name = template.replace("{i}", str(i))
+                final, tmp = f"{self.path}/{name}", f"{self.path}/.{name}.inprogress"
+                with self.filesystem.open_output_stream(tmp) as f:
+                    pq.write_table(table.slice(offset, rows_per_file), f)
+                self.filesystem.move(tmp, final)
+
+    return AtomicParquetDatasink(path, arrow_parquet_args={"schema": LABEL_SCHEMA}, min_rows_per_file=rows_per_file)
+
+
+# ----------------------------------------------------------------------------- pipeline
+
+
+def label(config: LabelConfig) -> LabelSummary:
+    """Run one labeling job on the current Ray (started locally if none is)."""
+    import ray
+    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data.checkpoint import CheckpointConfig
+
+    t0 = time.time()
+    run_start = datetime.now(timezone.utc)
+    checkpoint = os.path.abspath(config.checkpoint) if "://" not in config.checkpoint else config.checkpoint
+    if not os.path.isfile(os.path.join(checkpoint, "config.json")):
+        raise FileNotFoundError(f"{config.checkpoint}: not a checkpoint (no config.json)")
+    out_fs, out_path = resolve(config.output)
+    out_uri = config.output if "://" in config.output else out_path
+    out_fs.create_dir(out_path, recursive=True)
+    _remove_inprogress(out_fs, out_path)
+    staged = stage_sources(list_sources(config.input, config.extensions), out_fs, f"{out_path}/{STAGING_DIR}")
+    attempts_uri = f"{out_uri}/{ATTEMPTS_DIR}"
+    out_fs.create_dir(f"{out_path}/{ATTEMPTS_DIR}", recursive=True)
+
+    started_ray = False
+    if not ray.is_initialized():
+        ray.init(address=config.ray_address, log_to_driver=True)
+        started_ray = True
+    ctx = DataContext.get_current()
+    previous = ctx.checkpoint_config
+    try:
+        ckpt = CheckpointConfig(id_column="id", checkpoint_path=f"{out_uri}/{CHECKPOINT_DIR}", delete_checkpoint_on_success=False)
+        ckpt.checkpoint_actor_pool_max_size = 2
+        ckpt.checkpoint_actor_memory_bytes = 256 * 1024**2  # default 1 GiB
+        ctx.checkpoint_config = ckpt
+        device = config.device or ("cuda" if config.gpus_per_actor > 0 else "cpu")
+        ds = ray.data.read_parquet(f"{out_uri}/{STAGING_DIR}")
+        ds = ds.repartition(target_num_rows_per_block=config.decode_batch_size)
+        with warnings.catch_warnings():
+            # Ray 2.60 deprecates **ray_remote_args but has no named `max_retries` yet.
+            warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+            ds = ds.map_batches(
+                decode_batch,
+                batch_size=config.decode_batch_size,
+                batch_format="pyarrow",
+                fn_kwargs={
+                    "checkpoint": checkpoint,
+                    "attempts_uri": attempts_uri,
+                    "max_decode_attempts": config.max_decode_attempts,
+                    "decode_timeout_s": config.decode_timeout_s,
+                },
+                num_cpus=config.decode_cpus,
+                # each item may kill its worker max_decode_attempts times, then it is skipped
+                max_retries=config.max_decode_attempts * config.decode_batch_size + 2,
+            )
+        ds = ds.map_batches(
+            LabelPredictor,
+            fn_constructor_kwargs={"checkpoint": checkpoint, "device": device},
+            compute=ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
+            batch_size=config.batch_size,
+            batch_format="numpy",
+            num_gpus=config.gpus_per_actor,
+            num_cpus=config.cpus_per_actor,
+        )
+        ds.write_datasink(_atomic_parquet_datasink(out_uri, config.rows_per_file))
+        try:
+            stats = ds.stats()
+        except Exception as e:  # noqa: BLE001 - stats are informational
+            stats = f"(no stats: {e})"
+    finally:
+        ctx.checkpoint_config = previous
+        if started_ray:
+            ray.shutdown()
+    out_fs.delete_dir_contents(f"{out_path}/{ATTEMPTS_DIR}", missing_dir_ok=True)
+    summary = summarize(out_fs, out_path, run_start, staged, config.output)
+    summary.seconds = time.time() - t0
+    summary.stats = stats
+    return summary
+
+
+def _remove_inprogress(fs: pafs.FileSystem, path: str) -> None:
+    """Delete `.<name>.inprogress` files left by a killed run (never visible as output)."""
+    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
+        name = posixpath.basename(info.path)
+        if info.type == pafs.FileType.File and name.startswith(".") and name.endswith(".inprogress"):
+            fs.delete_file(info.path)
+
+
+def summarize(fs: pafs.FileSystem, path: str, run_start: datetime, staged: int, output: str) -> LabelSummary:
+    """Counts from OUT's `id`, `error` and `labeled_at` columns, read in batches."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    total = labeled = failed = 0
+    errors: list[tuple[str, str]] = []
+    dataset = pads.dataset(path, filesystem=fs, format="parquet", schema=LABEL_SCHEMA)
+    cutoff = pa.scalar(run_start, type=LABEL_SCHEMA.field("labeled_at").type)
+    for batch in dataset.to_batches(columns=["id", "error", "labeled_at"]):
+        total += batch.num_rows
+        this_run = pc.greater_equal(batch.column("labeled_at"), cutoff)
+        is_err = pc.is_valid(batch.column("error"))
+        failed_mask = pc.and_(this_run, is_err)
+        failed += pc.sum(failed_mask).as_py() or 0
+        labeled += pc.sum(pc.and_(this_run, pc.invert(is_err))).as_py() or 0
+        if len(errors) < 10 and (pc.sum(failed_mask).as_py() or 0):
+            sub = batch.filter(failed_mask)
+            errors += list(zip(sub.column("id").to_pylist(), sub.column("error").to_pylist()))[: 10 - len(errors)]
+    return LabelSummary(staged=staged, labeled=labeled, failed=failed, skipped=staged - labeled - failed,
+                        total_rows=total, seconds=0.0, output=output, errors=errors)
+
+
+# ----------------------------------------------------------------------------- CLI
+
+
+def _min_max(s: str) -> tuple[int, int]:
+    parts = [int(p) for p in s.split(",")]
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX or N, got {s!r}")
+    return parts[0], parts[1]
+
+
+def parse_args(argv: list[str] | None = None) -> LabelConfig:
+    d = LabelConfig(input="", checkpoint="", output="")
+    p = argparse.ArgumentParser(
+        prog="mmsa-ray label",
+        description="Label videos/audio with emotion and sentiment into Parquet (Ray Data). "
+        "Re-running with the same --output skips items already labeled there.",
+    )
+    p.add_argument("input", help="a directory (searched recursively for media), a glob, or a manifest "
+                   ".csv/.parquet/.jsonl with a `path` column and optional id, transcript, start, end; "
+                   "local paths or cloud URIs (s3://, gs://)")
+    p.add_argument("--checkpoint", required=True, help="model checkpoint directory (config.json + model.safetensors)")
+    p.add_argument("--output", required=True, help="output directory for the Parquet files (local or cloud URI)")
+    p.add_argument("--actors", type=_min_max, default=d.actors, metavar="MIN,MAX",
+                   help=f"model actor pool size (default {d.actors[0]},{d.actors[1]})")
+    p.add_argument("--gpus-per-actor", type=float, default=d.gpus_per_actor,
+                   help="GPUs per model actor: 0 runs the model on CPU (default); 1 on GPU nodes")
+    p.add_argument("--cpus-per-actor", type=float, default=d.cpus_per_actor,
+                   help=f"CPUs reserved per model actor (default {d.cpus_per_actor:g})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"clips per model forward (default {d.batch_size})")
+    p.add_argument("--decode-batch-size", type=int, default=d.decode_batch_size,
+                   help=f"clips per decode task (default {d.decode_batch_size})")
+    p.add_argument("--decode-cpus", type=float, default=d.decode_cpus, help=f"CPUs per decode task (default {d.decode_cpus:g})")
+    p.add_argument("--decode-timeout", type=float, default=d.decode_timeout_s, dest="decode_timeout_s",
+                   help="wall-clock limit per clip decode, seconds (default: the checkpoint's, 30)")
+    p.add_argument("--max-decode-attempts", type=int, default=d.max_decode_attempts,
+                   help=f"worker deaths while decoding one file before it is recorded as failed (default {d.max_decode_attempts})")
+    p.add_argument("--rows-per-file", type=int, default=d.rows_per_file,
+                   help=f"rows per output Parquet file, the unit of commit on kill/re-run (default {d.rows_per_file})")
+    p.add_argument("--device", default=d.device, help="model device, e.g. cpu, cuda (default: cuda if --gpus-per-actor > 0)")
+    p.add_argument("--ray-address", default=d.ray_address,
+                   help="Ray cluster address (default: RAY_ADDRESS, a running cluster, or a new local Ray)")
+    p.add_argument("--extensions", default=",".join(d.extensions),
+                   help="comma-separated media suffixes for directory/glob inputs (default: common video and audio types)")
+    a = p.parse_args(argv)
+    exts = tuple(e if e.startswith(".") else f".{e}" for e in (s.strip() for s in a.extensions.split(",")) if e)
+    try:
+        return LabelConfig(
+            input=a.input, checkpoint=a.checkpoint, output=a.output, actors=a.actors, gpus_per_actor=a.gpus_per_actor,
+            cpus_per_actor=a.cpus_per_actor, batch_size=a.batch_size, decode_batch_size=a.decode_batch_size,
+            decode_cpus=a.decode_cpus, decode_timeout_s=a.decode_timeout_s, max_decode_attempts=a.max_decode_attempts,
+            rows_per_file=a.rows_per_file, device=a.device, ray_address=a.ray_address, extensions=exts,
+        )
+    except ValueError as e:
+        p.error(str(e))
+
+
+def main(argv: list[str] | None = None) -> int:
+    config = parse_args(argv)
+    try:
+        summary = label(config)
+    except (FileNotFoundError, ValueError) as e:
+        print(f"mmsa-ray label: {e}", file=sys.stderr)
+        return 2
+    print(summary, flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,309 @@
+"""label: Ray Data pipeline -> Parquet. One row per item, hostile files as error rows,
+exactly once across re-runs and kill -9 (driver and decode worker), same numbers as the
+Predictor, manifests with transcripts and windows."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import wave
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import pytest
+
+import mediagen
+from mmsa_ray import label
+from mmsa_ray.labels import EMOTIONS, SENTIMENTS
+
+REPO = Path(__file__).resolve().parents[1]
+FAST = ["--batch-size", "4", "--decode-batch-size", "2", "--rows-per-file", "4"]
+
+
+def read_out(out: Path) -> pa.Table:
+    return pads.dataset(str(out), format="parquet", schema=label.LABEL_SCHEMA).to_table()
+
+
+def by_id(table: pa.Table) -> dict[str, dict]:
+    rows = table.to_pylist()
+    return {r["id"]: r for r in rows}
+
+
+@pytest.fixture(scope="module")
+def media_dir(tmp_path_factory, sample_root) -> Path:
+    """Assorted good media (mp4 A+V, video-only, wav, flac, sample clips) + hostile files."""
+    d = tmp_path_factory.mktemp("media")
+    mediagen.clips(d / "everyday")
+    mediagen.write_audio(d / "everyday" / "tone.flac", 1.0, 22050, 2)
+    mediagen.hostile_files(d / "hostile")
+    (d / "notes.txt").write_text("not media: not listed")
+    for clip in sorted((sample_root / "output_repeated_splits_test").glob("*.mp4"))[:4]:
+        (d / "meld").mkdir(exist_ok=True)
+        shutil.copy(clip, d / "meld" / clip.name)
+    return d
+
+
+def expected_ids(d: Path) -> set[str]:
+    return {p.relative_to(d).as_posix() for p in d.rglob("*") if p.suffix in (".mp4", ".wav", ".flac")}
+
+
+def spawn_label(ray_address: str, args: list[str], log: Path) -> subprocess.Popen:
+    """`label.main(args)` in another driver process attached to the test's Ray."""
+    code = "import sys, ray; ray.init(address=sys.argv[1]); from mmsa_ray import label; sys.exit(label.main(sys.argv[2:]))"
+    return subprocess.Popen([sys.executable, "-c", code, ray_address, *args], cwd=REPO,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+
+
+def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = None, log: Path | None = None):
+    t0 = time.time()
+    while time.time() - t0 < timeout:
+        value = pred()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"labeling exited ({proc.returncode}) before {what}:\n{log.read_text()[-3000:] if log else ''}")
+        time.sleep(0.002)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+# ----------------------------------------------------------------------------- no Ray
+
+
+def test_list_sources_directory_glob_and_manifests(tmp_path, media_dir):
+    rows = list(label.list_sources(str(media_dir)))
+    assert {r["id"] for r in rows} == expected_ids(media_dir)
+    assert all(Path(r["uri"]).is_absolute() and r["transcript"] is None and r["start"] is None for r in rows)
+    globbed = list(label.list_sources(str(media_dir / "everyday" / "*.mp4")))
+    assert sorted(r["id"] for r in globbed) == ["av.mp4", "video_only.mp4"]
+
+    (tmp_path / "clips").mkdir()
+    rows = [
+        {"path": "clips/a.mp4", "id": None, "transcript": "I am so happy!", "start": 0.5, "end": 1.5},
+        {"path": "clips/b.mp4", "id": "b-id", "transcript": None, "start": None, "end": None},
+        {"path": "/abs/c.wav", "id": None, "transcript": "x", "start": None, "end": None},
+    ]
+    pq.write_table(pa.Table.from_pylist(rows), tmp_path / "m.parquet")
+    with open(tmp_path / "m.jsonl", "w") as f:
+        for r in rows:
+            f.write(json.dumps({k: v for k, v in r.items() if v is not None}) + "\n")
+    with open(tmp_path / "m.csv", "w") as f:
+        f.write("path,id,transcript,start,end\n")
+        for r in rows:
+            f.write(",".join("" if r[k] is None else f'"{r[k]}"' for k in ("path", "id", "transcript", "start", "end")) + "\n")
+    a_uri = str(tmp_path / "clips" / "a.mp4")
+    for name in ("m.parquet", "m.jsonl", "m.csv"):
+        got = list(label.list_sources(str(tmp_path / name)))
+        assert got == [
+            {"id": f"{a_uri}#t=0.5,1.5", "uri": a_uri, "transcript": "I am so happy!", "start": 0.5, "end": 1.5},
+            {"id": "b-id", "uri": str(tmp_path / "clips" / "b.mp4"), "transcript": None, "start": None, "end": None},
+            {"id": "/abs/c.wav", "uri": "/abs/c.wav", "transcript": "x", "start": None, "end": None},
+        ], name
+
+    with open(tmp_path / "dup.csv", "w") as f:
+        f.write("path,id\na.mp4,same\nb.mp4,same\n")
+    with pytest.raises(ValueError, match="duplicate id 'same'"):
+        list(label.list_sources(str(tmp_path / "dup.csv")))
+    with pytest.raises(FileNotFoundError, match="no media files"):
+        list(label.list_sources(str(tmp_path / "clips")))
+
+
+def test_decode_batch_timeout_attempt_records_and_watchdog(tmp_path, media_dir, tiny_checkpoint):
+    ids = ["everyday/av.mp4", "everyday/audio_only.wav"]
+    batch = pa.Table.from_pylist([
+        {"id": ids[0], "uri": str(media_dir / ids[0]), "transcript": None, "start": None, "end": None},
+        {"id": ids[1], "uri": str(media_dir / ids[1]), "transcript": "hello", "start": None, "end": None},
+    ], schema=label.STAGING_SCHEMA)
+    attempts = tmp_path / "_attempts"
+    attempts.mkdir()
+    kw = {"checkpoint": str(tiny_checkpoint), "attempts_uri": str(attempts), "max_decode_attempts": 2}
+
+    # a decoder that runs out of time: each row says so, nothing raises
+    out = label.decode_batch(batch, decode_timeout_s=1e-4, **kw)
+    assert all("timed out after 0.0001 s" in e for e in out.column("error").to_pylist()), out
+    assert not out.column("mask").chunk(0).to_numpy().any() and out.column("video").chunk(0).to_numpy().shape[0] == 2
+
+    # a record left by a worker that died decoding av.mp4 twice: not decoded a third time
+    record = attempts / (hashlib.sha1(ids[0].encode()).hexdigest() + ".json")
+    record.write_text(json.dumps({"id": ids[0], "attempts": 2, "pid": 1}))
+    out = label.decode_batch(batch, decode_timeout_s=None, **kw)
+    errors = out.column("error").to_pylist()
+    assert errors[0] == f"{media_dir / ids[0]}: the decoding worker died 2 times on this file (crash or kill); not retried"
+    assert errors[1] is None and out.column("mask").chunk(0).to_numpy()[1].tolist() == [1.0, 1.0, 0.0]  # text + audio
+    assert record.exists()
+    # one earlier death: decoded again, and the record is gone once decode returns
+    record.write_text(json.dumps({"id": ids[0], "attempts": 1, "pid": 1}))
+    out = label.decode_batch(batch, decode_timeout_s=None, **kw)
+    assert out.column("error").to_pylist() == [None, None] and list(attempts.iterdir()) == []
+
+    # the watchdog behind DecodeConfig.timeout_s: a call that does not return is abandoned
+    with pytest.raises(label.DecodeHung, match="still running after 0.2 s"):
+        label._call_with_deadline(time.sleep, 0.2, 5)
+    assert label._call_with_deadline(lambda x: x + 1, 1.0, 1) == 2
+
+
+def test_cli_help_covers_every_flag(capsys):
+    with pytest.raises(SystemExit) as e:
+        label.main(["--help"])
+    assert e.value.code == 0
+    text = capsys.readouterr().out
+    for flag in ("--checkpoint", "--output", "--actors", "--gpus-per-actor", "--batch-size", "--decode-timeout",
+                 "--max-decode-attempts", "--rows-per-file"):
+        assert flag in text
+    cfg = label.parse_args(["in", "--checkpoint", "c", "--output", "o", "--actors", "2,4", "--gpus-per-actor", "1"])
+    assert cfg.actors == (2, 4) and cfg.gpus_per_actor == 1.0 and cfg.batch_size == 16
+
+
+# ----------------------------------------------------------------------------- Ray
+
+
+def test_folder_hostile_rows_rerun_and_predictor_parity(ray_local, tmp_path, media_dir, tiny_checkpoint, capsys):
+    out = tmp_path / "labels"
+    args = [str(media_dir), "--checkpoint", str(tiny_checkpoint), "--output", str(out), *FAST]
+    assert label.main(args) == 0
+    n = len(expected_ids(media_dir))
+    printed = capsys.readouterr().out
+    assert f"labeled {n - 8}, failed 8, skipped 0" in printed
+
+    table = read_out(out)
+    assert table.schema == label.LABEL_SCHEMA and table.num_rows == n
+    rows = by_id(table)
+    assert set(rows) == expected_ids(media_dir)
+    hostile = {k: v for k, v in rows.items() if k.startswith("hostile/")}
+    assert len(hostile) == 8
+    for id_, r in hostile.items():
+        assert r["error"].startswith(str(media_dir / id_) + ": ") and len(r["error"]) > len(str(media_dir / id_)) + 10
+        assert r["emotion"] is None and r["emotion_probs"] is None and r["model_id"]
+    assert "empty file" in rows["hostile/empty.mp4"]["error"]
+    good = [r for k, r in rows.items() if not k.startswith("hostile/")]
+    for r in good:
+        assert r["error"] is None, r
+        assert r["emotion"] in EMOTIONS and r["sentiment"] in SENTIMENTS
+        assert len(r["emotion_probs"]) == 7 and abs(sum(r["emotion_probs"]) - 1) < 1e-4
+        assert len(r["sentiment_probs"]) == 3 and r["transcript"] is None and r["start"] is None
+    assert rows["everyday/av.mp4"]["modalities"] == ["audio", "video"]
+    assert rows["everyday/video_only.mp4"]["modalities"] == ["video"] and rows["everyday/video_only.mp4"]["audio_emotion"] is None
+    assert rows["everyday/audio_only.wav"]["modalities"] == ["audio"]
+    # nothing half-written or staged is visible as output
+    visible = [p.name for p in out.iterdir() if p.is_file()]
+    assert visible and all(v.endswith(".parquet") and not v.startswith(".") for v in visible)
+
+    # the same numbers as the one inference path, clip by clip
+    from mmsa_ray.features import collate
+    from mmsa_ray.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    for id_ in ("everyday/av.mp4", "everyday/audio_only.wav", sorted(k for k in rows if k.startswith("meld/"))[0]):
+        want = predictor.predict_batch(collate([predictor.preprocess(str(media_dir / id_))]))[0]
+        got = rows[id_]
+        np.testing.assert_allclose(got["emotion_probs"], want["emotion_probs"], atol=1e-5)
+        np.testing.assert_allclose(got["sentiment_probs"], want["sentiment_probs"], atol=1e-5)
+        assert (got["emotion"], got["model_id"], got["modalities"]) == (want["emotion"], want["model_id"], want["modalities"])
+
+    # re-run: everything is already there
+    assert label.main(args) == 0
+    assert f"labeled 0, failed 0, skipped {n}" in capsys.readouterr().out
+    assert read_out(out).num_rows == n
+
+
+def test_manifest_transcripts_and_windows(ray_local, tmp_path, media_dir, tiny_checkpoint):
+    av = media_dir / "everyday" / "av.mp4"
+    manifest = tmp_path / "m.csv"
+    manifest.write_text(
+        "path,id,transcript,start,end\n"
+        f"{av},whole,\"Oh my God, I can't believe it!\",,\n"
+        f"{av},,I'm fine.,0.5,1.5\n"
+        f"{media_dir / 'hostile' / 'random.mp4'},bad,hello,,\n"
+        f"{tmp_path / 'missing.mp4'},gone,,,\n"
+    )
+    out = tmp_path / "labels"
+    assert label.main([str(manifest), "--checkpoint", str(tiny_checkpoint), "--output", str(out), *FAST]) == 0
+    rows = by_id(read_out(out))
+    window_id = f"{av}#t=0.5,1.5"
+    assert set(rows) == {"whole", window_id, "bad", "gone"}
+    assert rows["whole"]["transcript"] == "Oh my God, I can't believe it!" and rows["whole"]["modalities"] == ["text", "audio", "video"]
+    assert (rows[window_id]["start"], rows[window_id]["end"], rows[window_id]["transcript"]) == (0.5, 1.5, "I'm fine.")
+    assert rows["bad"]["error"] and rows["bad"]["transcript"] == "hello"
+    assert "missing.mp4" in rows["gone"]["error"]
+
+    from mmsa_ray.features import collate
+    from mmsa_ray.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    want = predictor.predict_batch(collate([predictor.preprocess(str(av), "I'm fine.", 0.5, 1.5)]))[0]
+    np.testing.assert_allclose(rows[window_id]["emotion_probs"], want["emotion_probs"], atol=1e-5)
+    assert rows[window_id]["text_emotion"] == want["text_emotion"]
+
+
+def test_kill_driver_midway_then_rerun_exactly_once(ray_local, tmp_path, media_dir, tiny_checkpoint):
+    out, log = tmp_path / "labels", tmp_path / "run1.log"
+    args = [str(media_dir), "--checkpoint", str(tiny_checkpoint), "--output", str(out),
+            "--batch-size", "1", "--decode-batch-size", "1", "--rows-per-file", "1"]
+    proc = spawn_label(ray_local.get_runtime_context().gcs_address, args, log)
+    try:
+        wait_for(lambda: out.is_dir() and any(p.suffix == ".parquet" and p.name[0] not in "._" for p in out.iterdir()),
+                 180, "the first output file", proc, log)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    time.sleep(2)  # Ray reaps the dead driver's workers
+    n = len(expected_ids(media_dir))
+    first = read_out(out).num_rows
+    assert 1 <= first < n, "kill came too late to test resumption"
+
+    assert label.main(args) == 0
+    table = read_out(out)
+    ids = table.column("id").to_pylist()
+    assert len(ids) == n and set(ids) == expected_ids(media_dir)
+    assert sum(e is not None for e in table.column("error").to_pylist()) == 8
+
+
+def test_worker_killed_while_decoding_is_retried_then_recorded(ray_local, tmp_path, media_dir, tiny_checkpoint):
+    """A decode worker dies (kill -9) while decoding long.wav: Ray retries the task, the
+    other items of the block are labeled, and with --max-decode-attempts 1 long.wav
+    becomes an error row instead of being decoded again."""
+    src = tmp_path / "in"
+    src.mkdir()
+    with wave.open(str(src / "long.wav"), "wb") as w:  # 300 s: about a second to decode
+        w.setnchannels(2), w.setsampwidth(2), w.setframerate(48000)
+        chunk = np.random.default_rng(0).integers(-3000, 3000, (48000 * 10, 2)).astype("<i2").tobytes()
+        for _ in range(30):
+            w.writeframes(chunk)
+    shutil.copy(media_dir / "everyday" / "av.mp4", src / "a.mp4")
+    shutil.copy(media_dir / "everyday" / "video_only.mp4", src / "b.mp4")
+    out, log = tmp_path / "labels", tmp_path / "run.log"
+    record = out / label.ATTEMPTS_DIR / (hashlib.sha1(b"long.wav").hexdigest() + ".json")
+    args = [str(src), "--checkpoint", str(tiny_checkpoint), "--output", str(out),
+            "--decode-batch-size", "3", "--max-decode-attempts", "1"]
+    proc = spawn_label(ray_local.get_runtime_context().gcs_address, args, log)
+    try:
+        def worker_pid():
+            try:
+                return json.loads(record.read_text())["pid"]
+            except (FileNotFoundError, ValueError):
+                return None
+
+        pid = wait_for(worker_pid, 180, "long.wav's decode to start", proc, log)
+        assert pid != proc.pid  # decoding runs in a Ray worker, not in the driver
+        os.kill(pid, signal.SIGKILL)
+        assert proc.wait(180) == 0, log.read_text()[-3000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    rows = by_id(read_out(out))
+    assert set(rows) == {"long.wav", "a.mp4", "b.mp4"}
+    assert "the decoding worker died 1 times" in rows["long.wav"]["error"]
+    assert rows["a.mp4"]["error"] is None and rows["b.mp4"]["error"] is None
+    assert "labeled 2, failed 1, skipped 0" in log.read_text()
