@@ -36,11 +36,13 @@ Crashing and hanging decoders
 PyAV can SIGSEGV or block on hostile input. Decoding runs in Ray tasks (not in the model
 actors), so a crash is a dead worker and Ray retries the task. To keep a file that crashes
 the decoder every time from being retried forever, each item's decode is bracketed by an
-attempt record, OUT/_attempts/<sha1(id)>.json (attempt count, pid, host): written before
-decoding, deleted as soon as decode returns or raises. A record that survives therefore
-means "the process died while decoding this item". When a retried task meets an item whose
-record shows `max_decode_attempts` deaths, it does not decode it again: the item becomes an
-error row ("the decoding worker died N times..."). Task retries are bounded accordingly
+attempt record, OUT/_attempts/<sha1(id)>.json (attempt count, Ray job id, pid, host):
+written before decoding, deleted as soon as decode returns or raises. A record that
+survives therefore means "the process died while decoding this item". When a retried task
+of the same job meets an item whose record shows `max_decode_attempts` deaths, it does not
+decode it again: the item becomes an error row ("the decoding worker died N times...").
+Records of another job do not count: a killed driver takes its decodes down with it, and
+that says nothing about the files. Task retries are bounded accordingly
 (`max_decode_attempts * decode_batch_size + 2`). A decoder that blocks is bounded twice:
 DecodeConfig.timeout_s inside decode_clip (raises MediaError), and a watchdog thread here
 that gives up on a decode still running after `2 * timeout_s + 10` s (the stuck thread is
@@ -352,10 +354,11 @@ def _preprocessing(checkpoint: str, decode_timeout_s: float | None):
 
 class _AttemptLog:
     """OUT/_attempts/<sha1(id)>.json: exists only while an item is being decoded, or after
-    the process decoding it died. `begin` returns the deaths recorded so far."""
+    the process decoding it died. Deaths count within one Ray job: a record left by an
+    earlier job (its driver was killed, taking the decode with it) does not count."""
 
-    def __init__(self, fs: pafs.FileSystem, directory: str):
-        self.fs, self.dir = fs, directory
+    def __init__(self, fs: pafs.FileSystem, directory: str, job: str):
+        self.fs, self.dir, self.job = fs, directory, job
 
     def _path(self, id_: str) -> str:
         return f"{self.dir}/{hashlib.sha1(id_.encode()).hexdigest()}.json"
@@ -363,14 +366,16 @@ class _AttemptLog:
     def deaths(self, id_: str) -> int:
         try:
             with self.fs.open_input_stream(self._path(id_)) as f:
-                return int(json.loads(f.read())["attempts"])
+                record = json.loads(f.read())
         except FileNotFoundError:
             return 0
-        except (ValueError, KeyError, OSError):
+        except (ValueError, OSError):
             return 1  # a record cut short by the death it records
+        return int(record.get("attempts", 1)) if record.get("job") == self.job else 0
 
     def begin(self, id_: str, attempts: int) -> None:
-        record = {"id": id_, "attempts": attempts, "pid": os.getpid(), "host": socket.gethostname(), "time": time.time()}
+        record = {"id": id_, "attempts": attempts, "job": self.job, "pid": os.getpid(), "host": socket.gethostname(),
+                  "time": time.time()}
         with self.fs.open_output_stream(self._path(id_)) as f:
             f.write(json.dumps(record).encode())
 
@@ -379,6 +384,13 @@ class _AttemptLog:
             self.fs.delete_file(self._path(id_))
         except FileNotFoundError:
             pass
+
+
+def current_job() -> str:
+    """The Ray job id of this process ("local" outside Ray)."""
+    import ray
+
+    return ray.get_runtime_context().get_job_id() if ray.is_initialized() else "local"
 
 
 class DecodeHung(Exception):
@@ -432,7 +444,7 @@ def decode_batch(
 
     prep, zeros = _preprocessing(checkpoint, decode_timeout_s)
     fs, attempts_dir = resolve(attempts_uri)
-    log = _AttemptLog(fs, attempts_dir)
+    log = _AttemptLog(fs, attempts_dir, current_job())
     deadline = 2.0 * prep.decode_config.timeout_s + 10.0
     rows = batch.select(STAGING_SCHEMA.names).cast(STAGING_SCHEMA).to_pylist()
     errors: list[str | None] = []
