@@ -141,7 +141,9 @@ def test_ddp_training_survives_a_killed_worker(features, sample_root, small_mode
 
 @pytest.mark.parametrize("modality", MODALITIES)
 def test_each_modality_alone(features, sample_root, small_model_config, cache_dir, tmp_path, modality):
-    res = _run(tmp_path, sample_root, small_model_config, cache_dir, f"only_{modality}", epochs=8, modalities=(modality,))
+    # video alone: 8 epochs gave emotion 1.0 but sentiment 0.74 (the randomly initialised trunk); it needs longer
+    res = _run(tmp_path, sample_root, small_model_config, cache_dir, f"only_{modality}", epochs=14 if modality == "video" else 8,
+               modalities=(modality,))
     acc = _dev_acc(res)
     assert acc["emotion"] >= 0.9 and acc["sentiment"] >= 0.9, (modality, acc)
     assert res["report"]["modalities"] == modality
