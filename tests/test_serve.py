@@ -266,3 +266,26 @@ def test_openapi_documents_the_routes(server):
     assert docs.status_code == 200 and "swagger" in docs.text.lower()
     missing = requests.get(f"{server}/nope", timeout=30)
     assert missing.status_code == 404 and missing.json()["error"]
+
+
+def test_post_equals_the_batch_labelers_row(server, checkpoint, clips, tmp_path):
+    """The serve acceptance: one file + transcript, POSTed and labeled by `label`'s Ray
+    Data pipeline, gives the same probabilities (1e-5) and labels."""
+    import pyarrow.dataset as pads
+
+    from mmsa_ray.label import LabelConfig, label
+
+    transcript = "Wait, you did what? That is amazing!"
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"path,id,transcript\n{clips['av']},the-clip,\"{transcript}\"\n", encoding="utf-8")
+    summary = label(LabelConfig(input=str(manifest), checkpoint=str(checkpoint), output=str(tmp_path / "labels")))
+    assert (summary.labeled, summary.failed) == (1, 0)
+    (row,) = pads.dataset(str(tmp_path / "labels"), format="parquet").to_table().to_pylist()
+    assert row["error"] is None and row["transcript"] == transcript
+
+    r = _post(server, clips["av"], transcript=transcript)
+    assert r.status_code == 200, r.text
+    got = r.json()
+    _assert_same_prediction(got, row)
+    for key in ("text_emotion", "audio_emotion", "video_emotion"):
+        assert got[key] == row[key], key
