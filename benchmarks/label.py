@@ -1,0 +1,124 @@
+"""Labeling throughput: the Ray Data pipeline on 2 CPUs vs a plain loop on 1 CPU, one run.
+
+    python benchmarks/label.py [--checkpoint DIR] [--clips 42] [--frames 16] [--size 112]
+
+Both sides do the same work on the same clips: decode + features (Predictor.preprocess)
+and the model (Predictor.predict_batch on batches of --batch-size). The baseline is a
+single process with torch.set_num_threads(1); the pipeline is `mmsa_ray.label.label` on a
+local Ray with num_cpus=2: decode tasks plus --actors model actors, with --decode-cpus and
+--cpus-per-actor splitting the 2 logical CPUs. Prints clips/s of each, the ratio (target
+>= 1.6), the loop's per-stage seconds per clip, and Ray Data's per-operator stats.
+
+Without --checkpoint a random-initialised model (decode --frames x --size x --size) is
+saved to a temporary directory; clips are synthetic MELD-like sample clips (128x96,
+15 fps, about 2-4 s, H.264 + AAC). Timings on a shared machine are noisy: compare the
+ratio, and rerun the baseline beside any change.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+
+def make_clips(root: Path, n: int) -> list[Path]:
+    from mmsa_ray.labels import EMOTIONS
+    from mmsa_ray.sample_data import make_sample_data
+
+    per_class = -(-n // len(EMOTIONS))
+    make_sample_data(root, n_per_class_train=0, n_per_class_dev=0, n_per_class_test=per_class, seed=0)
+    clips = sorted((root / "output_repeated_splits_test").glob("*.mp4"))[:n]
+    for extra in sorted((root / "output_repeated_splits_test").glob("*.mp4"))[n:]:
+        extra.unlink()
+    return clips
+
+
+def make_checkpoint(path: Path, frames: int, size: int) -> Path:
+    import torch
+
+    from mmsa_ray.media import DecodeConfig
+    from mmsa_ray.model import ModelConfig, MultimodalSentimentModel
+
+    torch.manual_seed(0)
+    MultimodalSentimentModel(ModelConfig(decode=DecodeConfig(num_frames=frames, height=size, width=size))).save(str(path))
+    return path
+
+
+def baseline(checkpoint: Path, clips: list[Path], batch_size: int) -> dict[str, float]:
+    """Single process, one torch thread: decode + features, then the model, batch by batch."""
+    import torch
+
+    from mmsa_ray.features import collate
+    from mmsa_ray.predict import Predictor
+
+    torch.set_num_threads(1)
+    predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
+    predictor.predict_batch(collate([predictor.dummy_features()]))  # warm-up, like the actors' first call
+    t_pre = t_model = 0.0
+    t0 = time.perf_counter()
+    for i in range(0, len(clips), batch_size):
+        a = time.perf_counter()
+        feats = [predictor.preprocess(str(p)) for p in clips[i:i + batch_size]]
+        b = time.perf_counter()
+        predictor.predict_batch(collate(feats))
+        t_pre, t_model = t_pre + b - a, t_model + time.perf_counter() - b
+    total = time.perf_counter() - t0
+    return {"seconds": total, "clips_per_s": len(clips) / total, "preprocess_s": t_pre, "model_s": t_model}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--checkpoint", help="model checkpoint (default: a random-initialised one, see --frames/--size)")
+    p.add_argument("--clips", type=int, default=42, help="number of clips (default 42)")
+    p.add_argument("--frames", type=int, default=16, help="frames per clip of the generated model (default 16)")
+    p.add_argument("--size", type=int, default=112, help="frame height=width of the generated model (default 112)")
+    p.add_argument("--batch-size", type=int, default=8, help="clips per model call, both sides (default 8)")
+    p.add_argument("--actors", default="2,2", help="model actor pool MIN,MAX (default 2,2)")
+    p.add_argument("--cpus-per-actor", type=float, default=0.5, help="logical CPUs per model actor (default 0.5)")
+    p.add_argument("--decode-cpus", type=float, default=0.5, help="logical CPUs per decode task (default 0.5)")
+    p.add_argument("--decode-batch-size", type=int, default=2, help="clips per decode task (default 2)")
+    args = p.parse_args(argv)
+
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    tmp = Path(tempfile.mkdtemp(prefix="mmsa-bench-label-"))
+    clips = make_clips(tmp / "data", args.clips)
+    checkpoint = Path(args.checkpoint) if args.checkpoint else make_checkpoint(tmp / "checkpoint", args.frames, args.size)
+    print(f"{len(clips)} clips, checkpoint {checkpoint}, batch {args.batch_size}", flush=True)
+
+    base = baseline(checkpoint, clips, args.batch_size)
+    print(f"loop (1 CPU): {base['clips_per_s']:.2f} clips/s ({base['seconds']:.1f} s); per clip: "
+          f"decode+features {base['preprocess_s'] / len(clips) * 1e3:.0f} ms, model {base['model_s'] / len(clips) * 1e3:.0f} ms",
+          flush=True)
+
+    import ray
+
+    from mmsa_ray import label
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
+    try:
+        lo, hi = (int(x) for x in args.actors.split(","))
+        config = label.LabelConfig(
+            input=str(clips[0].parent), checkpoint=str(checkpoint), output=str(tmp / "labels"),
+            actors=(lo, hi), cpus_per_actor=args.cpus_per_actor, decode_cpus=args.decode_cpus,
+            batch_size=args.batch_size, decode_batch_size=args.decode_batch_size,
+        )
+        summary = label.label(config)
+    finally:
+        ray.shutdown()
+    assert summary.labeled == len(clips), summary
+    ray_rate = len(clips) / summary.seconds
+    print(summary.stats)
+    print(f"ray (2 CPUs): {ray_rate:.2f} clips/s ({summary.seconds:.1f} s, listing + Ray Data start-up + actors included)")
+    print(f"ratio ray / loop: {ray_rate / base['clips_per_s']:.2f} (target >= 1.6)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
