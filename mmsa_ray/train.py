@@ -281,6 +281,7 @@ def train_loop(config: dict) -> None:
     train_shard = ray.train.get_dataset_shard("train")
     dev_shard = ray.train.get_dataset_shard("dev")
     collate = ToTensors(cfg.modalities, mel_shape)
+    dev_batches = None  # the dev set is small and fixed: read it once, evaluate it every epoch
 
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.time()
@@ -317,8 +318,10 @@ def train_loop(config: dict) -> None:
         model.eval()
         dsum = torch.zeros(2, dtype=torch.float64)
         dconf = {h: torch.zeros(len(HEADS[h]), len(HEADS[h]), dtype=torch.int64) for h in HEADS}
+        if dev_batches is None:
+            dev_batches = list(dev_shard.iter_torch_batches(batch_size=max(64, cfg.batch_size), collate_fn=collate))
         with torch.no_grad():
-            for batch in dev_shard.iter_torch_batches(batch_size=max(64, cfg.batch_size), collate_fn=collate):
+            for batch in dev_batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
                 with torch.autocast(device_type="cuda", dtype=torch.bfloat16, enabled=use_bf16):
                     out = model(batch)

@@ -163,10 +163,11 @@ def test_cached_and_end_to_end_agree(features, sample_root, small_model_config, 
         assert abs(a["train_loss"] - b["train_loss"]) <= 0.05 * abs(a["train_loss"])
 
 
-MELD = os.environ.get("MELD_DIR") or "/work/shared/meld"
+# $MELD_DIR, else ../shared/meld beside the repository (the CSVs are never copied into it).
+MELD = os.environ.get("MELD_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "meld")
 
 
-@pytest.mark.skipif(not Path(MELD, "train_sent_emo.csv").is_file(), reason="real MELD CSVs not available")
+@pytest.mark.skipif(not Path(MELD, "train_sent_emo.csv").is_file(), reason="real MELD CSVs not found in $MELD_DIR or ../shared/meld")
 def test_text_only_on_real_meld_csvs(ray_local, tmp_path):
     """The MELD CSVs alone (no clips): text-only training through the CLI entry point."""
     rc = train.main(["--meld-dir", MELD, "--modalities", "text", "--limit", "200", "--epochs", "2", "--num-workers", "2",
