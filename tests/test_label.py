@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import mediagen
-from mmsa_ray import label
+from mmsa_ray import label, sources
 from mmsa_ray.labels import EMOTIONS, SENTIMENTS
 
 REPO = Path(__file__).resolve().parents[1]
@@ -80,10 +80,10 @@ def wait_for(pred, timeout: float, what: str, proc: subprocess.Popen | None = No
 
 
 def test_list_sources_directory_glob_and_manifests(tmp_path, media_dir):
-    rows = list(label.list_sources(str(media_dir)))
+    rows = list(sources.list_sources(str(media_dir)))
     assert {r["id"] for r in rows} == expected_ids(media_dir)
     assert all(Path(r["uri"]).is_absolute() and r["transcript"] is None and r["start"] is None for r in rows)
-    globbed = list(label.list_sources(str(media_dir / "everyday" / "*.mp4")))
+    globbed = list(sources.list_sources(str(media_dir / "everyday" / "*.mp4")))
     assert sorted(r["id"] for r in globbed) == ["av.mp4", "video_only.mp4"]
 
     (tmp_path / "clips").mkdir()
@@ -102,7 +102,7 @@ def test_list_sources_directory_glob_and_manifests(tmp_path, media_dir):
             f.write(",".join("" if r[k] is None else f'"{r[k]}"' for k in ("path", "id", "transcript", "start", "end")) + "\n")
     a_uri = str(tmp_path / "clips" / "a.mp4")
     for name in ("m.parquet", "m.jsonl", "m.csv"):
-        got = list(label.list_sources(str(tmp_path / name)))
+        got = list(sources.list_sources(str(tmp_path / name)))
         assert got == [
             {"id": f"{a_uri}#t=0.5,1.5", "uri": a_uri, "transcript": "I am so happy!", "start": 0.5, "end": 1.5},
             {"id": "b-id", "uri": str(tmp_path / "clips" / "b.mp4"), "transcript": None, "start": None, "end": None},
@@ -112,9 +112,9 @@ def test_list_sources_directory_glob_and_manifests(tmp_path, media_dir):
     with open(tmp_path / "dup.csv", "w") as f:
         f.write("path,id\na.mp4,same\nb.mp4,same\n")
     with pytest.raises(ValueError, match="duplicate id 'same'"):
-        list(label.list_sources(str(tmp_path / "dup.csv")))
+        list(sources.list_sources(str(tmp_path / "dup.csv")))
     with pytest.raises(FileNotFoundError, match="no media files"):
-        list(label.list_sources(str(tmp_path / "clips")))
+        list(sources.list_sources(str(tmp_path / "clips")))
 
 
 def test_decode_batch_timeout_attempt_records_and_watchdog(tmp_path, media_dir, tiny_checkpoint):
