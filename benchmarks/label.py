@@ -92,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--actors", default="2,2", help="model actor pool MIN,MAX (default 2,2)")
     p.add_argument("--cpus-per-actor", type=float, default=0.5, help="logical CPUs per model actor (default 0.5)")
     p.add_argument("--decode-cpus", type=float, default=0.5, help="logical CPUs per decode task (default 0.5)")
-    p.add_argument("--decode-batch-size", type=int, default=2, help="clips per decode task (default 2)")
+    p.add_argument("--decode-batch-size", type=int, default=4, help="clips per decode task (default 4, as label)")
     p.add_argument("--warmup", type=int, default=4, help="clips labeled once before the timed Ray run (default 4)")
     args = p.parse_args(argv)
 
