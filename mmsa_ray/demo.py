@@ -1,8 +1,9 @@
 """`mmsa-ray demo [DIR]`: the whole system on one machine, on the embedded defaults.
 
 sample data (synthetic MELD layout) -> `train` (featurize with the frozen encoders, then
-Ray Train on cached features) -> `label` (the Ray Data pipeline over the held-out test
-clips, into Parquet) -> a summary and one labeled row. Local Ray, local files, offline
+Ray Train on cached features) -> `label` (the Ray Data pipeline over a manifest of the
+held-out test clips and their transcripts, into Parquet) -> a summary, the agreement with
+the annotations and one labeled row. Local Ray, local files, offline
 models: it is the README's first command and needs no GPU and no network.
 """
 
@@ -21,6 +22,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
 
     from mmsa_ray import label, sample_data, train
+    from mmsa_ray.meld import read_meld, write_manifest
 
     root = Path(args.dir).absolute()
     data, checkpoint, labels = root / "MELD.Raw", root / "checkpoint", root / "labels"
@@ -34,15 +36,19 @@ def main(argv: list[str] | None = None) -> int:
     ])
     if rc:
         return rc
-    test_clips = data / "output_repeated_splits_test"
-    print(f"== 3/3 label {test_clips} (Ray Data) -> {labels}", flush=True)
-    rc = label.main([str(test_clips), "--checkpoint", str(checkpoint), "--output", str(labels)])
+    # The held-out split as a manifest (path, id, transcript), as a team would label an
+    # archive whose transcripts they have.
+    test = read_meld(data, "test")
+    manifest = write_manifest(test.records, root / "test_manifest.csv")
+    print(f"== 3/3 label {manifest} (Ray Data) -> {labels}", flush=True)
+    rc = label.main([str(manifest), "--checkpoint", str(checkpoint), "--output", str(labels)])
     if rc:
         return rc
     import pyarrow.dataset as pads
 
-    table = pads.dataset(str(labels), format="parquet").to_table()
-    row = table.slice(0, 1).to_pylist()[0]
-    print(f"\n{table.num_rows} labeled rows in {labels}; the first one:")
-    print(json.dumps(row, indent=2, default=str, ensure_ascii=False))
+    rows = pads.dataset(str(labels), format="parquet").to_table().to_pylist()
+    truth = {r.id: r.emotion for r in test.records}
+    agree = sum(r["emotion"] == truth.get(r["id"]) for r in rows)
+    print(f"\n{len(rows)} labeled rows in {labels}; emotion agrees with the annotation on {agree}/{len(rows)}. The first row:")
+    print(json.dumps(rows[0], indent=2, default=str, ensure_ascii=False))
     return 0

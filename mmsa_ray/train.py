@@ -57,7 +57,7 @@ class TrainConfig:
     warmup_frac: float = 0.05  # share of steps with linear warm-up, then cosine to 0
     label_smoothing: float = 0.1
     aux_weight: float = 0.5  # weight of the per-modality heads' loss
-    modality_dropout: float = 0.0  # per sample, per present modality; never drops all
+    modality_dropout: float = 0.2  # per sample, per present modality; never drops all (so a clip missing a modality still predicts well)
     patience: int = 3  # epochs without dev improvement before stopping (0 = never)
     seed: int = 0
     end_to_end: bool = False  # stream raw clips (decode+features) instead of cached features
@@ -548,6 +548,7 @@ def main(argv: list[str] | None = None) -> int:
     from mmsa_ray import featurize
     from mmsa_ray.meld import default_meld_dir
 
+    d = TrainConfig()  # flag defaults are the config's
     p = argparse.ArgumentParser(prog="mmsa-ray train", description="Train the model data-parallel on Ray Train (cached features by default).")
     p.add_argument("--meld-dir", default=None, help="MELD root with {train,dev}_sent_emo.csv and clip folders (default $MELD_DIR)")
     p.add_argument("--modalities", default="text,audio,video", help="modalities to train on, any subset of text,audio,video (others masked to 0)")
@@ -555,16 +556,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (DDP); 0 runs the loop in this process")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL, bf16 autocast)")
     p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs reserved per worker (default 0.5 on CPU, 1 with GPUs)")
-    p.add_argument("--epochs", type=int, default=10, help="maximum epochs (default 10)")
-    p.add_argument("--batch-size", type=int, default=32, help="batch size per worker (default 32)")
-    p.add_argument("--lr", type=float, default=1e-3, help="learning rate of fusion and heads (default 1e-3)")
-    p.add_argument("--encoder-lr", type=float, default=5e-4, help="learning rate of the projections and the audio encoder (default 5e-4)")
-    p.add_argument("--backbone-lr", type=float, default=2e-5, help="learning rate of encoders unfrozen by --finetune (default 2e-5)")
-    p.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
-    p.add_argument("--label-smoothing", type=float, default=0.1, help="cross-entropy label smoothing (default 0.1)")
-    p.add_argument("--modality-dropout", type=float, default=0.0, help="probability of hiding a present modality per sample (never all; default 0)")
-    p.add_argument("--patience", type=int, default=3, help="stop after this many epochs without dev weighted-F1 gain (0 = never; default 3)")
-    p.add_argument("--seed", type=int, default=0, help="seed of the trainable parts' init, shuffling and dropout (default 0)")
+    p.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
+    p.add_argument("--batch-size", type=int, default=d.batch_size, help=f"batch size per worker (default {d.batch_size})")
+    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate of fusion and heads (default {d.lr:g})")
+    p.add_argument("--encoder-lr", type=float, default=d.encoder_lr, help=f"learning rate of the projections and the audio encoder (default {d.encoder_lr:g})")
+    p.add_argument("--backbone-lr", type=float, default=d.backbone_lr, help=f"learning rate of encoders unfrozen by --finetune (default {d.backbone_lr:g})")
+    p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay:g})")
+    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help=f"cross-entropy label smoothing (default {d.label_smoothing:g})")
+    p.add_argument("--modality-dropout", type=float, default=d.modality_dropout, help=f"probability of hiding a present modality per sample, so that clips missing one still predict well (never all; default {d.modality_dropout:g})")
+    p.add_argument("--patience", type=int, default=d.patience, help=f"stop after this many epochs without dev weighted-F1 gain (0 = never; default {d.patience})")
+    p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the trainable parts' init, shuffling and dropout (default {d.seed})")
     p.add_argument("--end-to-end", action="store_true", help="stream raw clips (decode + features each epoch) instead of cached features")
     p.add_argument("--finetune", default="", help="encoders to unfreeze, comma separated: text,video (implies --end-to-end)")
     featurize.add_model_args(p)
