@@ -124,19 +124,12 @@ def cache_key(records, model, modalities) -> str:
 
 
 @functools.lru_cache(maxsize=4)
-def _tokenizer(model_dir: str):
-    from transformers import AutoTokenizer
+def _preprocessing(model_dir: str):
+    """The checkpoint's Preprocessing (decode/feature config + tokenizer), once per worker
+    process: the same decode + features path as label and serve."""
+    from mmsa_ray.predict import Preprocessing
 
-    from mmsa_ray.model import TEXT_ENCODER_DIR
-
-    return AutoTokenizer.from_pretrained(os.path.join(model_dir, TEXT_ENCODER_DIR))
-
-
-@functools.lru_cache(maxsize=4)
-def _model_config(model_dir: str):
-    from mmsa_ray.model import ModelConfig, read_checkpoint_config
-
-    return ModelConfig.from_dict(read_checkpoint_config(model_dir)["model"])
+    return Preprocessing.from_checkpoint(model_dir)
 
 
 def decode_and_featurize(batch: dict[str, np.ndarray], model_dir: str, modalities: tuple[str, ...],
@@ -150,17 +143,15 @@ def decode_and_featurize(batch: dict[str, np.ndarray], model_dir: str, modalitie
     decode becomes a row of zeros with mask 0 and its error; the batch never fails.
     Without `decode_media` no file is opened (text only).
     """
-    from mmsa_ray.features import FeatureConfig, tokenize
+    from mmsa_ray.features import tokenize
 
-    cfg = _model_config(model_dir)
-    fcfg: FeatureConfig = cfg.features
-    tok = _tokenizer(model_dir)
+    prep = _preprocessing(model_dir)
+    fcfg, tok, d = prep.feature_config, prep.tokenizer, prep.decode_config
     n = len(batch["id"])
     keep = np.array([m in modalities for m in MODALITIES], dtype=np.float32)
     transcripts = [None if t is None else str(t) for t in batch["transcript"]]
     if "text" not in modalities:
         transcripts = [None] * n
-    d = cfg.decode
     out = {
         "id": np.asarray(batch["id"], dtype=object),
         "split": np.asarray(batch["split"], dtype=object),
@@ -176,15 +167,11 @@ def decode_and_featurize(batch: dict[str, np.ndarray], model_dir: str, modalitie
     out["input_ids"], out["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
     out["mask"][:, MODALITIES.index("text")] = tokens["attention_mask"].any(axis=1)
     if decode_media:
-        from mmsa_ray.features import clip_features
-        from mmsa_ray.media import decode_clip
-
         for i, path in enumerate(batch["path"]):
             if not path:
                 continue  # no clip file: text (if any) only
             try:
-                clip = decode_clip(str(path), config=d)
-                f = clip_features(clip, transcripts[i], tok, fcfg, d)
+                f = prep(str(path), transcripts[i])
             except Exception as e:  # per clip: MediaError, or a feature error naming the clip
                 out["error"][i] = f"{type(e).__name__}: {e}"
                 out["mask"][i] = 0.0
