@@ -440,8 +440,7 @@ class MultimodalSentimentModel(nn.Module):
         from safetensors.torch import save_model
 
         target = Path(directory)
-        if target.exists() and not (target / CONFIG_FILE).is_file() and (not target.is_dir() or any(target.iterdir())):
-            raise FileExistsError(f"{target} exists and is not an mmsa_ray checkpoint; refusing to overwrite it")
+        refuse_non_checkpoint(target)
         target.parent.mkdir(parents=True, exist_ok=True)
         tmp = target.parent / f".{target.name}.tmp-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
@@ -467,13 +466,7 @@ class MultimodalSentimentModel(nn.Module):
             umask = os.umask(0)
             os.umask(umask)
             os.chmod(tmp / WEIGHTS_FILE, 0o666 & ~umask)  # safetensors writes 0600
-            if target.exists():
-                old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
-                os.rename(target, old)
-                os.rename(tmp, target)
-                shutil.rmtree(old, ignore_errors=True)
-            else:
-                os.rename(tmp, target)
+            install_checkpoint(tmp, target)
         except BaseException:
             shutil.rmtree(tmp, ignore_errors=True)
             raise
@@ -553,3 +546,22 @@ def _versions() -> dict[str, str]:
 
     return {"mmsa_ray": mmsa_ray.__version__, "torch": torch.__version__, "transformers": transformers.__version__}
 
+
+def refuse_non_checkpoint(target: Path) -> None:
+    """FileExistsError unless `target` is absent, an empty directory or an mmsa_ray
+    checkpoint: writing a checkpoint must never replace someone's other files."""
+    if target.exists() and not (target / CONFIG_FILE).is_file() and (not target.is_dir() or any(target.iterdir())):
+        raise FileExistsError(f"{target} exists and is not an mmsa_ray checkpoint; refusing to overwrite it")
+
+
+def install_checkpoint(tmp: Path, target: Path) -> None:
+    """Move the complete checkpoint directory `tmp` (beside `target`) to `target`, replacing
+    an older checkpoint there by renames, so a reader never sees a partial directory."""
+    refuse_non_checkpoint(target)
+    if target.exists():
+        old = target.parent / f".{target.name}.old-{uuid.uuid4().hex[:8]}"
+        os.rename(target, old)
+        os.rename(tmp, target)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.rename(tmp, target)

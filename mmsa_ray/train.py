@@ -410,6 +410,8 @@ def reset_trainable(model, seed: int) -> None:
     torch.manual_seed(seed)
     for m in (model.video_proj, model.text_proj, model.audio_encoder, model.fusion, model.emotion_head,
               model.sentiment_head, model.modality_heads):
+        if m is None:  # fusion="late" has no fusion layer or fused heads
+            continue
         for sub in m.modules():
             if hasattr(sub, "reset_parameters"):
                 sub.reset_parameters()
@@ -464,7 +466,6 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
     train_recs = featurize.meld_records(job.meld_dir, "train", job.limit)
     dev_recs = featurize.meld_records(job.meld_dir, "dev", job.limit)
     mel_shape = (1, model_config.features.n_mels, model_config.features.mel_frames)
-    frozen_model = featurize.build_model(model_config, init_seed=0) if cfg.finetune else model
     info: dict = {"run_dir": run_dir, "mode": "end-to-end" if cfg.end_to_end else "cached"}
     if not cfg.end_to_end:
         feats = {}
@@ -488,7 +489,7 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
     train_labels = {"emotion": np.array([r.emotion_index for r in train_recs if r.id not in bad["train"]]),
                     "sentiment": np.array([r.sentiment_index for r in train_recs if r.id not in bad["train"]])}
     n_train = len(train_labels["emotion"])
-    workers = max(1, job.num_workers)
+    workers = job.num_workers
     loop_config = {
         **asdict(cfg), "init_model": init_model, "run_dir": run_dir, "mel_shape": list(mel_shape),
         "class_weights": {h: class_weights(train_labels[h], len(HEADS[h])).tolist() for h in HEADS},
@@ -517,13 +518,15 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
     if best is None:
         raise RuntimeError(f"training produced no checkpoint (run dir {run_dir})")
     best_metrics = next((m for c, m in (result.best_checkpoints or []) if c.path == best.path), result.metrics)
+    from mmsa_ray.model import install_checkpoint, refuse_non_checkpoint
+
     out = Path(job.output).absolute()
+    refuse_non_checkpoint(out)  # before the copy: never replace a directory that is not a checkpoint
     with best.as_directory() as d:
         tmp = out.parent / f".{out.name}.tmp-{uuid.uuid4().hex[:8]}"
+        out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(Path(d) / "model", tmp)
-        if out.exists():
-            shutil.rmtree(out)
-        os.rename(tmp, out)
+        install_checkpoint(tmp, out)
     (out.parent / f"{out.name}.train.json").write_text(json.dumps(
         {"best_checkpoint": best.path, "best_metrics": best_metrics, "train_config": asdict(cfg), "job": asdict(job),
          "info": info, "history": _history(result.checkpoint)}, indent=1, default=str))
@@ -553,7 +556,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--meld-dir", default=None, help="MELD root with {train,dev}_sent_emo.csv and clip folders (default $MELD_DIR)")
     p.add_argument("--modalities", default="text,audio,video", help="modalities to train on, any subset of text,audio,video (others masked to 0)")
     p.add_argument("--limit", type=int, default=None, help="use only the first N records of train and of dev (quick runs)")
-    p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (DDP); 0 runs the loop in this process")
+    p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (data-parallel DDP; default 2)")
     p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL, bf16 autocast)")
     p.add_argument("--cpus-per-worker", type=float, default=None, help="CPUs reserved per worker (default 0.5 on CPU, 1 with GPUs)")
     p.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
@@ -581,6 +584,14 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--pid-dir", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
+    if args.num_workers < 1:
+        p.error(f"--num-workers must be >= 1, got {args.num_workers}")
+    from mmsa_ray.model import refuse_non_checkpoint
+
+    try:  # fail before any work, not after training
+        refuse_non_checkpoint(Path(args.output).absolute())
+    except FileExistsError as e:
+        p.error(f"--output: {e}")
     meld_dir = args.meld_dir or default_meld_dir()
     if not meld_dir:
         p.error("--meld-dir is required (or set $MELD_DIR)")

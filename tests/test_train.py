@@ -176,3 +176,17 @@ def test_text_only_on_real_meld_csvs(ray_local, tmp_path):
     report = json.loads((tmp_path / "ckpt_report" / "report.json").read_text())
     assert report["n"] == 200 and report["modalities"] == "text" and report["errors"] == []
     assert 0.0 <= report["heads"]["emotion"]["weighted_f1"] <= 1.0
+
+
+def test_output_must_not_replace_other_files(tmp_path, capsys):
+    """--output naming a folder of other files fails at once, before Ray or any training."""
+    precious = tmp_path / "data"
+    precious.mkdir()
+    (precious / "notes.txt").write_text("keep me")
+    with pytest.raises(SystemExit) as exc:
+        train.main(["--meld-dir", str(tmp_path), "--output", str(precious)])
+    assert exc.value.code == 2
+    assert "not an mmsa_ray checkpoint" in capsys.readouterr().err
+    assert (precious / "notes.txt").read_text() == "keep me"
+    with pytest.raises(SystemExit):
+        train.main(["--meld-dir", str(tmp_path), "--num-workers", "0"])
