@@ -435,12 +435,17 @@ def build_model(config, init_seed: int = 0):
 
 
 def add_model_args(p: argparse.ArgumentParser) -> None:
-    """Flags for the frozen parts of ModelConfig (shared by featurize and train)."""
-    p.add_argument("--text-encoder", default="minilm", help="text encoder: 'minilm' (bundled, offline), a HF name or a local path")
-    p.add_argument("--video-weights", default="none", help="r3d_18 weights: 'none' (random, seeded), 'kinetics' (download) or a state-dict file")
-    p.add_argument("--num-frames", type=int, default=16, help="frames sampled per clip (default 16)")
-    p.add_argument("--size", type=int, default=112, help="frame height and width in pixels (default 112)")
-    p.add_argument("--max-text-length", type=int, default=128, help="tokens per transcript (default 128)")
+    """Flags for the frozen parts of ModelConfig (shared by featurize and train); defaults are the configs'."""
+    from mmsa_ray.features import FeatureConfig
+    from mmsa_ray.media import DecodeConfig
+    from mmsa_ray.model import ModelConfig
+
+    m, d, f = ModelConfig(), DecodeConfig(), FeatureConfig()
+    p.add_argument("--text-encoder", default=m.text_encoder, help=f"text encoder: 'minilm' (bundled, offline), a HF name or a local path (default {m.text_encoder})")
+    p.add_argument("--video-weights", default=m.video_weights, help=f"r3d_18 weights: 'none' (random, seeded), 'kinetics' (download) or a state-dict file (default {m.video_weights})")
+    p.add_argument("--num-frames", type=int, default=d.num_frames, help=f"frames sampled per clip (default {d.num_frames})")
+    p.add_argument("--size", type=int, default=d.height, help=f"frame height and width in pixels (default {d.height})")
+    p.add_argument("--max-text-length", type=int, default=f.max_text_length, help=f"tokens per transcript (default {f.max_text_length})")
 
 
 def model_config_from_args(args, **overrides):

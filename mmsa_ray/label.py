@@ -422,9 +422,12 @@ def label(config: LabelConfig) -> LabelSummary:
 
     t0 = time.time()
     run_start = datetime.now(timezone.utc)
-    checkpoint = os.path.abspath(config.checkpoint) if "://" not in config.checkpoint else config.checkpoint
-    if not os.path.isfile(os.path.join(checkpoint, "config.json")):
-        raise FileNotFoundError(f"{config.checkpoint}: not a checkpoint (no config.json)")
+    from mmsa_ray.model import read_checkpoint_config
+
+    # A local or shared-file-system directory (every node reads it); checked up front:
+    # missing, unfinished or foreign checkpoints fail here, not in every actor.
+    checkpoint = os.path.abspath(config.checkpoint)
+    read_checkpoint_config(checkpoint)
     out_fs, out_path = resolve(config.output)
     out_uri = config.output if "://" in config.output else out_path
     out_fs.create_dir(out_path, recursive=True)

@@ -90,7 +90,7 @@ class Preprocessing:
 class Predictor:
     """A loaded checkpoint: `preprocess` one clip on CPU, `predict_batch` a collated batch.
 
-    `decode_config` is settable (Serve tightens limits this way); preprocessing uses it.
+    `decode_config` is its Preprocessing's, and settable (to tighten limits in-process).
     """
 
     def __init__(
