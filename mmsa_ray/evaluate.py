@@ -29,6 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsa_ray.features import DEFAULT_MEL_SHAPE
 from mmsa_ray.labels import EMOTIONS, MODALITIES, SENTIMENTS, parse_modalities
 
 HEADS: dict[str, tuple[str, ...]] = {"emotion": EMOTIONS, "sentiment": SENTIMENTS}
@@ -115,7 +116,7 @@ class FeatureArrays:
         return len(self.ids)
 
 
-def load_features(path: str | os.PathLike, modalities=MODALITIES, mel_shape=(1, 64, 300)) -> tuple[FeatureArrays, list[dict]]:
+def load_features(path: str | os.PathLike, modalities=MODALITIES, mel_shape=DEFAULT_MEL_SHAPE) -> tuple[FeatureArrays, list[dict]]:
     """Read a featurized Parquet directory (featurize's output) into arrays.
 
     Rows with an error are left out and returned separately as [{"id", "error"}].
@@ -131,7 +132,7 @@ def load_features(path: str | os.PathLike, modalities=MODALITIES, mel_shape=(1, 
     return arrays, errors
 
 
-def batch_from_rows(cols: dict[str, list], modalities=MODALITIES, mel_shape=(1, 64, 300)) -> FeatureArrays:
+def batch_from_rows(cols: dict[str, list], modalities=MODALITIES, mel_shape=DEFAULT_MEL_SHAPE) -> FeatureArrays:
     """Columns of featurized rows (lists; audio may be empty = absent) -> FeatureArrays."""
     from mmsa_ray.featurize import stack_audio
 
@@ -330,18 +331,13 @@ def main(argv: list[str] | None = None) -> int:
             meld_dir, args.split, model, modalities=modalities, cache_dir=args.cache_dir, limit=args.limit,
         )
         data_path, errors_src = res.path, res.path
-    data, errors = load_features(data_path, modalities, mel_shape=_mel_shape(model))
+    data, errors = load_features(data_path, modalities, mel_shape=model.config.features.mel_shape)
     result = evaluate(model, data, args.batch_size, device)
     result.update(checkpoint=str(Path(args.checkpoint).absolute()), data=str(errors_src), modalities=",".join(modalities), errors=errors)
     out = write_report(result, args.output, f"Evaluation on {Path(str(errors_src)).name}")
     print(summary_line(result))
     print(f"report: {out / 'report.md'} ({time.time() - t0:.1f} s)")
     return 0
-
-
-def _mel_shape(model) -> tuple[int, int, int]:
-    f = model.config.features
-    return (1, f.n_mels, f.mel_frames)
 
 
 if __name__ == "__main__":

@@ -46,6 +46,11 @@ class FeatureConfig:
     sample_rate: int = 16000  # Hz; must equal the decoder's sample_rate
     max_text_length: int = 128  # tokens per transcript (truncated / padded)
 
+    @property
+    def mel_shape(self) -> tuple[int, int, int]:
+        """Shape of one clip's log-mel: (1, n_mels, mel_frames)."""
+        return (1, self.n_mels, self.mel_frames)
+
     def __post_init__(self) -> None:
         bad = [f"{k}={v!r}" for k, v in vars(self).items() if not (isinstance(v, int) and not isinstance(v, bool) and v > 0)]
         if bad:
@@ -55,6 +60,9 @@ class FeatureConfig:
 
 
 # ----------------------------------------------------------------------------- video
+
+
+DEFAULT_MEL_SHAPE = FeatureConfig().mel_shape  # (1, 64, 300)
 
 
 def video_features(frames: np.ndarray) -> np.ndarray:
@@ -96,7 +104,7 @@ def log_mel(audio: list[np.ndarray], config: FeatureConfig) -> np.ndarray:
     import torch
 
     transform = _mel_transform(config.sample_rate, config.n_fft, config.hop_length, config.n_mels)
-    out = np.zeros((len(audio), 1, config.n_mels, config.mel_frames), dtype=np.float32)
+    out = np.zeros((len(audio), *config.mel_shape), dtype=np.float32)
     # Samples that frame mel_frames-1 (centered, reflect-padded) still reads: cutting the
     # waveform there gives exactly the frames of the whole waveform, for less work.
     keep = (config.mel_frames - 1) * config.hop_length + config.n_fft // 2
@@ -190,7 +198,7 @@ def clip_features(
             raise ValueError(f"{clip.source}: audio decoded at {clip.sample_rate} Hz but features expect {config.sample_rate} Hz")
         audio = log_mel([clip.audio], config)[0]
     else:
-        audio = np.zeros((1, config.n_mels, config.mel_frames), dtype=np.float32)
+        audio = np.zeros(config.mel_shape, dtype=np.float32)
 
     tokens = tokenize([transcript], tokenizer, config.max_text_length)
     has_text = bool(tokens["attention_mask"][0].any())

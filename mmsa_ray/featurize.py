@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsa_ray.features import DEFAULT_MEL_SHAPE
 from mmsa_ray.labels import MODALITIES, parse_modalities
 
 COMPLETE = "_COMPLETE"
@@ -157,7 +158,7 @@ def decode_and_featurize(batch: dict[str, np.ndarray], model_dir: str, modalitie
         "split": np.asarray(batch["split"], dtype=object),
         "emotion_index": np.asarray(batch["emotion_index"], dtype=np.int64),
         "sentiment_index": np.asarray(batch["sentiment_index"], dtype=np.int64),
-        "audio": np.zeros((n, 1, fcfg.n_mels, fcfg.mel_frames), np.float32),
+        "audio": np.zeros((n, *fcfg.mel_shape), np.float32),
         "mask": np.zeros((n, len(MODALITIES)), np.float32),
         "error": np.full(n, None, dtype=object),
     }
@@ -325,7 +326,7 @@ def is_error(value) -> bool:
     return isinstance(value, str) and value != ""
 
 
-def stack_audio(values, mel_shape=(1, 64, 300)) -> np.ndarray:
+def stack_audio(values, mel_shape=DEFAULT_MEL_SHAPE) -> np.ndarray:
     """A column of flattened log-mels (empty = absent) -> float32 [N, *mel_shape], zeros where absent."""
     n = len(values)
     out = np.zeros((n, *mel_shape), np.float32)

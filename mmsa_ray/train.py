@@ -37,6 +37,7 @@ from pathlib import Path
 
 import numpy as np
 
+from mmsa_ray.features import DEFAULT_MEL_SHAPE
 from mmsa_ray.labels import EMOTIONS, MODALITIES, SENTIMENTS, parse_modalities
 
 SCORE = "dev_emotion_weighted_f1"
@@ -86,7 +87,7 @@ def lr_factor(step: int, total: int, warmup_frac: float) -> float:
     return 0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * t))
 
 
-def to_tensors(batch: dict[str, np.ndarray], modalities=MODALITIES, mel_shape=(1, 64, 300)) -> dict:
+def to_tensors(batch: dict[str, np.ndarray], modalities=MODALITIES, mel_shape=DEFAULT_MEL_SHAPE) -> dict:
     """A numpy batch (cached feature rows or raw decode_and_featurize rows) -> dict of CPU tensors.
 
     Cached: video_emb [B,512], text_emb [B,H], audio [B,1,64,300] (empty list = zeros).
@@ -465,7 +466,7 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
 
     train_recs = featurize.meld_records(job.meld_dir, "train", job.limit)
     dev_recs = featurize.meld_records(job.meld_dir, "dev", job.limit)
-    mel_shape = (1, model_config.features.n_mels, model_config.features.mel_frames)
+    mel_shape = model_config.features.mel_shape
     info: dict = {"run_dir": run_dir, "mode": "end-to-end" if cfg.end_to_end else "cached"}
     if not cfg.end_to_end:
         feats = {}
