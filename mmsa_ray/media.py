@@ -28,7 +28,9 @@ Speed (single-threaded decoding of a 720p clip is the usual bottleneck):
   on a 5 s x264 --preset medium clip), so they keep NONREF;
 - skipping the deblocking filter (`skip_loop_filter`) would save ~30% but drifts to
   ~20-25 dB within a second on a single-keyframe clip: not used;
-- decoding stops once the last sample and the end of the window's audio are reached.
+- decoding stops once the last sample and the end of the window's audio are reached;
+- the file is opened without FFmpeg's probe decode (`_HEADER_PROBE`), which would decode
+  the first keyframe only to learn what mp4/mkv/webm/mov headers already say.
 
 Every failure (no stream, empty, not media, truncated, corrupt, limits, timeout, and any
 exception PyAV or numpy raise) becomes a `MediaError` naming the source.
@@ -48,7 +50,14 @@ import numpy as np
 
 _NONREF_FRAMES_PER_SAMPLE = 4  # skip non-reference frames when the window has this many frames per sample
 _X264_REF = re.compile(rb"x264 - core \d+.{0,2000}? ref=(\d+)", re.S)  # x264's settings SEI (first frame)
-_GAP_TOLERANCE_S = 0.5  # decoded data may end this much before the stream's claimed end
+_GAP_TOLERANCE_S = 0.5
+# Opening a file normally (avformat_find_stream_info) decodes its first frames to learn codec
+# parameters that mp4/mkv/webm/mov headers already state; for 720p H.264 that is a keyframe
+# decode (~20 ms, a fifth of a clip) which our own decoder then repeats. Open with decoding
+# switched off during the probe; _NeedsFullProbe falls back to the normal open when that
+# left out what decoding needs. (Applies only to formats that list their streams in the
+# header; others, e.g. MPEG-TS, get the full probe anyway.)
+_HEADER_PROBE = {"skip_frame": "all"}  # decoded data may end this much before the stream's claimed end
 
 
 class MediaError(Exception):
@@ -127,8 +136,6 @@ def _describe(source) -> str:
 
 
 def _decode(source, name: str, start, end, config: DecodeConfig) -> Clip:
-    import av
-
     deadline = time.monotonic() + config.timeout_s
     if config.num_frames < 1 or config.height < 1 or config.width < 1 or config.sample_rate < 1:
         raise MediaError(name, f"invalid DecodeConfig {config}")
@@ -143,21 +150,40 @@ def _decode(source, name: str, start, end, config: DecodeConfig) -> Clip:
         if os.path.getsize(path) == 0:
             raise MediaError(name, "empty file (0 bytes)")
         source = path
+    rewind = source.tell() if hasattr(source, "tell") else None
     try:
-        container = av.open(source, "r", timeout=(config.timeout_s, config.timeout_s), metadata_errors="ignore")
+        with _open(source, name, config, _HEADER_PROBE) as container:
+            return _decode_container(container, name, start, end, config, deadline, header_probe=True)
+    except _NeedsFullProbe:
+        pass
+    if rewind is not None:
+        source.seek(rewind)
+    with _open(source, name, config, None) as container:
+        return _decode_container(container, name, start, end, config, deadline, header_probe=False)
+
+
+class _NeedsFullProbe(Exception):
+    """The header-only probe left out something decoding needs: open again with FFmpeg's full probe."""
+
+
+def _open(source, name: str, config: DecodeConfig, options: dict[str, str] | None):
+    import av
+
+    try:
+        return av.open(source, "r", options=options, timeout=(config.timeout_s, config.timeout_s),
+                       metadata_errors="ignore")
     except av.error.ExitError as e:  # the interrupt callback fired: timeout_s ran out while opening
         raise MediaError(name, f"timed out after {config.timeout_s:g} s (timeout_s) while opening") from e
     except av.error.FFmpegError as e:
         raise MediaError(name, f"not a readable media file ({e.strerror or e})") from e
-    with container:
-        return _decode_container(container, name, start, end, config, deadline)
 
 
 def _usable(stream) -> bool:
     return stream is not None and stream.codec_context is not None
 
 
-def _decode_container(container, name, start, end, config: DecodeConfig, deadline: float) -> Clip:
+def _decode_container(container, name, start, end, config: DecodeConfig, deadline: float,
+                      header_probe: bool) -> Clip:
     vs = next((s for s in container.streams.video if _usable(s)), None)
     aus = next((s for s in container.streams.audio if _usable(s)), None)
     if vs is None and aus is None:
@@ -166,7 +192,9 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
     rotation = 0
     if vs is not None:
         w, h = vs.codec_context.width, vs.codec_context.height
-        if not w or not h:
+        if not (w and h) and header_probe:
+            raise _NeedsFullProbe
+        if not (w and h):
             raise MediaError(name, "video stream has no frame size (truncated or corrupt header)")
         if w * h > config.max_pixels:
             raise MediaError(name, f"video frame {w}x{h} = {w * h} pixels exceeds max_pixels={config.max_pixels}")
@@ -202,13 +230,18 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
             cc.skip_frame = "NONREF"  # _demux may upgrade this to BIDIR after reading x264's SEI
     if aus is not None:
         aus.codec_context.thread_count = 1
+    reorder_known = vs is not None and vs.codec_context.has_b_frames
 
     if s > 0:
-        container.seek(int(round((t0 + s) * 1e6)), backward=True)
+        _seek(container, vs, t0 + s)
     skip_step = 1.0 / fps if vs is not None and vs.codec_context.skip_frame != "DEFAULT" else None
     video = _VideoSampler(samples, config, t0, vs.time_base, skip_step, e) if vs is not None else None
     audio = _AudioWindow(s, e, config.sample_rate, t0, aus.time_base) if aus is not None else None
     _demux(container, vs, aus, video, audio, deadline, name, config)
+    if header_probe and vs is not None and not reorder_known and vs.codec_context.has_b_frames:
+        # the stream reorders frames but its header did not say so: the decoder found out
+        # mid-stream and may have dropped frames before that; the full probe measures it first
+        raise _NeedsFullProbe
 
     frames = frame_times = None
     width = height = None
@@ -252,6 +285,22 @@ def _duration(container, vs, aus, t0: float, deadline: float, name: str) -> floa
         raise MediaError(name, "no timestamped packets: empty or corrupt media")
     container.seek(0)
     return last
+
+
+def _seek(container, vs, t: float) -> None:
+    """Position the demuxer so decoding can start at or before t seconds (container time).
+
+    mp4/mkv/webm/avi seek to the keyframe before t through their index. MPEG-TS/PS and
+    index-less files seek by bisecting on timestamps and can land on a P-frame, from which
+    nothing decodes until the next keyframe (with long GOPs: never in the window); those
+    are read from the start instead (GOPs that hold no sample are still not decoded).
+    """
+    target = int(round(t * 1e6))
+    container.seek(target, backward=True)
+    if vs is None:
+        return
+    first = next((p for p in container.demux(vs) if p.size), None)
+    container.seek(target if first is not None and first.is_keyframe else 0, backward=True)
 
 
 def _bidir_safe(vs, packet) -> bool:

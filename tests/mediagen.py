@@ -24,7 +24,7 @@ _STEP = 16
 # container extension -> default audio codec that the container accepts
 _AUDIO_FOR = {"mp4": "aac", "mov": "aac", "m4a": "aac", "mkv": "aac", "webm": "libopus",
               "avi": "libmp3lame", "wav": "pcm_s16le", "mp3": "libmp3lame", "ogg": "libopus",
-              "opus": "libopus", "flac": "flac"}
+              "opus": "libopus", "flac": "flac", "ts": "aac"}
 _PIX_FMT = {"mjpeg": "yuvj420p"}
 
 

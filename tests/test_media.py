@@ -13,6 +13,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import mediagen  # noqa: E402
 
+from mmsa_ray import media as media_module  # noqa: E402
 from mmsa_ray.media import Clip, DecodeConfig, MediaError, decode_clip  # noqa: E402
 
 
@@ -119,6 +120,66 @@ def test_long_clip_skips_frames_but_spans_window(media):
     assert all(abs(w - g) <= 2 for g, w in zip(got, want)), (got, want)  # the nearest decoded frame
     np.testing.assert_allclose(clip.frame_times, np.array(got) / 30, atol=1e-6)
     assert got[0] <= 8 and got[-1] >= 108
+
+
+def test_window_in_mpegts_with_one_keyframe(media):
+    # MPEG-TS seeks by bisecting on timestamps and lands on a P-frame; with x264's default
+    # GOP (one keyframe here) decoding must start from the beginning, not give up
+    path = mediagen.write_video(media / "long_gop.ts", 3.0, 96, 64, 15, audio=(48000, 2, "aac"))
+    clip = decode_clip(path, 1.0, 2.6)
+    got = np.array(indices(clip))
+    # the video starts a little after the audio (AAC priming) in TS: frame k shows from
+    # offset + k / 15 s; each sample takes the frame showing at its time
+    offset = clip.frame_times - got / 15
+    np.testing.assert_allclose(offset, offset[0], atol=1e-6)
+    assert 0 <= offset[0] < 0.1
+    samples = 1.0 + (np.arange(16) + 0.5) * 1.6 / 16
+    assert np.all((clip.frame_times <= samples + 1e-6) & (samples < clip.frame_times + 1 / 15))
+    assert len(clip.audio) == round(1.6 * 16000) and abs(peak_hz(clip.audio, 16000) - 440) < 5
+
+
+@pytest.mark.parametrize("name,codec,options", [
+    ("mp4", "libx264", {"preset": "medium"}),  # B-frames, b-pyramid, ref=3
+    ("mkv", "libx264", {}),
+    ("webm", "libvpx-vp9", {}),
+    ("avi", "mpeg4", {"bf": "2"}),
+    ("mov", "mjpeg", {}),
+    ("ts", "libx264", {"preset": "medium"}),
+])
+def test_header_only_probe_decodes_what_the_full_probe_does(media, monkeypatch, name, codec, options):
+    # decode_clip opens without FFmpeg's probe decode (it repeats a keyframe decode);
+    # the frames, audio and facts must be the same as after a normal open
+    path = mediagen.write_video(media / f"probe.{name}", 2.0, 96, 64, 15, codec=codec, options=options,
+                                pattern="texture", audio=(48000, 2, None))
+    fast = [decode_clip(path), decode_clip(path, 0.7, 1.9)]
+    monkeypatch.setattr(media_module, "_HEADER_PROBE", None)
+    slow = [decode_clip(path), decode_clip(path, 0.7, 1.9)]
+    for a, b in zip(fast, slow):
+        np.testing.assert_array_equal(a.frames, b.frames)
+        np.testing.assert_array_equal(a.audio, b.audio)
+        np.testing.assert_array_equal(a.frame_times, b.frame_times)
+        assert (a.duration, a.fps, a.width, a.height) == (b.duration, b.fps, b.width, b.height)
+
+
+def test_full_probe_fallback_rewinds_file_objects(av_clip, monkeypatch):
+    # when the header-only open lacks something, decode_clip opens again with the full
+    # probe; a file object must be read again from where the caller left it
+    ref = decode_clip(av_clip, 0.5, 1.5)
+    decode_container = media_module._decode_container
+    opens = []
+
+    def header_probe_fails(container, *args, header_probe):
+        opens.append(header_probe)
+        if header_probe:
+            raise media_module._NeedsFullProbe
+        return decode_container(container, *args, header_probe=header_probe)
+
+    monkeypatch.setattr(media_module, "_decode_container", header_probe_fails)
+    with open(av_clip, "rb") as f:
+        clip = decode_clip(f, 0.5, 1.5)
+    assert opens == [True, False]
+    np.testing.assert_array_equal(clip.frames, ref.frames)
+    np.testing.assert_array_equal(clip.audio, ref.audio)
 
 
 # ----------------------------------------------------------------------------- missing streams, odd shapes
