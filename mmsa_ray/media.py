@@ -26,8 +26,11 @@ Speed (single-threaded decoding of a 720p clip is the usual bottleneck):
   skipped (`"BIDIR"`) with output identical to a full decode. Other encoders, and x264
   with ref > 1, let P-frames reference B-frames: skipping those drifts (measured ~41 dB
   on a 5 s x264 --preset medium clip), so they keep NONREF;
-- skipping the deblocking filter (`skip_loop_filter`) would save ~30% but drifts to
-  ~20-25 dB within a second on a single-keyframe clip: not used;
+- frames between the keyframe a window is decoded from and the window itself serve
+  only as references: non-reference ones are skipped whatever the window's density;
+- skipping the deblocking filter (`skip_loop_filter`) would save 20-30%, but the error
+  it leaves in reference frames accumulates until the next keyframe (down to ~20-25 dB
+  within a second on a noisy single-keyframe clip): not used;
 - decoding stops once the last sample and the end of the window's audio are reached;
 - the file is opened without FFmpeg's probe decode (`_HEADER_PROBE`), which would decode
   the first keyframe only to learn what mp4/mkv/webm/mov headers already say.
@@ -50,14 +53,14 @@ import numpy as np
 
 _NONREF_FRAMES_PER_SAMPLE = 4  # skip non-reference frames when the window has this many frames per sample
 _X264_REF = re.compile(rb"x264 - core \d+.{0,2000}? ref=(\d+)", re.S)  # x264's settings SEI (first frame)
-_GAP_TOLERANCE_S = 0.5
+_GAP_TOLERANCE_S = 0.5  # decoded data may end this much before the stream's claimed end
 # Opening a file normally (avformat_find_stream_info) decodes its first frames to learn codec
 # parameters that mp4/mkv/webm/mov headers already state; for 720p H.264 that is a keyframe
 # decode (~20 ms, a fifth of a clip) which our own decoder then repeats. Open with decoding
 # switched off during the probe; _NeedsFullProbe falls back to the normal open when that
 # left out what decoding needs. (Applies only to formats that list their streams in the
 # header; others, e.g. MPEG-TS, get the full probe anyway.)
-_HEADER_PROBE = {"skip_frame": "all"}  # decoded data may end this much before the stream's claimed end
+_HEADER_PROBE = {"skip_frame": "all"}
 
 
 class MediaError(Exception):
@@ -220,6 +223,7 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
     T = config.num_frames
     samples = s + (np.arange(T) + 0.5) * (e - s) / T  # seconds, float64 [T]
     fps = None
+    window_skip = "DEFAULT"
     if vs is not None:
         rate = vs.average_rate or vs.guessed_rate or vs.base_rate
         fps = float(rate) if rate else None
@@ -227,17 +231,19 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
         cc.thread_count = config.threads
         cc.thread_type = "AUTO"
         if fps and (e - s) * fps >= _NONREF_FRAMES_PER_SAMPLE * T:
-            cc.skip_frame = "NONREF"  # _demux may upgrade this to BIDIR after reading x264's SEI
+            window_skip = "NONREF"  # _demux may upgrade this to BIDIR after reading x264's SEI
+        # frames before the window matter only as references (see _LEAD_IN_S)
+        cc.skip_frame = "NONREF" if s > 0 else window_skip
     if aus is not None:
         aus.codec_context.thread_count = 1
     reorder_known = vs is not None and vs.codec_context.has_b_frames
 
-    if s > 0:
-        _seek(container, vs, t0 + s)
-    skip_step = 1.0 / fps if vs is not None and vs.codec_context.skip_frame != "DEFAULT" else None
+    from_keyframe = _seek(container, vs, t0 + s) if s > 0 else False
+    skip_step = 1.0 / fps if vs is not None and window_skip != "DEFAULT" else None
     video = _VideoSampler(samples, config, t0, vs.time_base, skip_step, e) if vs is not None else None
     audio = _AudioWindow(s, e, config.sample_rate, t0, aus.time_base) if aus is not None else None
-    _demux(container, vs, aus, video, audio, deadline, name, config)
+    lead_in_end = s - _LEAD_IN_S if s > 0 else None
+    _demux(container, vs, aus, video, audio, deadline, name, config, from_keyframe, window_skip, lead_in_end)
     if header_probe and vs is not None and not reorder_known and vs.codec_context.has_b_frames:
         # the stream reorders frames but its header did not say so: the decoder found out
         # mid-stream and may have dropped frames before that; the full probe measures it first
@@ -287,20 +293,39 @@ def _duration(container, vs, aus, t0: float, deadline: float, name: str) -> floa
     return last
 
 
-def _seek(container, vs, t: float) -> None:
+# Before a window starts, frames are decoded only as references of later ones, so non-reference
+# frames are skipped up to this many seconds before the window start; from there on the
+# window's own rule applies (a frame shown just before the start may be the one a first
+# sample takes, unless a variable-frame-rate gap longer than this precedes the window).
+_LEAD_IN_S = 0.5
+_SEEK_BACKOFF_S = (0.0, 1.0, 3.0, 10.0, 30.0, 120.0)  # how far before the window to seek, tried in turn
+
+
+def _seek(container, vs, t: float) -> bool:
     """Position the demuxer so decoding can start at or before t seconds (container time).
 
-    mp4/mkv/webm/avi seek to the keyframe before t through their index. MPEG-TS/PS and
-    index-less files seek by bisecting on timestamps and can land on a P-frame, from which
-    nothing decodes until the next keyframe (with long GOPs: never in the window); those
-    are read from the start instead (GOPs that hold no sample are still not decoded).
+    mp4/mkv/webm/avi seek through their index to the keyframe before t. MPEG-TS/PS and
+    index-less files seek by bisecting on timestamps and land on any packet, often a
+    P-frame that cannot be decoded; there the seek point moves back until a keyframe at
+    or before t follows it (from the start as a last resort), and the video packets
+    before that keyframe are dropped. Returns whether to drop them (the seek point was
+    found); False means reading from the start of the file.
     """
-    target = int(round(t * 1e6))
-    container.seek(target, backward=True)
     if vs is None:
-        return
-    first = next((p for p in container.demux(vs) if p.size), None)
-    container.seek(target if first is not None and first.is_keyframe else 0, backward=True)
+        container.seek(int(round(t * 1e6)), backward=True)
+        return False
+    for back in _SEEK_BACKOFF_S:
+        target = int(round(max(0.0, t - back) * 1e6))
+        container.seek(target, backward=True)
+        key = next((p for p in container.demux(vs) if p.size and p.is_keyframe), None)  # stops at the first
+        key_time = float(key.pts * key.time_base) if key is not None and key.pts is not None else None
+        if key_time is not None and key_time <= t:
+            container.seek(target, backward=True)  # the same point again, now to read from
+            return True
+        if target == 0:
+            break
+    container.seek(0, backward=True)
+    return False
 
 
 def _bidir_safe(vs, packet) -> bool:
@@ -316,21 +341,31 @@ def _bidir_safe(vs, packet) -> bool:
     return m is not None and int(m.group(1)) == 1
 
 
-def _demux(container, vs, aus, video, audio, deadline, name, config) -> None:
-    """One pass over the packets from the seek point, feeding the video sampler and audio window."""
+def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyframe: bool,
+           window_skip: str = "DEFAULT", lead_in_end: float | None = None) -> None:
+    """One pass over the packets from the seek point, feeding the video sampler and audio window.
+
+    from_keyframe: drop the video packets before the first keyframe (see _seek).
+    window_skip: the video decoder's skip_frame from the first packet shown at or after
+    lead_in_end (seconds); before that it skips what the set-up chose (non-reference frames).
+    """
     import av
 
     streams = [x for x in (vs, aus) if x is not None]
     gop: list = []  # video packets since the last keyframe, in decode order
-    gop_start: float | None = None  # presentation time of that keyframe
     errors = {"video": 0, "audio": 0}
     counts = {"video": 0, "audio": 0}
+    lead_in = {"end": lead_in_end, "window_skip": window_skip}
 
     def decode_video(packets, until: float | None) -> None:
         # decode until every sample <= until is assigned (the frame after it has been seen)
         for p in packets:
             if video.done or (until is not None and video.next_sample > until):
                 return
+            if lead_in["end"] is not None and (p.pts is None or not video.time_base
+                                               or p.pts * video.time_base - video.t0 >= lead_in["end"]):
+                vs.codec_context.skip_frame = lead_in["window_skip"]  # the window: decode what it needs
+                lead_in["end"] = None
             try:
                 frames = vs.codec_context.decode(p)
             except av.error.FFmpegError:
@@ -369,13 +404,16 @@ def _demux(container, vs, aus, video, audio, deadline, name, config) -> None:
                 if audio is None or audio.done:
                     break
                 continue
+            if from_keyframe and not packet.is_keyframe:
+                continue
+            from_keyframe = False
             counts["video"] += 1
             if counts["video"] == 1 and _bidir_safe(vs, packet):
                 vs.codec_context.skip_frame = "BIDIR"
+                if lead_in["window_skip"] == "NONREF":
+                    lead_in["window_skip"] = "BIDIR"
             if packet.is_keyframe:
-                kt = float(packet.pts * packet.time_base) - video.t0 if packet.pts is not None else None
-                flush_gop(kt)
-                gop_start = kt
+                flush_gop(float(packet.pts * packet.time_base) - video.t0 if packet.pts is not None else None)
             gop.append(packet)
         elif aus is not None and packet.stream_index == aus.index:
             if audio.done:
@@ -404,7 +442,6 @@ def _demux(container, vs, aus, video, audio, deadline, name, config) -> None:
     for kind in ("video", "audio"):
         if errors[kind] > max(2, counts[kind] // 5):
             raise MediaError(name, f"corrupt {kind} stream: {errors[kind]} of {counts[kind]} packets failed to decode")
-    del gop_start
 
 
 class _VideoSampler:

@@ -122,20 +122,31 @@ def test_long_clip_skips_frames_but_spans_window(media):
     assert got[0] <= 8 and got[-1] >= 108
 
 
-def test_window_in_mpegts_with_one_keyframe(media):
-    # MPEG-TS seeks by bisecting on timestamps and lands on a P-frame; with x264's default
-    # GOP (one keyframe here) decoding must start from the beginning, not give up
-    path = mediagen.write_video(media / "long_gop.ts", 3.0, 96, 64, 15, audio=(48000, 2, "aac"))
-    clip = decode_clip(path, 1.0, 2.6)
+@pytest.mark.parametrize("seconds,gop,start,end,decode_from", [
+    (3.0, 250, 1.0, 2.6, 0.0),  # one keyframe: read from the start
+    (12.0, 15, 9.0, 10.2, 6.0),  # 1 s GOPs: from a keyframe shortly before the window
+])
+def test_window_in_mpegts(media, seconds, gop, start, end, decode_from):
+    # MPEG-TS seeks by bisecting on timestamps and lands on any packet, usually a P-frame
+    path = mediagen.write_video(media / f"gop{gop}.ts", seconds, 96, 64, 15, audio=(48000, 2, "aac"),
+                                options={"g": str(gop)})
+    clip = decode_clip(path, start, end)
     got = np.array(indices(clip))
     # the video starts a little after the audio (AAC priming) in TS: frame k shows from
     # offset + k / 15 s; each sample takes the frame showing at its time
     offset = clip.frame_times - got / 15
     np.testing.assert_allclose(offset, offset[0], atol=1e-6)
     assert 0 <= offset[0] < 0.1
-    samples = 1.0 + (np.arange(16) + 0.5) * 1.6 / 16
+    samples = start + (np.arange(16) + 0.5) * (end - start) / 16
     assert np.all((clip.frame_times <= samples + 1e-6) & (samples < clip.frame_times + 1 / 15))
-    assert len(clip.audio) == round(1.6 * 16000) and abs(peak_hz(clip.audio, 16000) - 440) < 5
+    assert len(clip.audio) == round((end - start) * 16000) and abs(peak_hz(clip.audio, 16000) - 440) < 5
+    import av
+
+    with av.open(str(path)) as container:  # where decoding starts: the last keyframe before the window
+        t0, vs = container.start_time / 1e6, container.streams.video[0]
+        assert media_module._seek(container, vs, t0 + start)
+        key = next(p for p in container.demux(vs) if p.is_keyframe)
+        assert decode_from <= float(key.pts * key.time_base) - t0 <= start
 
 
 @pytest.mark.parametrize("name,codec,options", [
@@ -384,3 +395,22 @@ def test_skipped_frames_leave_sampled_frames_exact(media, ref):
         assert 3 not in types, types
     got, want = np.round(clip.frame_times * 30).astype(int), expected_indices(0, 4.0, 30, 120, T=8)
     assert all(abs(w - g) <= 2 for g, w in zip(got, want)), (got, want)  # the nearest decoded frame
+
+
+@pytest.mark.parametrize("ref", [1, 3])
+def test_short_window_skips_only_frames_before_it(media, ref):
+    # a 0.5 s window (15 frames, T = 8: under 4 frames per sample) late in a one-keyframe
+    # clip: frames before the window are decoded only as references (non-reference ones
+    # skipped), inside it every frame is decoded, so each sample is exactly the frame
+    # showing at its time, as in a full decode
+    path = mediagen.write_video(media / f"late{ref}.mp4", 4.0, 160, 96, 30, pattern="texture",
+                                options={"preset": "medium",
+                                         "x264-params": f"ref={ref}:bframes=3:b-adapt=0:b-pyramid=normal"})
+    full = _full_decode(path, 32, 48)
+    start, end = 3.0, 3.5
+    clip = decode_clip(path, start, end, config=DecodeConfig(num_frames=8, height=32, width=48))
+    want = [float(k) / 30 for k in expected_indices(start, end, 30, 120, T=8)]
+    np.testing.assert_allclose(clip.frame_times, want, atol=1e-6)
+    for img, t in zip(clip.frames, clip.frame_times):
+        np.testing.assert_array_equal(img, full[round(float(t), 6)][0])
+    assert 3 in {k for _, k in full.values()}  # there were B-frames before the window to skip
