@@ -7,7 +7,8 @@ Frames: T sample times at the centres of T equal sub-intervals of [start, end)
 (s_i = start + (i + 0.5) * (end - start) / T); each takes the frame *showing* at that
 time (the last frame whose presentation time is <= s_i, or the first frame when s_i
 precedes it), so clips with fewer than T frames repeat frames. Times come from frame
-pts (variable frame rate safe), relative to the container's start time.
+pts (variable frame rate safe), relative to the container's start time; raw
+elementary streams (.h264, .hevc), which have none, are timed by counting frames.
 Audio: every channel mixed to mono, resampled to `sample_rate`, trimmed to [start, end)
 to the sample.
 
@@ -203,7 +204,8 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
             raise MediaError(name, f"video frame {w}x{h} = {w * h} pixels exceeds max_pixels={config.max_pixels}")
 
     t0 = container.start_time / 1e6 if container.start_time is not None else 0.0
-    duration = _duration(container, vs, aus, t0, deadline, name)
+    duration, untimed_period = _duration(container, vs, aus, t0, deadline, name)
+    timed = untimed_period is None
     # --- the window
     s = 0.0 if start is None else float(start)
     e = duration if end is None else float(end)
@@ -226,21 +228,22 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
     window_skip = "DEFAULT"
     if vs is not None:
         rate = vs.average_rate or vs.guessed_rate or vs.base_rate
-        fps = float(rate) if rate else None
+        fps = float(rate) if rate and timed else (1.0 / untimed_period if untimed_period else None)
         cc = vs.codec_context
         cc.thread_count = config.threads
         cc.thread_type = "AUTO"
-        if fps and (e - s) * fps >= _NONREF_FRAMES_PER_SAMPLE * T:
+        if fps and (e - s) * fps >= _NONREF_FRAMES_PER_SAMPLE * T and timed:
             window_skip = "NONREF"  # _demux may upgrade this to BIDIR after reading x264's SEI
-        # frames before the window matter only as references (see _LEAD_IN_S)
-        cc.skip_frame = "NONREF" if s > 0 else window_skip
+        # frames before the window matter only as references (see _LEAD_IN_S); frames
+        # timed by counting must all be decoded
+        cc.skip_frame = "NONREF" if s > 0 and timed else window_skip
     if aus is not None:
         aus.codec_context.thread_count = 1
     reorder_known = vs is not None and vs.codec_context.has_b_frames
 
-    from_keyframe = _seek(container, vs, t0 + s) if s > 0 else False
+    from_keyframe = _seek(container, vs, t0 + s) if s > 0 and timed else False
     skip_step = 1.0 / fps if vs is not None and window_skip != "DEFAULT" else None
-    video = _VideoSampler(samples, config, t0, vs.time_base, skip_step, e) if vs is not None else None
+    video = _VideoSampler(samples, config, t0, vs.time_base, skip_step, e, 1.0 / (fps or 25.0)) if vs is not None else None
     audio = _AudioWindow(s, e, config.sample_rate, t0, aus.time_base) if aus is not None else None
     lead_in_end = s - _LEAD_IN_S if s > 0 else None
     _demux(container, vs, aus, video, audio, deadline, name, config, from_keyframe, window_skip, lead_in_end)
@@ -272,25 +275,40 @@ def _stream_end(stream, t0: float) -> float | None:
     return float((st + stream.duration) * stream.time_base) - t0
 
 
-def _duration(container, vs, aus, t0: float, deadline: float, name: str) -> float:
-    """Source duration in seconds: container header, else stream headers, else a demux scan."""
+def _duration(container, vs, aus, t0: float, deadline: float, name: str) -> tuple[float, float | None]:
+    """(source duration in seconds, frame period in seconds if frames carry no timestamps).
+
+    From the container header, else the stream headers, else a demux scan. Raw elementary
+    streams (.h264, .hevc) carry no timestamps at all: their duration is the sum of the
+    video packets' durations, and their frames are timed by counting (see _VideoSampler).
+    """
     if container.duration is not None and container.duration > 0:
-        return container.duration / 1e6
+        return container.duration / 1e6, None
     ends = [x for x in (_stream_end(vs, t0), _stream_end(aus, t0)) if x is not None and x > 0]
     if ends:
-        return max(ends)
-    last = 0.0  # demux (no decode) to find the last packet's end
+        return max(ends), None
+    last = untimed = 0.0  # demux (no decode) to find the last packet's end
+    n_untimed = 0
     streams = [x for x in (vs, aus) if x is not None]
     for packet in container.demux(streams):
         if time.monotonic() > deadline:
             raise MediaError(name, "timed out while scanning for the duration")
-        if packet.pts is None or packet.time_base is None:
+        if packet.time_base is None or not packet.size:
             continue
-        last = max(last, float((packet.pts + (packet.duration or 0)) * packet.time_base) - t0)
-    if last <= 0:
-        raise MediaError(name, "no timestamped packets: empty or corrupt media")
-    container.seek(0)
-    return last
+        if packet.pts is not None:
+            last = max(last, float((packet.pts + (packet.duration or 0)) * packet.time_base) - t0)
+        elif vs is not None and packet.stream_index == vs.index and packet.duration:
+            untimed += float(packet.duration * packet.time_base)
+            n_untimed += 1
+    if last > 0:
+        container.seek(0)
+    elif untimed > 0:  # raw demuxers cannot seek by time; back to byte 0
+        container.seek(0, unsupported_byte_offset=True)
+    if last > 0:
+        return last, None
+    if untimed > 0:
+        return untimed, untimed / n_untimed
+    raise MediaError(name, "no timestamped packets: empty or corrupt media")
 
 
 # Before a window starts, frames are decoded only as references of later ones, so non-reference
@@ -449,11 +467,12 @@ class _VideoSampler:
     decoded frame when frames are being skipped)."""
 
     def __init__(self, samples: np.ndarray, config: DecodeConfig, t0: float, time_base,
-                 skip_step: float | None = None, end: float = math.inf):
+                 skip_step: float | None = None, end: float = math.inf, period: float = 0.04):
         self.samples = samples
         # frame period (s) when frames are being skipped: a sample then takes the nearest
         # decoded frame before the window end, not only the one showing at its time
         self.skip_step = skip_step
+        self.period = period  # frame period (s) for frames without any timestamp: timed by counting
         self.end = end
         # frame pts unit, as a float (Fraction arithmetic per frame costs more than the conversion);
         # drained frames carry no time_base of their own
@@ -504,8 +523,8 @@ class _VideoSampler:
         pts = frame.pts if frame.pts is not None else frame.dts
         if pts is not None and self.time_base:
             t = pts * self.time_base - self.t0
-        else:  # no timestamp at all: just after the previous frame
-            t = self.prev[0] + 1e-3 if self.prev else 0.0
+        else:  # no timestamp at all (raw elementary stream): one frame period after the previous
+            t = self.prev[0] + self.period if self.prev else 0.0
         if self.prev is not None and t <= self.prev[0]:
             return  # out-of-order / duplicate timestamp: keep the earlier one
         self.n_frames += 1

@@ -149,6 +149,17 @@ def test_window_in_mpegts(media, seconds, gop, start, end, decode_from):
         assert decode_from <= float(key.pts * key.time_base) - t0 <= start
 
 
+@pytest.mark.parametrize("ext,codec", [("h264", "libx264"), ("hevc", "libx265")])
+def test_raw_elementary_stream_is_timed_by_counting(media, ext, codec):
+    # .h264/.hevc files (camera and CCTV exports) have no container and no timestamps
+    path = mediagen.write_video(media / f"raw.{ext}", 2.0, 96, 64, 15, codec=codec, options={"preset": "medium"})
+    clip = decode_clip(path)
+    assert clip.duration == pytest.approx(2.0) and clip.fps == pytest.approx(15.0)
+    assert indices(clip) == expected_indices(0, 2.0, 15, 30)
+    np.testing.assert_allclose(clip.frame_times, np.array(indices(clip)) / 15, atol=1e-6)
+    assert indices(decode_clip(path, 0.5, 1.5)) == expected_indices(0.5, 1.5, 15, 30)
+
+
 @pytest.mark.parametrize("name,codec,options", [
     ("mp4", "libx264", {"preset": "medium"}),  # B-frames, b-pyramid, ref=3
     ("mkv", "libx264", {}),
