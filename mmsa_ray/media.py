@@ -243,7 +243,8 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
 
     from_keyframe = _seek(container, vs, t0 + s) if s > 0 and timed else False
     skip_step = 1.0 / fps if vs is not None and window_skip != "DEFAULT" else None
-    video = _VideoSampler(samples, config, t0, vs.time_base, skip_step, e, 1.0 / (fps or 25.0)) if vs is not None else None
+    period = 1.0 / fps if fps else 1e-3
+    video = _VideoSampler(samples, config, t0, vs.time_base, skip_step, e, period) if vs is not None else None
     audio = _AudioWindow(s, e, config.sample_rate, t0, aus.time_base) if aus is not None else None
     lead_in_end = s - _LEAD_IN_S if s > 0 else None
     _demux(container, vs, aus, video, audio, deadline, name, config, from_keyframe, window_skip, lead_in_end)
@@ -302,11 +303,9 @@ def _duration(container, vs, aus, t0: float, deadline: float, name: str) -> tupl
             n_untimed += 1
     if last > 0:
         container.seek(0)
-    elif untimed > 0:  # raw demuxers cannot seek by time; back to byte 0
-        container.seek(0, unsupported_byte_offset=True)
-    if last > 0:
         return last, None
     if untimed > 0:
+        container.seek(0, unsupported_byte_offset=True)  # raw demuxers cannot seek by time
         return untimed, untimed / n_untimed
     raise MediaError(name, "no timestamped packets: empty or corrupt media")
 
@@ -360,7 +359,7 @@ def _bidir_safe(vs, packet) -> bool:
 
 
 def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyframe: bool,
-           window_skip: str = "DEFAULT", lead_in_end: float | None = None) -> None:
+           window_skip: str, lead_in_end: float | None) -> None:
     """One pass over the packets from the seek point, feeding the video sampler and audio window.
 
     from_keyframe: drop the video packets before the first keyframe (see _seek).
@@ -373,17 +372,17 @@ def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyfra
     gop: list = []  # video packets since the last keyframe, in decode order
     errors = {"video": 0, "audio": 0}
     counts = {"video": 0, "audio": 0}
-    lead_in = {"end": lead_in_end, "window_skip": window_skip}
 
     def decode_video(packets, until: float | None) -> None:
         # decode until every sample <= until is assigned (the frame after it has been seen)
+        nonlocal lead_in_end
         for p in packets:
             if video.done or (until is not None and video.next_sample > until):
                 return
-            if lead_in["end"] is not None and (p.pts is None or not video.time_base
-                                               or p.pts * video.time_base - video.t0 >= lead_in["end"]):
-                vs.codec_context.skip_frame = lead_in["window_skip"]  # the window: decode what it needs
-                lead_in["end"] = None
+            if lead_in_end is not None and (p.pts is None or not video.time_base
+                                            or p.pts * video.time_base - video.t0 >= lead_in_end):
+                vs.codec_context.skip_frame = window_skip  # the window: decode what it needs
+                lead_in_end = None
             try:
                 frames = vs.codec_context.decode(p)
             except av.error.FFmpegError:
@@ -428,8 +427,8 @@ def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyfra
             counts["video"] += 1
             if counts["video"] == 1 and _bidir_safe(vs, packet):
                 vs.codec_context.skip_frame = "BIDIR"
-                if lead_in["window_skip"] == "NONREF":
-                    lead_in["window_skip"] = "BIDIR"
+                if window_skip == "NONREF":
+                    window_skip = "BIDIR"
             if packet.is_keyframe:
                 flush_gop(float(packet.pts * packet.time_base) - video.t0 if packet.pts is not None else None)
             gop.append(packet)
@@ -467,7 +466,7 @@ class _VideoSampler:
     decoded frame when frames are being skipped)."""
 
     def __init__(self, samples: np.ndarray, config: DecodeConfig, t0: float, time_base,
-                 skip_step: float | None = None, end: float = math.inf, period: float = 0.04):
+                 skip_step: float | None = None, end: float = math.inf, period: float = 1e-3):
         self.samples = samples
         # frame period (s) when frames are being skipped: a sample then takes the nearest
         # decoded frame before the window end, not only the one showing at its time
