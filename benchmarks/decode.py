@@ -21,8 +21,8 @@ Without --clip, four 720p H.264 + AAC 48 kHz stereo clips are generated with PyA
 stream, so each clip's frame types are printed:
   meld      3.6 s at 23.976 fps, x264 defaults (what `ffmpeg -c:v libx264` writes: preset
             medium, ref 3, 3 B-frames, b-pyramid, one keyframe), camera-like picture
-            (pattern "scene"). The workload's clip -- MELD utterances last 3.1 s on
-            average (median 2.5 s) -- and the one the target is read on.
+            (pattern "scene"). The workload's clip -- MELD's utterances average 3.59 s
+            (its published statistics) -- and the one the target is read on.
   long      the same encoding, 5 s at 30 fps: ours grows with the clip, the seed's
             30 frames do not.
   veryfast  5 s at 30 fps, x264 --preset veryfast (ref 1): every B-frame is skippable.

@@ -104,8 +104,8 @@ def _scene(t: float, width: int, height: int, rng: np.random.Generator) -> np.nd
     """Frame at t seconds of pattern="scene", uint8 [H, W, 3].
 
     Tuned so x264 at its defaults spends about 1.5 Mbit/s on 720p (a keyframe of ~90 KB,
-    other frames of ~4 KB), in line with TV footage such as MELD's; most of the bits go to
-    the grain, as in real video.
+    other frames of ~4 KB), a usual rate for 720p web and TV encodes; most of the bits go
+    to the grain and the motion, as in real video.
     """
     dx = int(round(t * _PAN[0])) % (8 * int(_PAN[0]))
     dy = int(round(_PAN[1] * (1 + np.sin(t))))
