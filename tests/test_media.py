@@ -173,7 +173,11 @@ def test_header_only_probe_decodes_what_the_full_probe_does(media, monkeypatch, 
     # the frames, audio and facts must be the same as after a normal open
     path = mediagen.write_video(media / f"probe.{name}", 2.0, 96, 64, 15, codec=codec, options=options,
                                 pattern="texture", audio=(48000, 2, None))
+    opens = []
+    real_open = media_module._open
+    monkeypatch.setattr(media_module, "_open", lambda *a: opens.append(a[-1]) or real_open(*a))
     fast = [decode_clip(path), decode_clip(path, 0.7, 1.9)]
+    assert opens == [media_module._HEADER_PROBE] * 2  # one open each: no fallback for these
     monkeypatch.setattr(media_module, "_HEADER_PROBE", None)
     slow = [decode_clip(path), decode_clip(path, 0.7, 1.9)]
     for a, b in zip(fast, slow):
