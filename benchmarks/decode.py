@@ -194,7 +194,7 @@ def report(title: str, path: str, repeats: int, with_seed: bool) -> dict[str, fl
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--clip", help="video file to decode (default: generate the three 720p H.264/AAC clips)")
+    p.add_argument("--clip", help="video file to decode (default: generate the four 720p H.264/AAC clips in CLIPS)")
     p.add_argument("--repeats", type=int, default=7, help="timed rounds per clip (min and median reported)")
     args = p.parse_args(argv)
 

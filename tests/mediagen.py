@@ -9,8 +9,8 @@ of the frame (tolerates +-7 levels of error). A small dark square moves along th
 bottom edge so the codec has motion to encode. pattern="texture" is a smoother,
 natural-ish picture (gradients, moving blobs) with fresh noise in every frame, which
 x264 cannot predict, so it codes nearly every frame as a P-frame. pattern="scene" is
-camera-like: a detailed static set seen through a slowly panning camera, a moving
-figure, and faint sensor grain; x264 codes it with the B-frames it uses on real footage.
+camera-like: a detailed static set seen through a slowly panning camera, two moving
+figures, and film grain; x264 codes it with the B-frames it uses on real footage.
 """
 
 from __future__ import annotations
