@@ -188,42 +188,17 @@ def decode_and_featurize(batch: dict[str, np.ndarray], model_dir: str, modalitie
     return out
 
 
-def stage_columns(records) -> dict[str, list]:
-    """ClipRecords -> the staging manifest's columns (what decode_and_featurize reads)."""
-    return {
-        "id": [r.id for r in records],
-        "path": [r.path for r in records],
-        "transcript": [r.transcript for r in records],
-        "split": [r.split for r in records],
-        "emotion_index": [r.emotion_index for r in records],
-        "sentiment_index": [r.sentiment_index for r in records],
-    }
-
-
-def write_staging(records, path: str | os.PathLike) -> str:
-    """Write the staging manifest (Parquet, atomically) that the pipeline reads."""
-    import pyarrow as pa
-    import pyarrow.parquet as pq
-
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
-    schema = pa.schema([("id", pa.string()), ("path", pa.string()), ("transcript", pa.string()), ("split", pa.string()),
-                        ("emotion_index", pa.int64()), ("sentiment_index", pa.int64())])
-    # Small row groups: Ray Data reads one block per file fragment, and row groups let it split further.
-    pq.write_table(pa.table(stage_columns(records), schema=schema), tmp, row_group_size=64)
-    os.replace(tmp, path)
-    return str(path)
-
-
 def raw_dataset(records, model_dir: str, modalities, staging_path: str, *, decode_batch_size: int = 8,
                 cpus_per_task: float = 1.0):
     """The Ray Dataset of raw model inputs (decode_and_featurize's columns) for `records`:
     read_parquet(staging manifest) -> CPU map_batches. Shared by featurize and end-to-end training."""
     import ray
 
+    from mmsa_ray.meld import write_manifest
+
     modalities = tuple(m for m in MODALITIES if m in modalities)
-    write_staging(records, staging_path)
+    # small row groups: Ray Data reads one block per file fragment, and row groups let it split further
+    write_manifest(records, staging_path, row_group_size=64)
     n_blocks = max(1, min(64, -(-len(records) // max(1, decode_batch_size * 4))))
     ds = ray.data.read_parquet(staging_path, override_num_blocks=n_blocks)
     return ds.map_batches(

@@ -289,8 +289,10 @@ def to_items(records: Iterable[ClipRecord]) -> list[dict]:
     ]
 
 
-def write_manifest(records: Iterable[ClipRecord], path: str | os.PathLike) -> Path:
+def write_manifest(records: Iterable[ClipRecord], path: str | os.PathLike, row_group_size: int | None = None) -> Path:
     """Write records to a .parquet or .csv manifest (MANIFEST_COLUMNS) and return its path.
+
+    row_group_size: rows per Parquet row group (None: pyarrow's default).
 
     The file appears only when complete (written beside it, then renamed). In CSV an
     absent clip's path is an empty field; in Parquet it is null. Read back with
@@ -307,7 +309,7 @@ def write_manifest(records: Iterable[ClipRecord], path: str | os.PathLike) -> Pa
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.table(cols, schema=_manifest_schema()), tmp)
+        pq.write_table(pa.table(cols, schema=_manifest_schema()), tmp, row_group_size=row_group_size)
     else:
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
