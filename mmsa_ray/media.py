@@ -85,7 +85,9 @@ class DecodeConfig:
     max_duration_s: float = 600.0  # longer sources (or windows) -> MediaError unless a window is given
     max_pixels: int = 4096 * 2160  # source frame w*h cap
     timeout_s: float = 30.0  # wall-clock per clip
-    threads: int = 1  # decoder threads per clip (0 = auto)
+    # decoder threads per clip (0 = FFmpeg's choice). 1 by default: batch work runs one
+    # decode task per CPU, where more threads only contend; raise it for single-clip latency.
+    threads: int = 1
 
 
 @dataclass
