@@ -9,8 +9,8 @@ time (the last frame whose presentation time is <= s_i, or the first frame when 
 precedes it), so clips with fewer than T frames repeat frames. Times come from frame
 pts (variable frame rate safe), relative to the container's start time; raw
 elementary streams (.h264, .hevc), which have none, are timed by counting frames.
-Audio: every channel mixed to mono, resampled to `sample_rate`, trimmed to [start, end)
-to the sample.
+Audio: every channel mixed to mono, resampled to `sample_rate` (following any change of
+rate or channels mid-stream), trimmed to [start, end) to the sample.
 
 Speed (single-threaded decoding of a 720p clip is the usual bottleneck):
 - only the sampled frames are converted to RGB, resized straight to H x W by swscale
@@ -98,7 +98,7 @@ class Clip:
     sample_rate: int  # Hz
     start: float  # decoded window [start, end), seconds from the start of the source
     end: float
-    duration: float  # whole source duration, seconds
+    duration: float  # whole source duration, seconds (raw audio streams: may be FFmpeg's estimate unless the window ran to the end)
     fps: float | None  # source video frame rate (average), None without video
     width: int | None  # source video size as displayed (after rotation metadata)
     height: int | None
@@ -206,7 +206,8 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
             raise MediaError(name, f"video frame {w}x{h} = {w * h} pixels exceeds max_pixels={config.max_pixels}")
 
     t0 = container.start_time / 1e6 if container.start_time is not None else 0.0
-    duration, untimed_period = _duration(container, vs, aus, t0, deadline, name)
+    window_end = None if end is None else float(end)
+    duration, untimed_period = _duration(container, vs, aus, t0, deadline, name, window_end)
     timed = untimed_period is None
     # --- the window
     s = 0.0 if start is None else float(start)
@@ -255,14 +256,18 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
         # mid-stream and may have dropped frames before that; the full probe measures it first
         raise _NeedsFullProbe
 
+    def claimed_end(stream) -> float | None:
+        # a stream's end as its header states it, unless that is only a bit-rate estimate
+        return duration if _estimated_duration(container) else _stream_end(stream, t0)
+
     frames = frame_times = None
     width = height = None
     if video is not None:
-        frames, frame_times, rotation = video.result(name, _stream_end(vs, t0))
+        frames, frame_times, rotation = video.result(name, claimed_end(vs))
         width, height = vs.codec_context.width, vs.codec_context.height
         if rotation % 180:
             width, height = height, width
-    wave = audio.result(name, _stream_end(aus, t0)) if audio is not None else None
+    wave = audio.result(name, claimed_end(aus)) if audio is not None else None
     return Clip(
         source=name, frames=frames, audio=wave, sample_rate=config.sample_rate, start=s, end=e,
         duration=duration, fps=fps, width=width, height=height,
@@ -278,18 +283,36 @@ def _stream_end(stream, t0: float) -> float | None:
     return float((st + stream.duration) * stream.time_base) - t0
 
 
-def _duration(container, vs, aus, t0: float, deadline: float, name: str) -> tuple[float, float | None]:
+# Demuxers of raw audio streams (ADTS AAC, MP3, AC-3, ...) whose duration FFmpeg estimates
+# from the first frames' bit rate when no header says it: an ADTS file with quiet and busy
+# passages can claim 21 s for 30 s of audio, and a joined MP3 5 s for 2 s. Taken as the
+# truth, the tail would be silently dropped, or a whole file called truncated.
+_BITRATE_DURATION_FORMATS = frozenset({"aac", "mp3", "ac3", "eac3", "dts", "truehd", "amr", "loas"})
+
+
+def _estimated_duration(container) -> bool:
+    """True for raw audio streams, whose header duration FFmpeg may only estimate from the bit rate."""
+    return container.format.name in _BITRATE_DURATION_FORMATS
+
+
+def _duration(container, vs, aus, t0: float, deadline: float, name: str,
+              window_end: float | None) -> tuple[float, float | None]:
     """(source duration in seconds, frame period in seconds if frames carry no timestamps).
 
-    From the container header, else the stream headers, else a demux scan. Raw elementary
-    streams (.h264, .hevc) carry no timestamps at all: their duration is the sum of the
-    video packets' durations, and their frames are timed by counting (see _VideoSampler).
+    From the container header, else the stream headers, else a demux scan (packets read,
+    not decoded). A raw audio stream's stated duration may be a bit-rate estimate
+    (_BITRATE_DURATION_FORMATS): it is measured by the scan when the window runs to it
+    (window_end None or past it). Raw elementary video streams (.h264, .hevc) carry no
+    timestamps at all: their duration is the sum of the video packets' durations, and
+    their frames are timed by counting (see _VideoSampler).
     """
     if container.duration is not None and container.duration > 0:
-        return container.duration / 1e6, None
-    ends = [x for x in (_stream_end(vs, t0), _stream_end(aus, t0)) if x is not None and x > 0]
-    if ends:
-        return max(ends), None
+        stated = container.duration / 1e6
+    else:
+        ends = [x for x in (_stream_end(vs, t0), _stream_end(aus, t0)) if x is not None and x > 0]
+        stated = max(ends) if ends else None
+    if stated is not None and not (_estimated_duration(container) and (window_end is None or window_end > stated)):
+        return stated, None
     last = untimed = 0.0  # demux (no decode) to find the last packet's end
     n_untimed = 0
     streams = [x for x in (vs, aus) if x is not None]
@@ -569,17 +592,21 @@ class _AudioWindow:
     """Resamples decoded audio to mono float32 and keeps exactly [start, end)."""
 
     def __init__(self, start: float, end: float, rate: int, t0: float, time_base):
-        import av
-
         self.time_base = float(time_base) if time_base else None  # frame pts unit
         self.start, self.end, self.rate, self.t0 = start, end, rate, t0
-        self.resampler = av.AudioResampler(format="flt", layout="mono", rate=rate)
+        self.resampler = self._new_resampler()
+        self.input_format = None  # (sample format, layout, rate) the resampler was set up for
         self.chunks: list[np.ndarray] = []
         self.first_time: float | None = None  # time of the first resampled sample
         self.n = 0  # resampled samples so far
         self.last_in_end = None  # end time of the last decoded input frame
         self.done = False
         self.problem = None
+
+    def _new_resampler(self):
+        import av
+
+        return av.AudioResampler(format="flt", layout="mono", rate=self.rate)
 
     def note(self, problem: str) -> None:
         self.problem = problem
@@ -599,6 +626,14 @@ class _AudioWindow:
                 self.first_time = t
             self.last_in_end = f_end
             f.pts = None  # let the resampler run on sample count alone; we track time ourselves
+            fmt = (f.format.name, f.layout.name, f.sample_rate)
+            if fmt != self.input_format:
+                # the stream changed rate or channels mid-way (joined recordings, broadcast
+                # captures): a resampler takes one input format, so drain it and start another
+                if self.input_format is not None:
+                    self._take(self.resampler.resample(None))
+                    self.resampler = self._new_resampler()
+                self.input_format = fmt
             self._take(self.resampler.resample(f))
             if f_end >= self.end:
                 self.done = True

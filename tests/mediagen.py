@@ -28,7 +28,7 @@ _STEP = 16
 # container extension -> default audio codec that the container accepts
 _AUDIO_FOR = {"mp4": "aac", "mov": "aac", "m4a": "aac", "mkv": "aac", "webm": "libopus",
               "avi": "libmp3lame", "wav": "pcm_s16le", "mp3": "libmp3lame", "ogg": "libopus",
-              "opus": "libopus", "flac": "flac", "ts": "aac"}
+              "opus": "libopus", "flac": "flac", "ts": "aac", "aac": "aac"}
 _PIX_FMT = {"mjpeg": "yuvj420p"}
 
 
@@ -185,18 +185,19 @@ def _encode_audio(container, stream, samples: np.ndarray) -> None:
 
 def write_audio(
     path: str | os.PathLike, seconds: float = 1.0, rate: int = 44100, channels: int = 2,
-    codec: str | None = None, freq: float = 440.0,
+    codec: str | None = None, freq: float = 440.0, amplitude: float = 0.5,
 ) -> Path:
-    """Write an audio-only file (wav/m4a/mp3/opus/ogg/flac by extension) with a `freq` Hz tone."""
+    """Write an audio-only file (wav/m4a/mp3/opus/ogg/flac/aac (ADTS) by extension) with a
+    `freq` Hz tone (amplitude 0: digital silence)."""
     import av
 
     path = Path(path)
     ext = path.suffix.lstrip(".").lower()
-    fmt = {"opus": "ogg", "m4a": "mp4"}.get(ext)
+    fmt = {"opus": "ogg", "m4a": "mp4", "aac": "adts"}.get(ext)
     with av.open(str(path), "w", format=fmt) as container:
         stream = container.add_stream(codec or _AUDIO_FOR[ext], rate=rate)
         stream.layout = "mono" if channels == 1 else "stereo"
-        _encode_audio(container, stream, tone(seconds, rate, channels, freq))
+        _encode_audio(container, stream, tone(seconds, rate, channels, freq, amplitude))
     return path
 
 
@@ -251,3 +252,41 @@ def hostile_files(directory: str | os.PathLike) -> dict[str, Path]:
     good.unlink()
     fast.unlink()
     return paths
+
+
+MUTATIONS = ("flip", "truncate", "zero", "duplicate", "delete", "header", "size")
+
+
+def mutate(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
+    """A damaged copy of `data`, as storage, transfer or a bad muxer leave files.
+
+    flip: up to 40 random bit flips; truncate: cut at a random offset; zero / duplicate /
+    delete: a random range of up to 1/8 of the file zeroed, repeated or removed; header:
+    up to 12 random bytes in the first 2 KB (container headers); size: a 32-bit field in
+    the first 4 KB set to 0, 1, 2**31-1 or 2**32-1 (box sizes, counts, offsets).
+    """
+    n = len(data)
+    b = bytearray(data)
+    i = int(rng.integers(0, n))
+    span = int(rng.integers(1, max(2, n // 8)))
+    if kind == "flip":
+        for _ in range(int(rng.integers(1, 40))):
+            b[int(rng.integers(0, n))] ^= 1 << int(rng.integers(0, 8))
+    elif kind == "truncate":
+        del b[i:]
+    elif kind == "zero":
+        b[i:i + span] = bytes(len(b[i:i + span]))
+    elif kind == "duplicate":
+        b[i:i] = b[i:i + span]
+    elif kind == "delete":
+        del b[i:i + span]
+    elif kind == "header":
+        for _ in range(int(rng.integers(1, 12))):
+            b[int(rng.integers(0, min(n, 2048)))] = int(rng.integers(0, 256))
+    elif kind == "size":
+        j = int(rng.integers(0, max(1, min(n - 4, 4096))))
+        b[j:j + 4] = (0, 1, 2 ** 31 - 1, 2 ** 32 - 1)[int(rng.integers(0, 4))].to_bytes(4, "big")
+    else:
+        raise ValueError(f"unknown mutation {kind!r}; one of {MUTATIONS}")
+    return bytes(b)
+

@@ -231,6 +231,41 @@ def test_audio_only_resampled_to_16k_mono(media, ext, rate, channels):
     assert np.corrcoef(clip.audio[500:15000], 0.5 * np.sin(2 * np.pi * 440 * t[500:15000]))[0, 1] > 0.98
 
 
+def test_audio_format_change_mid_stream(media):
+    """Joined recordings: an MP3 whose second half has another rate and channel count
+    decodes whole (FFmpeg's bit-rate estimate of its duration is ignored)."""
+    a = mediagen.write_audio(media / "part_a.mp3", 1.0, 44100, 2, freq=440)
+    b = mediagen.write_audio(media / "part_b.mp3", 1.0, 22050, 1, freq=880)
+    joined = media / "joined.mp3"
+    joined.write_bytes(a.read_bytes() + b.read_bytes())
+    clip = decode_clip(joined)
+    assert clip.duration == pytest.approx(2.0, abs=0.15)
+    assert len(clip.audio) == pytest.approx(2.0 * 16000, abs=0.15 * 16000)
+    assert peak_hz(clip.audio[1600:14400], 16000) == pytest.approx(440, abs=15)
+    assert peak_hz(clip.audio[-14400:-1600], 16000) == pytest.approx(880, abs=15)
+
+
+def test_raw_aac_duration_is_measured_not_estimated(media):
+    """ADTS AAC has no duration header; FFmpeg guesses one from the first frames' bit rate
+    (here: 3 s of silence, then 6 s of tone). decode_clip measures it instead, so the
+    whole file and windows near its end decode."""
+    import av
+
+    quiet = mediagen.write_audio(media / "quiet.aac", 3.0, 48000, 2, amplitude=0.0)
+    tone = mediagen.write_audio(media / "tone.aac", 6.0, 48000, 2, freq=880)
+    path = media / "quiet_then_tone.aac"
+    path.write_bytes(quiet.read_bytes() + tone.read_bytes())
+    with av.open(str(path)) as c:
+        assert abs(c.duration / 1e6 - 9.0) > 1.0  # the estimate this test is about is wrong
+    clip = decode_clip(path)
+    assert clip.duration == pytest.approx(9.0, abs=0.1)
+    assert len(clip.audio) == pytest.approx(9.0 * 16000, abs=0.1 * 16000)
+    assert np.abs(clip.audio[8000:40000]).max() < 1e-3  # 0.5-2.5 s: the silence
+    late = decode_clip(path, 7.0, 8.5)
+    assert len(late.audio) == 1.5 * 16000
+    assert peak_hz(late.audio, 16000) == pytest.approx(880, abs=15)
+
+
 def test_very_short_clip_repeats_frames(media):
     path = mediagen.write_video(media / "short.mp4", 0.2, 64, 48, 15, audio=(16000, 1, "aac"))  # 3 frames
     clip = decode_clip(path)
@@ -370,6 +405,65 @@ def test_hostile_files_never_crash_the_process(hostile):
     r = subprocess.run([sys.executable, "-c", code, *map(str, hostile.values())], cwd=root,
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-2000:]
+
+
+def test_damaged_files_decode_or_raise_media_error(media):
+    """Seeded damage (mediagen.mutate) to every container/codec family, 12 copies each, a third
+    decoded as a window: each gives a well-formed Clip or a MediaError, in a fresh interpreter
+    (a crash or hang in FFmpeg fails the test, not just an exception)."""
+    d = media / "damaged"
+    d.mkdir()
+    bases = [
+        mediagen.write_video(d / "b.mp4", 2.0, 160, 120, 15, audio=(44100, 2, "aac"), pattern="scene",
+                             options={"preset": "medium"}),
+        mediagen.write_video(d / "b_fast.mp4", 2.0, 160, 120, 15, audio=(44100, 1, "aac"), pattern="scene",
+                             container_options={"movflags": "faststart"}),
+        mediagen.write_video(d / "b.mkv", 2.0, 160, 120, 15, audio=(48000, 1, "aac"), pattern="scene"),
+        mediagen.write_video(d / "b.webm", 2.0, 160, 120, 15, codec="libvpx-vp9", audio=(48000, 2, "libopus"),
+                             pattern="scene"),
+        mediagen.write_video(d / "b.avi", 2.0, 160, 120, 15, codec="mjpeg", audio=(22050, 1, "libmp3lame"),
+                             pattern="scene"),
+        mediagen.write_video(d / "b.ts", 2.0, 160, 120, 15, audio=(48000, 2, "aac"), pattern="scene"),
+        mediagen.write_audio(d / "b.m4a", 1.5, 44100, 2),
+        mediagen.write_audio(d / "b.wav", 1.5, 16000, 1),
+    ]
+    rng = np.random.default_rng(7)
+    damaged = []
+    for base in bases:
+        data = base.read_bytes()
+        for k in range(12):
+            kind = mediagen.MUTATIONS[k % len(mediagen.MUTATIONS)]
+            p = d / f"{base.stem}_{k}_{kind}{base.suffix}"
+            p.write_bytes(mediagen.mutate(data, kind, rng))
+            damaged.append(f"{p}|{'0.5,1.5' if k % 3 == 2 else ''}")
+    code = (
+        "import sys, collections\n"
+        "import numpy as np\n"
+        "from mmsa_ray.media import decode_clip, DecodeConfig, MediaError\n"
+        "seen = collections.Counter()\n"
+        "for arg in sys.argv[1:]:\n"
+        "    path, window = arg.split('|')\n"
+        "    start, end = map(float, window.split(',')) if window else (None, None)\n"
+        "    try:\n"
+        "        c = decode_clip(path, start, end, DecodeConfig(timeout_s=20))\n"
+        "    except MediaError as e:\n"
+        "        assert e.cause and str(e).startswith(path + ': '), str(e)\n"
+        "        seen['MediaError'] += 1\n"
+        "        continue\n"
+        "    assert c.has_video or c.has_audio, path\n"
+        "    if c.has_video:\n"
+        "        assert c.frames.shape == (16, 3, 112, 112) and c.frames.dtype == np.uint8, (path, c.frames.shape)\n"
+        "    if c.has_audio:\n"
+        "        assert c.audio.dtype == np.float32 and c.audio.ndim == 1 and np.isfinite(c.audio).all(), path\n"
+        "    seen['clip'] += 1\n"
+        "print(seen['clip'], seen['MediaError'])\n"
+    )
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "-c", code, *damaged], cwd=root, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    clips, errors = map(int, r.stdout.split())
+    assert clips + errors == len(damaged) == 96
+    assert clips > 0 and errors > 0  # the damage both spares some files and breaks others
 
 
 # ----------------------------------------------------------------------------- frame skipping is exact
