@@ -4,6 +4,6 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # repo root: works without pip install
 
-from mmsa_ray import train  # noqa: E402
+from mmsa_ray.cli import run  # noqa: E402
 
-sys.exit(train.main())
+sys.exit(run("train", sys.argv[1:]))

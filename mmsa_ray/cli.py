@@ -38,8 +38,33 @@ def main(argv: list[str] | None = None) -> int:
     if command not in COMMANDS:
         print(f"mmsa-ray: unknown command {command!r}\n\n{usage()}", file=sys.stderr)
         return 2
+    return run(command, rest)
+
+
+def run(command: str, argv: list[str]) -> int:
+    """Run one command's `main(argv)` (the CLI and `python jobs/<command>.py` alike).
+
+    Wrong input -- a missing path, a bad MELD CSV, manifest or checkpoint, an undecodable
+    file that is the whole input, an output that must not be replaced -- ends with one
+    line on stderr and exit status 2, as a bad flag does. The library reports those as
+    OSError subclasses, ValueError (MeldFormatError among them) and MediaError; any
+    other exception keeps its traceback.
+    """
     module = importlib.import_module(COMMANDS[command][0])
-    return int(module.main(rest) or 0)
+    try:
+        return int(module.main(argv) or 0)
+    except Exception as e:
+        if not _wrong_input(e):
+            raise
+        print(f"mmsa-ray {command}: error: {e}", file=sys.stderr)
+        return 2
+
+
+def _wrong_input(e: Exception) -> bool:
+    from mmsa_ray.media import MediaError
+
+    return isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError,
+                          ValueError, MediaError))
 
 
 if __name__ == "__main__":

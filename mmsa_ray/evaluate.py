@@ -312,8 +312,18 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
+    from mmsa_ray.meld import check_meld_root, default_meld_dir
     from mmsa_ray.model import MultimodalSentimentModel
 
+    meld_dir = None
+    if not args.features:
+        meld_dir = args.meld_dir or default_meld_dir()
+        if not meld_dir:
+            p.error("give --features or --meld-dir (or set $MELD_DIR)")
+        try:  # before the model loads
+            check_meld_root(meld_dir, (args.split,))
+        except FileNotFoundError as e:
+            p.error(f"--meld-dir: {e}")
     modalities = parse_modalities(args.modalities)
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = MultimodalSentimentModel.load(args.checkpoint, map_location=device).to(device)
@@ -322,11 +332,7 @@ def main(argv: list[str] | None = None) -> int:
         data_path, errors_src = args.features, args.features
     else:
         from mmsa_ray import featurize
-        from mmsa_ray.meld import default_meld_dir
 
-        meld_dir = args.meld_dir or default_meld_dir()
-        if not meld_dir:
-            p.error("give --features or --meld-dir (or set $MELD_DIR)")
         res = featurize.featurize_meld(
             meld_dir, args.split, model, modalities=modalities, cache_dir=args.cache_dir, limit=args.limit,
         )

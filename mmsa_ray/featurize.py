@@ -458,12 +458,6 @@ def main(argv: list[str] | None = None) -> int:
 
     from mmsa_ray.meld import default_meld_dir, read_manifest
 
-    if args.checkpoint:
-        from mmsa_ray.model import MultimodalSentimentModel
-
-        model = MultimodalSentimentModel.load(args.checkpoint)
-    else:
-        model = build_model(model_config_from_args(args), args.init_seed)
     if args.manifest:
         recs = read_manifest(args.manifest)
         by_split: dict[str, list] = {}
@@ -475,6 +469,12 @@ def main(argv: list[str] | None = None) -> int:
         if not meld_dir:
             p.error("give --meld-dir or --manifest (or set $MELD_DIR)")
         jobs = {s: meld_records(meld_dir, s, args.limit) for s in [x.strip() for x in args.splits.split(",") if x.strip()]}
+    if args.checkpoint:  # after the records: a wrong path fails before the encoders load
+        from mmsa_ray.model import MultimodalSentimentModel
+
+        model = MultimodalSentimentModel.load(args.checkpoint)
+    else:
+        model = build_model(model_config_from_args(args), args.init_seed)
     started = not ray.is_initialized()
     if started:
         ray.init()

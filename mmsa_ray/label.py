@@ -583,12 +583,7 @@ def parse_args(argv: list[str] | None = None) -> LabelConfig:
 
 def main(argv: list[str] | None = None) -> int:
     config = parse_args(argv)
-    try:
-        summary = label(config)
-    except (FileNotFoundError, ValueError) as e:
-        print(f"mmsa-ray label: {e}", file=sys.stderr)
-        return 2
-    print(summary, flush=True)
+    print(label(config), flush=True)
     return 0
 
 

@@ -171,6 +171,35 @@ def clip_name(dialogue_id: int, utterance_id: int) -> str:
     return f"dia{dialogue_id}_utt{utterance_id}.mp4"
 
 
+def check_meld_root(root: str | os.PathLike, splits: Iterable[str]) -> dict[str, tuple[Path, Path]]:
+    """The annotation CSV and clip folder of each split: {split: (csv, clip_dir)}, absolute.
+
+    Raises ValueError (unknown split) or FileNotFoundError (root or a CSV missing, naming
+    the expected files); a missing clip folder is allowed (text-only records). Cheap: a
+    job calls it before starting any work.
+    """
+    root_path = Path(root).expanduser().absolute()
+    out = {}
+    for split in splits:
+        if split not in SPLITS:
+            raise ValueError(f"unknown MELD split {split!r}; expected one of {list(SPLITS)}")
+        csv_name, dir_name = SPLITS[split]
+        if not root_path.is_dir():
+            raise FileNotFoundError(
+                f"MELD root {root_path} is not a directory; expected it to hold {csv_name} and {dir_name}/"
+            )
+        csv_path = root_path / csv_name
+        clip_dir = root_path / dir_name
+        if not csv_path.is_file():
+            present = sorted(p.name for p in root_path.glob("*_sent_emo.csv"))
+            raise FileNotFoundError(
+                f"MELD split {split!r} needs {csv_path} (and clips in {clip_dir}/dia<D>_utt<U>.mp4); "
+                f"not found. CSVs present in {root_path}: {present or 'none'}"
+            )
+        out[split] = (csv_path, clip_dir)
+    return out
+
+
 def read_meld(root: str | os.PathLike, split: str, *, strict: bool = True, verify: bool = False) -> MeldSplit:
     """Read one MELD split: its CSV, and which clips exist in its folder.
 
@@ -180,23 +209,7 @@ def read_meld(root: str | os.PathLike, split: str, *, strict: bool = True, verif
     Raises FileNotFoundError (root or CSV missing, naming the expected files),
     ValueError (unknown split), MeldFormatError (bad header or row).
     """
-    if split not in SPLITS:
-        raise ValueError(f"unknown MELD split {split!r}; expected one of {list(SPLITS)}")
-    root_path = Path(root).expanduser().absolute()
-    csv_name, dir_name = SPLITS[split]
-    if not root_path.is_dir():
-        raise FileNotFoundError(
-            f"MELD root {root_path} is not a directory; expected it to hold {csv_name} and {dir_name}/"
-        )
-    csv_path = root_path / csv_name
-    clip_dir = root_path / dir_name
-    if not csv_path.is_file():
-        present = sorted(p.name for p in root_path.glob("*_sent_emo.csv"))
-        raise FileNotFoundError(
-            f"MELD split {split!r} needs {csv_path} (and clips in {clip_dir}/dia<D>_utt<U>.mp4); "
-            f"not found. CSVs present in {root_path}: {present or 'none'}"
-        )
-
+    csv_path, clip_dir = check_meld_root(root, (split,))[split]
     rows, skipped = _parse_csv(csv_path, strict)
     clip_dir_exists = clip_dir.is_dir()
     # One directory listing instead of 10k stat calls; also ignores macOS "._" files.
@@ -213,7 +226,7 @@ def read_meld(root: str | os.PathLike, split: str, *, strict: bool = True, verif
         records.append(ClipRecord(id=rid, path=path, split=split, **row))
 
     result = MeldSplit(
-        split=split, root=str(root_path), csv_path=str(csv_path), clip_dir=str(clip_dir),
+        split=split, root=str(csv_path.parent), csv_path=str(csv_path), clip_dir=str(clip_dir),
         clip_dir_exists=clip_dir_exists, records=records,
         videos_found=len(records) - len(missing), missing=missing, skipped=skipped,
     )
@@ -321,8 +334,13 @@ def write_manifest(records: Iterable[ClipRecord], path: str | os.PathLike, row_g
 
 
 def read_manifest(path: str | os.PathLike) -> list[ClipRecord]:
-    """Read a manifest written by `write_manifest` back into ClipRecords."""
+    """Read a manifest written by `write_manifest` back into ClipRecords.
+
+    Raises FileNotFoundError, or MeldFormatError naming the missing columns or the bad row.
+    """
     path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path}: no such file")
     if path.suffix.lower() == ".parquet":
         import pyarrow.parquet as pq
 
@@ -330,15 +348,24 @@ def read_manifest(path: str | os.PathLike) -> list[ClipRecord]:
     else:
         with open(path, encoding="utf-8", newline="") as fh:
             rows = list(csv.DictReader(fh))
+    names = [f.name for f in fields(ClipRecord)]
+    missing = [n for n in names if rows and n not in rows[0]]
+    if missing:
+        raise MeldFormatError(f"manifest {path}: missing column(s) {missing} (write it with meld.write_manifest)")
     out = []
-    for row in rows:
-        kw = {f.name: row[f.name] for f in fields(ClipRecord)}
+    for i, row in enumerate(rows):
+        kw = {n: row[n] for n in names}
         kw["path"] = kw["path"] or None  # CSV writes an absent path as ""
-        for name in _INT_FIELDS:
-            kw[name] = int(kw[name])
-        for name in _FLOAT_FIELDS:
-            kw[name] = float(kw[name])
-        out.append(ClipRecord(**kw))
+        try:
+            for name in _INT_FIELDS:
+                kw[name] = int(kw[name])
+            for name in _FLOAT_FIELDS:
+                kw[name] = float(kw[name])
+            record = ClipRecord(**kw)
+            record.emotion_index, record.sentiment_index  # known labels only
+        except (TypeError, ValueError) as e:
+            raise MeldFormatError(f"manifest {path}: row {i + 1} ({kw.get('id')!r}): {e}") from e
+        out.append(record)
     return out
 
 

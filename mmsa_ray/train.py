@@ -550,7 +550,7 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
 
 def main(argv: list[str] | None = None) -> int:
     from mmsa_ray import featurize
-    from mmsa_ray.meld import default_meld_dir
+    from mmsa_ray.meld import check_meld_root, default_meld_dir
 
     d = TrainConfig()  # flag defaults are the config's
     p = argparse.ArgumentParser(prog="mmsa-ray train", description="Train the model data-parallel on Ray Train (cached features by default).")
@@ -596,6 +596,10 @@ def main(argv: list[str] | None = None) -> int:
     meld_dir = args.meld_dir or default_meld_dir()
     if not meld_dir:
         p.error("--meld-dir is required (or set $MELD_DIR)")
+    try:  # before Ray starts and the encoders load
+        check_meld_root(meld_dir, ("train", "dev"))
+    except FileNotFoundError as e:
+        p.error(f"--meld-dir: {e}")
     finetune = tuple(m for m in ("text", "video") if m in {x.strip() for x in args.finetune.split(",") if x.strip()})
     unknown = {x.strip() for x in args.finetune.split(",") if x.strip()} - {"text", "video"}
     if unknown:

@@ -287,3 +287,19 @@ def test_columns_items_and_csv_manifest(clip_root, tmp_path):
     assert meld.read_manifest(path) == recs
     with pytest.raises(ValueError, match=r"must end in \.parquet or \.csv"):
         meld.write_manifest(recs, tmp_path / "m.json")
+
+
+def test_manifest_errors_name_the_file_row_and_columns(clip_root, tmp_path):
+    records = read_meld(clip_root, "train").records[:3]
+    good = meld.write_manifest(records, tmp_path / "good.csv")
+    text = good.read_text()
+    bad_label = tmp_path / "bad_label.csv"
+    bad_label.write_text(text.replace(f",{records[1].emotion},", ",calm,", 1))
+    with pytest.raises(meld.MeldFormatError, match=rf"bad_label.csv: row 2 \('{records[1].id}'\): unknown emotion 'calm'"):
+        meld.read_manifest(bad_label)
+    no_speaker = tmp_path / "no_speaker.csv"
+    no_speaker.write_text(text.replace("speaker,", "who,", 1))
+    with pytest.raises(meld.MeldFormatError, match=r"no_speaker.csv: missing column\(s\) \['speaker'\]"):
+        meld.read_manifest(no_speaker)
+    with pytest.raises(FileNotFoundError, match="missing.parquet: no such file"):
+        meld.read_manifest(tmp_path / "missing.parquet")
