@@ -183,6 +183,9 @@ def make_sample_data(
         if n < 0:
             raise ValueError(f"n_per_class_{split} must be >= 0, got {n}")
     root = Path(root)
+    blocked = next((q for q in (root, *root.parents) if q.exists() and not q.is_dir()), None)
+    if blocked is not None:
+        raise FileExistsError(f"cannot write the dataset to {root}: {blocked} is a file, not a directory")
     root.mkdir(parents=True, exist_ok=True)
     existing = [root / SPLITS[s][0] for s in SPLITS if (root / SPLITS[s][0]).exists()]
     if existing and not overwrite:

@@ -123,13 +123,13 @@ class ServeConfig:
             "ingress_max_ongoing_requests": self.ingress_max_ongoing_requests,
             "ingress_max_queued_requests": self.ingress_max_queued_requests,
         }
-        bad = [f"{k}={v!r}" for k, v in positive.items() if not (isinstance(v, (int, float)) and v > 0)]
+        bad = [f"{k}={v!r} must be > 0" for k, v in positive.items() if not (isinstance(v, (int, float)) and v > 0)]
         if self.batch_wait_timeout_s < 0:
-            bad.append(f"batch_wait_timeout_s={self.batch_wait_timeout_s!r}")
+            bad.append(f"batch_wait_timeout_s={self.batch_wait_timeout_s!r} must be >= 0")
         if self.model_threads < 0 or self.min_replicas < 0 or self.preprocess_num_cpus < 0:
             bad.append("model_threads, min_replicas and preprocess_num_cpus must be >= 0")
         if self.num_gpus is not None and self.num_gpus < 0:
-            bad.append(f"num_gpus={self.num_gpus!r}")
+            bad.append(f"num_gpus={self.num_gpus!r} must be >= 0")
         if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
             bad.append(f"max_ongoing_requests={self.max_ongoing_requests} < max_batch_size={self.max_batch_size} (batches could never fill)")
         if self.min_replicas > self.max_replicas:

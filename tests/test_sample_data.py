@@ -217,3 +217,6 @@ def test_overwrite_and_sizes(tmp_path):
         make_sample_data(tmp_path / "odd", config=SampleConfig(width=127))
     with pytest.raises(ValueError, match="n_per_class_dev must be >= 0"):
         make_sample_data(tmp_path / "neg", n_per_class_dev=-1)
+    (tmp_path / "a_file").write_text("x")
+    with pytest.raises(FileExistsError, match=r"a_file is a file, not a directory"):
+        make_sample_data(tmp_path / "a_file" / "MELD.Raw", n_per_class_train=1)

@@ -38,6 +38,8 @@ def test_config_from_strings_and_unknown_keys():
         ServeConfig(checkpoint="ck", max_batch_size=8, max_ongoing_requests=4)
     with pytest.raises(ValueError, match="checkpoint"):
         ServeConfig(checkpoint="")
+    with pytest.raises(ValueError, match=r"max_batch_size=0 must be > 0"):
+        ServeConfig(checkpoint="ck", max_batch_size=0)
 
 
 def test_cli_flags_map_onto_config():
