@@ -152,7 +152,7 @@ def _decode(source, name: str, start, end, config: DecodeConfig) -> Clip:
     elif isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
-            raise MediaError(name, "no such file")
+            raise MediaError(name, "broken symbolic link" if os.path.islink(path) else "no such file")
         if os.path.getsize(path) == 0:
             raise MediaError(name, "empty file (0 bytes)")
         source = path

@@ -1,8 +1,9 @@
 """Where the clips come from: INPUT (a directory, a glob or a manifest; local or a cloud
 URI) -> items {id, uri, transcript, start, end} with unique ids.
 
-    directory   every file below it with a media suffix; id = path relative to it
-                (names starting with '.' or '_' are skipped)
+    directory   every file below it with a media suffix, broken symbolic links included
+                (they fail as rows); id = path relative to it (names starting with '.'
+                or '_' are skipped)
     glob        matching files (fnmatch: `*` also crosses '/'); id = path relative to
                 the glob's fixed prefix
     manifest    .csv / .parquet / .jsonl with `path` and optional `id`, `transcript`,
@@ -92,10 +93,13 @@ def _raw_sources(spec: str, extensions: tuple[str, ...]) -> Iterator[dict[str, A
         raise FileNotFoundError(f"{spec}: no such file or directory")
     if info.type == pafs.FileType.Directory:
         infos = fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        listed = [i.path for i in infos if i.type == pafs.FileType.File]
+        if isinstance(fs, pafs.LocalFileSystem):
+            listed += _broken_links(path)
         files = sorted(
-            i.path for i in infos
-            if i.type == pafs.FileType.File and i.path.lower().endswith(extensions)
-            and not any(p.startswith((".", "_")) for p in posixpath.relpath(i.path, path).split("/"))
+            f for f in listed
+            if f.lower().endswith(extensions)
+            and not any(p.startswith((".", "_")) for p in posixpath.relpath(f, path).split("/"))
         )
         if not files:
             raise FileNotFoundError(f"{spec}: no media files ({', '.join(extensions)}) below it")
@@ -109,6 +113,17 @@ def _raw_sources(spec: str, extensions: tuple[str, ...]) -> Iterator[dict[str, A
         yield _row(posixpath.basename(path), _uri_of(spec, path))
         return
     raise ValueError(f"{spec}: not a directory, glob, media file or manifest ({', '.join(MANIFEST_EXTENSIONS)})")
+
+
+def _broken_links(directory: str) -> list[str]:
+    """Symbolic links below a local directory whose target is gone. Arrow's listing leaves
+    them out; they are listed so that each becomes a failed row, not a silent omission."""
+    return [
+        os.path.join(root, name)
+        for root, _, names in os.walk(directory)
+        for name in names
+        if os.path.islink(os.path.join(root, name)) and not os.path.exists(os.path.join(root, name))
+    ]
 
 
 def _row(id_: str, uri: str, transcript=None, start=None, end=None) -> dict[str, Any]:

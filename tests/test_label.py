@@ -25,6 +25,7 @@ import pytest
 import mediagen
 from mmsa_ray import label, sources
 from mmsa_ray.labels import EMOTIONS, SENTIMENTS
+from mmsa_ray.media import MediaError, decode_clip
 
 REPO = Path(__file__).resolve().parents[1]
 FAST = ["--batch-size", "4", "--decode-batch-size", "2", "--rows-per-file", "4"]
@@ -115,6 +116,11 @@ def test_list_sources_directory_glob_and_manifests(tmp_path, media_dir):
         list(sources.list_sources(str(tmp_path / "dup.csv")))
     with pytest.raises(FileNotFoundError, match="no media files"):
         list(sources.list_sources(str(tmp_path / "clips")))
+    # a link whose target is gone is listed (its decode fails as a row), not silently dropped
+    (tmp_path / "clips" / "gone.mp4").symlink_to(tmp_path / "nowhere.mp4")
+    assert [r["id"] for r in sources.list_sources(str(tmp_path / "clips"))] == ["gone.mp4"]
+    with pytest.raises(MediaError, match="gone.mp4: broken symbolic link"):
+        decode_clip(tmp_path / "clips" / "gone.mp4")
 
 
 def test_decode_batch_timeout_attempt_records_and_watchdog(tmp_path, media_dir, tiny_checkpoint):
