@@ -3,7 +3,7 @@
 The Ray Data pipeline, streaming end to end (nothing is materialized, nothing but the
 final counts comes back to the driver):
 
-    list sources ─► OUT/_staging/*.parquet ─► read_parquet ─► [checkpoint filter]
+    list sources ─► [skip ids done in OUT] ─► OUT/_staging/*.parquet ─► read_parquet
       ─► repartition(decode_batch_size rows) ─► decode + features   (CPU tasks)
       ─► LabelPredictor                        (actor pool, CPU or GPU)
       ─► write_parquet(OUT)                    (fixed LABEL_SCHEMA, atomic files)
@@ -20,12 +20,15 @@ still exits 0 and prints labeled / failed / skipped counts.
 Exactly once, across kills and re-runs
 --------------------------------------
 Ray Data's own checkpointing (`ray.data.checkpoint.CheckpointConfig`, Ray 2.60) does the
-bookkeeping: the staged manifest is read back with `read_parquet`, so the planner puts a
-CheckpointFilter after the read that drops ids already committed in OUT/_checkpoint, and
-the write runs a two-phase commit per output file (a `<file>.pending.parquet` id list is
-written before the data file and renamed to `<file>.parquet` after it). On start-up Ray
-deletes any data file whose pending id list was never committed, so a job killed at any
-point (driver or worker, kill -9) and run again leaves every input id in OUT exactly once.
+bookkeeping: the write runs a two-phase commit per output file (a `<file>.pending.parquet`
+id list is written before the data file and renamed to `<file>.parquet` after it). On
+start-up the driver runs Ray's checkpoint manager: it deletes any data file whose pending
+id list was never committed and loads the committed ids, and only ids not among them are
+staged. So a job killed at any point (driver or worker, kill -9) and run again leaves
+every input id in OUT exactly once. (Ray's planner would otherwise filter the read with
+an actor pool of its own, 1 CPU per actor; beside the model actor and a decode task that
+is 3 CPUs, and on a 2-CPU machine every re-run deadlocked. The planner is handed a
+manager that reports nothing left to restore.)
 `delete_checkpoint_on_success` is off: the committed id lists are what make a later
 re-run skip finished work. Each data file is written to a hidden `.<name>.inprogress`
 file and renamed when complete, so a partially written file never looks like output
@@ -55,6 +58,7 @@ import argparse
 import dataclasses
 import functools
 import hashlib
+import itertools
 import json
 import os
 import posixpath
@@ -65,7 +69,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -172,28 +176,61 @@ def _str_or_none(v: Any) -> str | None:
     return None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
 
 
-def stage_sources(rows: Iterator[dict[str, Any]], fs: pafs.FileSystem, staging: str) -> int:
-    """Write rows as Parquet files of STAGING_ROWS_PER_FILE rows under `staging` (replaced)."""
+def stage_sources(rows: Iterable[dict[str, Any]], fs: pafs.FileSystem, staging: str,
+                  done: np.ndarray | None = None) -> tuple[int, int]:
+    """Write rows as Parquet files of STAGING_ROWS_PER_FILE rows under `staging` (replaced),
+    leaving out those whose id is in `done` (sorted ids already in the output).
+    Returns (rows listed, rows staged)."""
     import pyarrow.parquet as pq
 
     fs.delete_dir_contents(staging, missing_dir_ok=True)
     fs.create_dir(staging, recursive=True)
-    n, part, buf = 0, 0, []
+    done = np.asarray([] if done is None else done, dtype=object)  # object: no fixed-width truncation
+    listed = staged = part = 0
+    buf: list[dict[str, Any]] = []
 
     def flush():
-        nonlocal part, buf
+        nonlocal part, buf, staged
+        if done.size and buf:
+            ids = np.asarray([r["id"] for r in buf], dtype=object)
+            at = np.minimum(np.searchsorted(done, ids), done.size - 1)
+            buf = [r for r, seen in zip(buf, done[at] == ids) if not seen]
         if buf:
             table = pa.Table.from_pylist(buf, schema=STAGING_SCHEMA)
             pq.write_table(table, f"{staging}/part-{part:05d}.parquet", filesystem=fs)
-            part, buf = part + 1, []
+            part, staged = part + 1, staged + len(buf)
+        buf = []
 
     for row in rows:
         buf.append(row)
-        n += 1
+        listed += 1
         if len(buf) >= STAGING_ROWS_PER_FILE:
             flush()
     flush()
-    return n
+    return listed, staged
+
+
+def _committed_ids(ckpt, ctx, out_uri: str, out_fs: pafs.FileSystem) -> np.ndarray | None:
+    """Ray's restore step, run on the driver: delete data files of uncommitted writes,
+    then load the committed ids (sorted), or None when there are none."""
+    import ray
+    from ray.data.checkpoint.checkpoint_filter import IdColumnCheckpointManager
+
+    ref, _ = IdColumnCheckpointManager(checkpoint_config=ckpt, data_context=ctx).load_checkpoint(out_uri, out_fs)
+    return None if ref is None else ray.get(ref)
+
+
+@functools.cache
+def _nothing_to_restore():
+    """A checkpoint manager class for Ray's planner once the driver has restored (see the
+    module docstring): no filter operator is planned."""
+    from ray.data.checkpoint.checkpoint_filter import IdColumnCheckpointManager
+
+    class NothingToRestore(IdColumnCheckpointManager):
+        def load_checkpoint(self, data_file_dir=None, data_file_filesystem=None):
+            return None, 0
+
+    return NothingToRestore
 
 
 # ----------------------------------------------------------------------------- decode stage
@@ -417,7 +454,7 @@ def _atomic_parquet_datasink(path: str, rows_per_file: int):
 def label(config: LabelConfig) -> LabelSummary:
     """Run one labeling job on the current Ray (started locally if none is)."""
     import ray
-    from ray.data import ActorPoolStrategy, DataContext
+    from ray.data import DataContext
     from ray.data.checkpoint import CheckpointConfig
 
     t0 = time.time()
@@ -430,9 +467,11 @@ def label(config: LabelConfig) -> LabelSummary:
     read_checkpoint_config(checkpoint)
     out_fs, out_path = resolve(config.output)
     out_uri = config.output if "://" in config.output else out_path
+    sources = list_sources(config.input, config.extensions)
+    first = next(sources, None)  # a wrong INPUT fails here, before Ray starts
+    sources = itertools.chain([] if first is None else [first], sources)
     out_fs.create_dir(out_path, recursive=True)
     _remove_inprogress(out_fs, out_path)
-    staged = stage_sources(list_sources(config.input, config.extensions), out_fs, f"{out_path}/{STAGING_DIR}")
     attempts_uri = f"{out_uri}/{ATTEMPTS_DIR}"
     out_fs.create_dir(f"{out_path}/{ATTEMPTS_DIR}", recursive=True)
 
@@ -442,54 +481,66 @@ def label(config: LabelConfig) -> LabelSummary:
         started_ray = True
     ctx = DataContext.get_current()
     previous = ctx.checkpoint_config
+    stats = "(nothing to label)"
     try:
         ckpt = CheckpointConfig(id_column="id", checkpoint_path=f"{out_uri}/{CHECKPOINT_DIR}", delete_checkpoint_on_success=False)
-        ckpt.checkpoint_actor_pool_max_size = 2
-        ckpt.checkpoint_actor_memory_bytes = 256 * 1024**2  # default 1 GiB
+        done = _committed_ids(ckpt, ctx, out_uri, out_fs)
+        listed, staged = stage_sources(sources, out_fs, f"{out_path}/{STAGING_DIR}", done)
+        ckpt.checkpoint_manager_cls = _nothing_to_restore()
         ctx.checkpoint_config = ckpt
-        device = config.device or ("cuda" if config.gpus_per_actor > 0 else "cpu")
-        ds = ray.data.read_parquet(f"{out_uri}/{STAGING_DIR}")
-        ds = ds.repartition(target_num_rows_per_block=config.decode_batch_size)
-        with warnings.catch_warnings():
-            # Ray 2.60 deprecates **ray_remote_args but has no named `max_retries` yet.
-            warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-            ds = ds.map_batches(
-                decode_batch,
-                batch_size=config.decode_batch_size,
-                batch_format="pyarrow",
-                fn_kwargs={
-                    "checkpoint": checkpoint,
-                    "attempts_uri": attempts_uri,
-                    "max_decode_attempts": config.max_decode_attempts,
-                    "decode_timeout_s": config.decode_timeout_s,
-                },
-                num_cpus=config.decode_cpus,
-                # each item may kill its worker max_decode_attempts times, then it is skipped
-                max_retries=config.max_decode_attempts * config.decode_batch_size + 2,
-            )
-        ds = ds.map_batches(
-            LabelPredictor,
-            fn_constructor_kwargs={"checkpoint": checkpoint, "device": device},
-            compute=ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
-            batch_size=config.batch_size,
-            batch_format="numpy",
-            num_gpus=config.gpus_per_actor,
-            num_cpus=config.cpus_per_actor,
-        )
-        ds.write_datasink(_atomic_parquet_datasink(out_uri, config.rows_per_file))
-        try:
-            stats = ds.stats()
-        except Exception as e:  # noqa: BLE001 - stats are informational
-            stats = f"(no stats: {e})"
+        if staged:
+            stats = _run_pipeline(config, checkpoint, out_uri, attempts_uri)
     finally:
         ctx.checkpoint_config = previous
         if started_ray:
             ray.shutdown()
     out_fs.delete_dir_contents(f"{out_path}/{ATTEMPTS_DIR}", missing_dir_ok=True)
-    summary = summarize(out_fs, out_path, run_start, staged, config.output)
+    summary = summarize(out_fs, out_path, run_start, listed, config.output)
     summary.seconds = time.time() - t0
     summary.stats = stats
     return summary
+
+
+def _run_pipeline(config: LabelConfig, checkpoint: str, out_uri: str, attempts_uri: str) -> str:
+    """staged rows -> decode -> LabelPredictor -> OUT (under the checkpoint config already set);
+    returns Ray Data's stats."""
+    import ray
+    from ray.data import ActorPoolStrategy
+
+    device = config.device or ("cuda" if config.gpus_per_actor > 0 else "cpu")
+    ds = ray.data.read_parquet(f"{out_uri}/{STAGING_DIR}")
+    ds = ds.repartition(target_num_rows_per_block=config.decode_batch_size)
+    with warnings.catch_warnings():
+        # Ray 2.60 deprecates **ray_remote_args but has no named `max_retries` yet.
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+        ds = ds.map_batches(
+            decode_batch,
+            batch_size=config.decode_batch_size,
+            batch_format="pyarrow",
+            fn_kwargs={
+                "checkpoint": checkpoint,
+                "attempts_uri": attempts_uri,
+                "max_decode_attempts": config.max_decode_attempts,
+                "decode_timeout_s": config.decode_timeout_s,
+            },
+            num_cpus=config.decode_cpus,
+            # each item may kill its worker max_decode_attempts times, then it is skipped
+            max_retries=config.max_decode_attempts * config.decode_batch_size + 2,
+        )
+    ds = ds.map_batches(
+        LabelPredictor,
+        fn_constructor_kwargs={"checkpoint": checkpoint, "device": device},
+        compute=ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
+        batch_size=config.batch_size,
+        batch_format="numpy",
+        num_gpus=config.gpus_per_actor,
+        num_cpus=config.cpus_per_actor,
+    )
+    ds.write_datasink(_atomic_parquet_datasink(out_uri, config.rows_per_file))
+    try:
+        return ds.stats()
+    except Exception as e:  # noqa: BLE001 - stats are informational
+        return f"(no stats: {e})"
 
 
 def _remove_inprogress(fs: pafs.FileSystem, path: str) -> None:
