@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 from pathlib import Path
 
 
@@ -41,6 +42,8 @@ def main(argv: list[str] | None = None) -> int:
     test = read_meld(data, "test")
     manifest = write_manifest(test.records, root / "test_manifest.csv")
     print(f"== 3/3 label {manifest} (Ray Data) -> {labels}", flush=True)
+    if (labels / label.CHECKPOINT_DIR).is_dir():  # an earlier demo's labels: the model was just retrained
+        shutil.rmtree(labels)
     rc = label.main([str(manifest), "--checkpoint", str(checkpoint), "--output", str(labels)])
     if rc:
         return rc

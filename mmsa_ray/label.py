@@ -158,6 +158,7 @@ class LabelSummary:
     output: str
     errors: list[tuple[str, str]] = field(default_factory=list)  # a few (id, error) of this run
     stats: str = ""  # Ray Data's per-operator stats of this run
+    other_model_rows: int = 0  # rows in OUT labeled by a model other than this run's checkpoint
 
     def __str__(self) -> str:
         lines = [
@@ -165,6 +166,9 @@ class LabelSummary:
             f"of {self.staged} items in {self.seconds:.1f} s; {self.output} holds {self.total_rows} rows",
         ]
         lines += [f"  failed: {i}: {e}" for i, e in self.errors]
+        if self.other_model_rows:
+            lines.append(f"  note: {self.other_model_rows} rows in {self.output} come from another model (see "
+                         "model_id); ids already there are never relabeled: give a new --output to relabel them")
         return "\n".join(lines)
 
 
@@ -459,7 +463,7 @@ def label(config: LabelConfig) -> LabelSummary:
 
     t0 = time.time()
     run_start = datetime.now(timezone.utc)
-    from mmsa_ray.model import read_checkpoint_config
+    from mmsa_ray.model import model_id, read_checkpoint_config
 
     # A local or shared-file-system directory (every node reads it); checked up front:
     # missing, unfinished or foreign checkpoints fail here, not in every actor.
@@ -495,7 +499,7 @@ def label(config: LabelConfig) -> LabelSummary:
         if started_ray:
             ray.shutdown()
     out_fs.delete_dir_contents(f"{out_path}/{ATTEMPTS_DIR}", missing_dir_ok=True)
-    summary = summarize(out_fs, out_path, run_start, listed, config.output)
+    summary = summarize(out_fs, out_path, run_start, listed, config.output, model_id(checkpoint))
     summary.seconds = time.time() - t0
     summary.stats = stats
     return summary
@@ -551,17 +555,20 @@ def _remove_inprogress(fs: pafs.FileSystem, path: str) -> None:
             fs.delete_file(info.path)
 
 
-def summarize(fs: pafs.FileSystem, path: str, run_start: datetime, staged: int, output: str) -> LabelSummary:
-    """Counts from OUT's `id`, `error` and `labeled_at` columns, read in batches."""
+def summarize(fs: pafs.FileSystem, path: str, run_start: datetime, staged: int, output: str,
+              model_id: str | None = None) -> LabelSummary:
+    """Counts from OUT's `id`, `error`, `labeled_at` and `model_id` columns, read in batches."""
     import pyarrow.compute as pc
     import pyarrow.dataset as pads
 
-    total = labeled = failed = 0
+    total = labeled = failed = other = 0
     errors: list[tuple[str, str]] = []
     dataset = pads.dataset(path, filesystem=fs, format="parquet", schema=LABEL_SCHEMA)
     cutoff = pa.scalar(run_start, type=LABEL_SCHEMA.field("labeled_at").type)
-    for batch in dataset.to_batches(columns=["id", "error", "labeled_at"]):
+    for batch in dataset.to_batches(columns=["id", "error", "labeled_at", "model_id"]):
         total += batch.num_rows
+        if model_id is not None:
+            other += pc.sum(pc.not_equal(batch.column("model_id"), model_id)).as_py() or 0
         this_run = pc.greater_equal(batch.column("labeled_at"), cutoff)
         is_err = pc.is_valid(batch.column("error"))
         failed_mask = pc.and_(this_run, is_err)
@@ -571,7 +578,7 @@ def summarize(fs: pafs.FileSystem, path: str, run_start: datetime, staged: int, 
             sub = batch.filter(failed_mask)
             errors += list(zip(sub.column("id").to_pylist(), sub.column("error").to_pylist()))[: 10 - len(errors)]
     return LabelSummary(staged=staged, labeled=labeled, failed=failed, skipped=staged - labeled - failed,
-                        total_rows=total, seconds=0.0, output=output, errors=errors)
+                        total_rows=total, seconds=0.0, output=output, errors=errors, other_model_rows=other)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -534,6 +534,12 @@ def weights_digest(directory: str | os.PathLike) -> str:
     return h.hexdigest()
 
 
+def model_id(directory: str | os.PathLike) -> str:
+    """`<checkpoint folder name>-<first 12 hex of weights_digest>`: the `model_id` column of
+    labels and Serve responses."""
+    return f"{Path(directory).resolve().name}-{weights_digest(directory)[:12]}"
+
+
 def _fsync_file(path: Path) -> None:
     with open(path, "rb") as f:
         os.fsync(f.fileno())

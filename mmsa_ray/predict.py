@@ -114,7 +114,7 @@ class Predictor:
         (ignored on CPU)."""
         import torch
 
-        from mmsa_ray.model import MultimodalSentimentModel, weights_digest
+        from mmsa_ray.model import MultimodalSentimentModel, model_id
 
         dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype in (None, "fp32", "float32"):
@@ -127,8 +127,7 @@ class Predictor:
         model = MultimodalSentimentModel.load(directory, map_location=dev).eval()
         config = model.config
         preprocessing = Preprocessing(config.decode, config.features, model.tokenizer)
-        model_id = f"{directory.resolve().name}-{weights_digest(directory)[:12]}"
-        return cls(model, preprocessing, model_id, dev, amp)
+        return cls(model, preprocessing, model_id(directory), dev, amp)
 
     @property
     def decode_config(self) -> DecodeConfig:

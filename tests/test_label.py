@@ -221,8 +221,15 @@ def test_folder_hostile_rows_rerun_and_predictor_parity(ray_local, tmp_path, med
 
     # re-run: everything is already there
     assert label.main(args) == 0
-    assert f"labeled 0, failed 0, skipped {n}" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert f"labeled 0, failed 0, skipped {n}" in printed and "another model" not in printed
     assert read_out(out).num_rows == n
+    # ... and with another checkpoint, the rows of the first model stay, and the summary says so
+    other = tmp_path / "other_model"
+    shutil.copytree(tiny_checkpoint, other)
+    assert label.main([*args[:args.index("--checkpoint")], "--checkpoint", str(other),
+                       *args[args.index("--checkpoint") + 2:]]) == 0
+    assert f"note: {n} rows in {out} come from another model" in capsys.readouterr().out
 
 
 def test_manifest_transcripts_and_windows(ray_local, tmp_path, media_dir, tiny_checkpoint):
