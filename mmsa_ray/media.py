@@ -9,8 +9,12 @@ time (the last frame whose presentation time is <= s_i, or the first frame when 
 precedes it), so clips with fewer than T frames repeat frames. Times come from frame
 pts (variable frame rate safe), relative to the container's start time; raw
 elementary streams (.h264, .hevc), which have none, are timed by counting frames.
+A window the video stream shows nothing of (it ends before the window or starts after
+it) has no frames, as one without audio has no audio. A picture attached to an audio
+file (cover art) is not video.
 Audio: every channel mixed to mono, resampled to `sample_rate` (following any change of
-rate or channels mid-stream), trimmed to [start, end) to the sample.
+rate or channels mid-stream), trimmed to [start, end) to the sample; silence where the
+audio starts after the window start, and it ends where the audio stream ends.
 
 Speed (single-threaded decoding of a 720p clip is the usual bottleneck):
 - only the sampled frames are converted to RGB, resized straight to H x W by swscale
@@ -93,13 +97,13 @@ class DecodeConfig:
 @dataclass
 class Clip:
     source: str  # path / "<bytes ...>" description used in errors
-    frames: np.ndarray | None  # uint8 [T, 3, H, W] RGB, None when no video stream
-    audio: np.ndarray | None  # float32 [N] mono in [-1, 1] at sample_rate, None when no audio
+    frames: np.ndarray | None  # uint8 [T, 3, H, W] RGB, None when no video stream or none in the window
+    audio: np.ndarray | None  # float32 [N] mono in [-1, 1] at sample_rate, None when no audio (in the window)
     sample_rate: int  # Hz
     start: float  # decoded window [start, end), seconds from the start of the source
     end: float
     duration: float  # whole source duration, seconds (raw audio streams: may be FFmpeg's estimate unless the window ran to the end)
-    fps: float | None  # source video frame rate (average), None without video
+    fps: float | None  # source video frame rate (average), None without a video stream
     width: int | None  # source video size as displayed (after rotation metadata)
     height: int | None
     frame_times: np.ndarray = field(default_factory=lambda: np.zeros(0))  # float64 [T] seconds of sampled frames
@@ -188,12 +192,19 @@ def _usable(stream) -> bool:
     return stream is not None and stream.codec_context is not None
 
 
+def _cover_art(stream) -> bool:
+    """A picture attached to an audio file (album art in mp3/m4a/flac), not video."""
+    from av.stream import Disposition
+
+    return bool(stream.disposition & (Disposition.attached_pic | Disposition.timed_thumbnails))
+
+
 def _decode_container(container, name, start, end, config: DecodeConfig, deadline: float,
                       header_probe: bool) -> Clip:
-    vs = next((s for s in container.streams.video if _usable(s)), None)
+    vs = next((s for s in container.streams.video if _usable(s) and not _cover_art(s)), None)
     aus = next((s for s in container.streams.audio if _usable(s)), None)
     if vs is None and aus is None:
-        found = ", ".join(f"{s.type}" for s in container.streams) or "none"
+        found = ", ".join(s.type + (" (cover art)" if _cover_art(s) else "") for s in container.streams) or "none"
         raise MediaError(name, f"no decodable video or audio stream (streams: {found})")
     rotation = 0
     if vs is not None:
@@ -235,7 +246,9 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
         cc = vs.codec_context
         cc.thread_count = config.threads
         cc.thread_type = "AUTO"
-        if fps and (e - s) * fps >= _NONREF_FRAMES_PER_SAMPLE * T and timed:
+        v_end = _stream_end(vs, t0)
+        shown = (min(e, v_end) if v_end else e) - s  # seconds of video in the window (audio may run longer)
+        if fps and shown * fps >= _NONREF_FRAMES_PER_SAMPLE * T and timed:
             window_skip = "NONREF"  # _demux may upgrade this to BIDIR after reading x264's SEI
         # frames before the window matter only as references (see _LEAD_IN_S); frames
         # timed by counting must all be decoded
@@ -247,7 +260,7 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
     from_keyframe = _seek(container, vs, t0 + s) if s > 0 and timed else False
     skip_step = 1.0 / fps if vs is not None and window_skip != "DEFAULT" else None
     period = 1.0 / fps if fps else 1e-3
-    video = _VideoSampler(samples, config, t0, vs.time_base, skip_step, e, period) if vs is not None else None
+    video = _VideoSampler(samples, config, t0, vs.time_base, skip_step, s, e, period) if vs is not None else None
     audio = _AudioWindow(s, e, config.sample_rate, t0, aus.time_base) if aus is not None else None
     lead_in_end = s - _LEAD_IN_S if s > 0 else None
     _demux(container, vs, aus, video, audio, deadline, name, config, from_keyframe, window_skip, lead_in_end)
@@ -268,6 +281,8 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
         if rotation % 180:
             width, height = height, width
     wave = audio.result(name, claimed_end(aus)) if audio is not None else None
+    if frames is None and wave is None:
+        raise MediaError(name, f"neither video nor audio in the window [{s:g}, {e:g}) of {duration:.3f} s")
     return Clip(
         source=name, frames=frames, audio=wave, sample_rate=config.sample_rate, start=s, end=e,
         duration=duration, fps=fps, width=width, height=height,
@@ -288,6 +303,12 @@ def _stream_end(stream, t0: float) -> float | None:
 # passages can claim 21 s for 30 s of audio, and a joined MP3 5 s for 2 s. Taken as the
 # truth, the tail would be silently dropped, or a whole file called truncated.
 _BITRATE_DURATION_FORMATS = frozenset({"aac", "mp3", "ac3", "eac3", "dts", "truehd", "amr", "loas"})
+
+
+# Demuxers whose header duration is the end timestamp for some writers (FFmpeg's muxers) and
+# the length for others (mkvmerge). The two agree while timestamps start at 0; once they start
+# later (a TS capture remuxed with -copyts, -output_ts_offset) the end is read from the tail.
+_END_OR_LENGTH_FORMATS = frozenset({"matroska", "nut"})
 
 
 def _estimated_duration(container) -> bool:
@@ -311,12 +332,41 @@ def _duration(container, vs, aus, t0: float, deadline: float, name: str,
     else:
         ends = [x for x in (_stream_end(vs, t0), _stream_end(aus, t0)) if x is not None and x > 0]
         stated = max(ends) if ends else None
+    streams = [x for x in (vs, aus) if x is not None]
+    if stated is not None and t0 > 0 and container.format.name.split(",")[0] in _END_OR_LENGTH_FORMATS:
+        # the tail lies before the later of the two readings (stated as the length): read it
+        container.seek(int(round((t0 + stated) * 1e6)), backward=True)
+        last, _, _ = _scan_packets(container, streams, vs, t0, deadline, name)
+        container.seek(0)
+        return (last if last > 0 else stated), None
     if stated is not None and not (_estimated_duration(container) and (window_end is None or window_end > stated)):
         return stated, None
-    last = untimed = 0.0  # demux (no decode) to find the last packet's end
+    last, untimed, n_untimed = _scan_packets(container, streams, vs, t0, deadline, name)
+    if last > 0:
+        container.seek(0)
+        return last, None
+    if untimed > 0:
+        container.seek(0, unsupported_byte_offset=True)  # raw demuxers cannot seek by time
+        return untimed, untimed / n_untimed
+    raise MediaError(name, "no timestamped packets: empty or corrupt media")
+
+
+def _scan_packets(container, streams, vs, t0: float, deadline: float, name: str) -> tuple[float, float, int]:
+    """Demux (no decode) from the current position to the end of what is readable: (end of the
+    last timestamped packet in seconds after t0, summed duration and count of untimed video
+    packets)."""
+    import av
+
+    last = untimed = 0.0
     n_untimed = 0
-    streams = [x for x in (vs, aus) if x is not None]
-    for packet in container.demux(streams):
+    packets = container.demux(streams)
+    while True:
+        try:
+            packet = next(packets)
+        except StopIteration:
+            break
+        except av.error.FFmpegError:  # damaged from here on: the end is where reading stopped
+            break
         if time.monotonic() > deadline:
             raise MediaError(name, "timed out while scanning for the duration")
         if packet.time_base is None or not packet.size:
@@ -326,13 +376,7 @@ def _duration(container, vs, aus, t0: float, deadline: float, name: str,
         elif vs is not None and packet.stream_index == vs.index and packet.duration:
             untimed += float(packet.duration * packet.time_base)
             n_untimed += 1
-    if last > 0:
-        container.seek(0)
-        return last, None
-    if untimed > 0:
-        container.seek(0, unsupported_byte_offset=True)  # raw demuxers cannot seek by time
-        return untimed, untimed / n_untimed
-    raise MediaError(name, "no timestamped packets: empty or corrupt media")
+    return last, untimed, n_untimed
 
 
 # Before a window starts, frames are decoded only as references of later ones, so non-reference
@@ -491,13 +535,14 @@ class _VideoSampler:
     decoded frame when frames are being skipped)."""
 
     def __init__(self, samples: np.ndarray, config: DecodeConfig, t0: float, time_base,
-                 skip_step: float | None = None, end: float = math.inf, period: float = 1e-3):
+                 skip_step: float | None = None, start: float = 0.0, end: float = math.inf,
+                 period: float = 1e-3):
         self.samples = samples
         # frame period (s) when frames are being skipped: a sample then takes the nearest
         # decoded frame before the window end, not only the one showing at its time
         self.skip_step = skip_step
         self.period = period  # frame period (s) for frames without any timestamp: timed by counting
-        self.end = end
+        self.start, self.end = start, end  # the window, seconds
         # frame pts unit, as a float (Fraction arithmetic per frame costs more than the conversion);
         # drained frames carry no time_base of their own
         self.time_base = float(time_base) if time_base else None
@@ -585,6 +630,8 @@ class _VideoSampler:
                                        f"claims {claimed_end:.3f} s{why}")
             while not self.done:
                 self._assign()
+        if np.all(self.times + self.period <= self.start + 1e-6) or np.all(self.times >= self.end - 1e-6):
+            return None, np.zeros(0), self.rotation  # the video ends before the window or starts after it
         return np.stack(self.out), self.times, self.rotation
 
 

@@ -129,13 +129,17 @@ def write_video(
     audio: tuple[int, int, str | None] | None = None, pattern: str = "index",
     pix_fmt: str | None = None, options: dict[str, str] | None = None, freq: float = 440.0,
     rotation: float | None = None, seed: int = 0, container_options: dict[str, str] | None = None,
+    start: float = 0.0, audio_seconds: float | None = None,
 ) -> Path:
     """Write a video (container from the extension: mp4/mkv/webm/avi/mov) and return its path.
 
-    frames: round(seconds*fps), frame i at pts i/fps, picture from `pattern`.
+    frames: round(seconds*fps), frame i at pts start + i/fps, picture from `pattern`.
     audio: None, or (rate Hz, channels, codec or None for the container's default) carrying
-    a `freq` Hz tone over `seconds`. options: encoder options (e.g. {"g": "10"} for a
-    keyframe every 10 frames); container_options: muxer options (e.g. {"movflags": "faststart"}). rotation: display-matrix rotation in degrees, if any.
+    a `freq` Hz tone from `start` for `audio_seconds` (default: as long as the video).
+    options: encoder options (e.g. {"g": "10"} for a keyframe every 10 frames);
+    container_options: muxer options (e.g. {"movflags": "faststart"}). rotation:
+    display-matrix rotation in degrees, if any. start: timestamp of the first frame and
+    sample, seconds (rounded to a frame period), as in a capture cut from a longer stream.
     """
     import av
 
@@ -163,22 +167,24 @@ def write_video(
             aus.layout = "mono" if channels == 1 else "stereo"
         for i in range(n):
             frame = av.VideoFrame.from_ndarray(_picture(i, float(i / fps), width, height, pattern, rng), format="rgb24")
-            frame.pts, frame.time_base = i, 1 / fps
+            frame.pts, frame.time_base = i + round(start * fps), 1 / fps
             container.mux(vs.encode(frame))
         container.mux(vs.encode(None))
         if aus is not None:
-            _encode_audio(container, aus, tone(float(n / fps), aus.rate, channels, freq))
+            a_seconds = float(n / fps) if audio_seconds is None else audio_seconds
+            _encode_audio(container, aus, tone(a_seconds, aus.rate, channels, freq), round(start * fps) / fps)
     return path
 
 
-def _encode_audio(container, stream, samples: np.ndarray) -> None:
+def _encode_audio(container, stream, samples: np.ndarray, start: float = 0.0) -> None:
     import av
 
     layout = "mono" if samples.shape[0] == 1 else "stereo"
     step = 1024
-    for start in range(0, samples.shape[1], step):
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, start:start + step]), format="fltp", layout=layout)
-        frame.sample_rate, frame.pts, frame.time_base = stream.rate, start, fractions.Fraction(1, stream.rate)
+    for begin in range(0, samples.shape[1], step):
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, begin:begin + step]), format="fltp", layout=layout)
+        frame.sample_rate, frame.time_base = stream.rate, fractions.Fraction(1, stream.rate)
+        frame.pts = begin + round(start * stream.rate)
         container.mux(stream.encode(frame))
     container.mux(stream.encode(None))
 

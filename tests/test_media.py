@@ -217,6 +217,58 @@ def test_video_without_audio(media):
     assert indices(clip) == expected_indices(0, 1.0, 10, 10)
 
 
+@pytest.mark.parametrize("ext", ["mkv", "mov"])
+def test_timestamps_starting_late(media, ext):
+    """A clip cut from a longer stream with its timestamps kept (a TS capture remuxed with
+    -copyts) runs from 10 s to 13 s; times count from its start. FFmpeg's Matroska muxer
+    writes the end time (13 s) where mkvmerge writes the length: read from the tail instead."""
+    path = mediagen.write_video(media / f"late.{ext}", 3.0, 160, 120, 15, audio=(16000, 1, "pcm_s16le"), start=10.0)
+    clip = decode_clip(path)
+    assert clip.duration == pytest.approx(3.0, abs=0.01)
+    assert indices(clip) == expected_indices(0, clip.duration, 15, 45)
+    assert len(clip.audio) == pytest.approx(48000, abs=10)
+    window = decode_clip(path, 1.0, 2.0)
+    assert indices(window) == expected_indices(1.0, 2.0, 15, 45) and len(window.audio) == 16000
+
+
+def test_video_shorter_than_audio(media):
+    """2 s of video (25 fps) and 5 s of audio: frames sampled over the 5 s take the frame
+    showing, the last one once the video has ended; a window after the video's end has no
+    video, like a window after the audio's end has no audio."""
+    path = mediagen.write_video(media / "short_video.mp4", 2.0, 160, 120, 25, audio=(16000, 1, None), audio_seconds=5.0)
+    clip = decode_clip(path)
+    assert clip.duration == pytest.approx(5.0, abs=0.05) and len(clip.audio) == pytest.approx(80000, abs=1100)
+    # 50 frames over 5 s is ~3 per sample: too few to skip any, every sample exact
+    assert indices(clip) == expected_indices(0, clip.duration, 25, 50)
+    after = decode_clip(path, 3.0, 4.0)
+    assert after.frames is None and not after.has_video and len(after.audio) == 16000
+    assert after.frame_times.shape == (0,)
+    assert decode_clip(path, 1.5, 3.0).has_video  # the video shows until 2 s
+
+
+def test_cover_art_is_not_video(media):
+    """The album picture of an mp3/m4a is a video stream marked attached_pic: not the clip's video."""
+    import av
+    from av.stream import Disposition
+
+    for ext, fmt, codec in [("m4a", "mp4", "aac"), ("mp3", "mp3", "libmp3lame")]:
+        path = media / f"cover.{ext}"
+        with av.open(str(path), "w", format=fmt) as c:
+            audio = c.add_stream(codec, rate=44100)
+            audio.layout = "stereo"
+            picture = c.add_stream("mjpeg")
+            picture.width, picture.height, picture.pix_fmt = 64, 64, "yuvj420p"
+            picture.disposition = Disposition.attached_pic
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), 200, np.uint8), format="rgb24")
+            frame.pts = 0
+            for packet in [*picture.encode(frame), *picture.encode(None)]:
+                c.mux(packet)
+            mediagen._encode_audio(c, audio, mediagen.tone(2.0, 44100, 2))
+        clip = decode_clip(path)
+        assert not clip.has_video and clip.fps is None and clip.frame_times.shape == (0,)
+        assert len(clip.audio) == pytest.approx(32000, abs=1200) and abs(peak_hz(clip.audio, 16000) - 440) < 5
+
+
 @pytest.mark.parametrize("ext,rate,channels", [("wav", 44100, 2), ("m4a", 44100, 2), ("mp3", 22050, 1), ("opus", 48000, 2)])
 def test_audio_only_resampled_to_16k_mono(media, ext, rate, channels):
     path = mediagen.write_audio(media / f"tone.{ext}", 1.0, rate, channels, freq=440)
