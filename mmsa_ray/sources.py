@@ -26,8 +26,9 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 MEDIA_EXTENSIONS: tuple[str, ...] = (
-    ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".flv", ".wmv", ".3gp",
-    ".m4a", ".wav", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".aac", ".wma",
+    ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv",
+    ".wmv", ".3gp", ".ogv",
+    ".m4a", ".wav", ".aif", ".aiff", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".aac", ".wma",
 )
 MANIFEST_EXTENSIONS: tuple[str, ...] = (".csv", ".parquet", ".jsonl", ".ndjson")
 
