@@ -237,7 +237,7 @@ class Preprocessor:
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
     async def preprocess(self, data: bytes, transcript: str | None, start: float | None, end: float | None) -> dict[str, Any]:
-        """-> {"features": dict[str, np.ndarray]} or {"error": reason} for unusable media."""
+        """-> {"features": dict[str, np.ndarray]} or {"error": cause} for unusable media."""
         from mmsa_ray.media import MediaError
 
         loop = asyncio.get_running_loop()
@@ -246,7 +246,7 @@ class Preprocessor:
                 self._pool, lambda: self._preprocessing(data, transcript=transcript, start=start, end=end)
             )
         except MediaError as e:
-            return {"error": str(e)}
+            return {"error": e.cause}  # the cause alone: the source is only "<bytes: N B>" here
         return {"features": features}
 
 
@@ -514,7 +514,7 @@ class Ingress:
             raise RequestError(400, f"uploaded file {upload.filename!r} is empty")
         result = await self._pre.preprocess.remote(data, transcript, start, end)
         if "error" in result:
-            raise RequestError(422, f"cannot use the uploaded media: {result['error']}")
+            raise RequestError(422, f"cannot use uploaded file {upload.filename or 'upload'!r}: {result['error']}")
         row = await self._model.predict.remote(result["features"])
         return {"source": upload.filename or "upload", **row}
 

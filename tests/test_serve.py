@@ -218,6 +218,7 @@ def test_hostile_uploads_get_4xx_with_reason_and_server_stays_healthy(server, cl
         if name in expected:
             assert r.status_code == expected[name], (name, r.status_code, r.text)
     assert cases["text as mp4"].status_code == 422 and cases["truncated"].status_code == 422
+    assert cases["text as mp4"].json()["error"].startswith("cannot use uploaded file 'clip.mp4': not a readable media file")
 
     health = requests.get(f"{server}/healthz", timeout=30)
     assert health.status_code == 200 and health.json()["status"] == "ok"
