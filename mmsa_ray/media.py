@@ -335,8 +335,13 @@ def _duration(container, vs, aus, t0: float, deadline: float, name: str,
     streams = [x for x in (vs, aus) if x is not None]
     if stated is not None and t0 > 0 and container.format.name.split(",")[0] in _END_OR_LENGTH_FORMATS:
         # the tail lies before the later of the two readings (stated as the length): read it
-        container.seek(int(round((t0 + stated) * 1e6)), backward=True)
-        last, _, _ = _scan_packets(container, streams, vs, t0, deadline, name)
+        import av
+
+        try:
+            container.seek(int(round((t0 + stated) * 1e6)), backward=True)
+            last, _, _ = _scan_packets(container, streams, vs, t0, deadline, name)
+        except av.error.FFmpegError:  # no usable index: keep the header's reading
+            last = 0.0
         container.seek(0)
         return (last if last > 0 else stated), None
     if stated is not None and not (_estimated_duration(container) and (window_end is None or window_end > stated)):
@@ -541,7 +546,9 @@ class _VideoSampler:
         # frame period (s) when frames are being skipped: a sample then takes the nearest
         # decoded frame before the window end, not only the one showing at its time
         self.skip_step = skip_step
-        self.period = period  # frame period (s) for frames without any timestamp: timed by counting
+        # frame period (s): times frames without any timestamp (by counting), and is how long
+        # the last frame shows
+        self.period = period
         self.start, self.end = start, end  # the window, seconds
         # frame pts unit, as a float (Fraction arithmetic per frame costs more than the conversion);
         # drained frames carry no time_base of their own
