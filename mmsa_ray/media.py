@@ -201,6 +201,8 @@ def _cover_art(stream) -> bool:
 
 def _decode_container(container, name, start, end, config: DecodeConfig, deadline: float,
                       header_probe: bool) -> Clip:
+    import av
+
     vs = next((s for s in container.streams.video if _usable(s) and not _cover_art(s)), None)
     aus = next((s for s in container.streams.audio if _usable(s)), None)
     if vs is None and aus is None:
@@ -257,7 +259,10 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
         aus.codec_context.thread_count = 1
     reorder_known = vs is not None and vs.codec_context.has_b_frames
 
-    from_keyframe = _seek(container, vs, t0 + s) if s > 0 and timed else False
+    try:
+        from_keyframe = _seek(container, vs, t0 + s) if s > 0 and timed else False
+    except av.error.FFmpegError as e:
+        raise MediaError(name, f"cannot seek to the window start {s:g} s; damaged index ({e.strerror or e})") from e
     skip_step = 1.0 / fps if vs is not None and window_skip != "DEFAULT" else None
     period = 1.0 / fps if fps else 1e-3
     video = _VideoSampler(samples, config, t0, vs.time_base, skip_step, s, e, period) if vs is not None else None
@@ -339,10 +344,14 @@ def _duration(container, vs, aus, t0: float, deadline: float, name: str,
 
         try:
             container.seek(int(round((t0 + stated) * 1e6)), backward=True)
-            last, _, _ = _scan_packets(container, streams, vs, t0, deadline, name)
-        except av.error.FFmpegError:  # no usable index: keep the header's reading
-            last = 0.0
-        container.seek(0)
+        except av.error.FFmpegError:  # not seekable (damaged index): keep the header's reading
+            return stated, None
+        last, _, _ = _scan_packets(container, streams, vs, t0, deadline, name)
+        try:
+            container.seek(0)
+        except av.error.FFmpegError as e:
+            raise MediaError(name, f"cannot seek back to the start after reading the end; damaged index "
+                                   f"({e.strerror or e})") from e
         return (last if last > 0 else stated), None
     if stated is not None and not (_estimated_duration(container) and (window_end is None or window_end > stated)):
         return stated, None

@@ -470,7 +470,8 @@ def test_damaged_files_decode_or_raise_media_error(media):
                              options={"preset": "medium"}),
         mediagen.write_video(d / "b_fast.mp4", 2.0, 160, 120, 15, audio=(44100, 1, "aac"), pattern="scene",
                              container_options={"movflags": "faststart"}),
-        mediagen.write_video(d / "b.mkv", 2.0, 160, 120, 15, audio=(48000, 1, "aac"), pattern="scene"),
+        # timestamps from 10 s: the Matroska duration is read from the file's tail
+        mediagen.write_video(d / "b.mkv", 2.0, 160, 120, 15, audio=(48000, 1, "aac"), pattern="scene", start=10.0),
         mediagen.write_video(d / "b.webm", 2.0, 160, 120, 15, codec="libvpx-vp9", audio=(48000, 2, "libopus"),
                              pattern="scene"),
         mediagen.write_video(d / "b.avi", 2.0, 160, 120, 15, codec="mjpeg", audio=(22050, 1, "libmp3lame"),
