@@ -145,21 +145,45 @@ def _describe(source) -> str:
     return name if isinstance(name, str) else f"<{type(source).__name__}>"
 
 
-def _decode(source, name: str, start, end, config: DecodeConfig) -> Clip:
-    deadline = time.monotonic() + config.timeout_s
-    if config.num_frames < 1 or config.height < 1 or config.width < 1 or config.sample_rate < 1:
-        raise MediaError(name, f"invalid DecodeConfig {config}")
+def probe_duration(source: str | os.PathLike | bytes | BinaryIO, config: DecodeConfig | None = None) -> float:
+    """Seconds of media in `source`, measured as decode_clip measures `Clip.duration`, from
+    the headers (raw audio streams and header-less files: a packet scan), decoding nothing.
+    Raises MediaError, and only MediaError."""
+    config = config or DecodeConfig()
+    name = _describe(source)
+    try:
+        deadline = time.monotonic() + config.timeout_s
+        with _open(_input(source, name), name, config, _HEADER_PROBE) as container:
+            vs, aus = _streams(container, name)
+            t0 = container.start_time / 1e6 if container.start_time is not None else 0.0
+            return _duration(container, vs, aus, t0, deadline, name, None)[0]
+    except MediaError:
+        raise
+    except Exception as e:  # PyAV errors, ValueError, OverflowError, MemoryError, ...
+        raise MediaError(name, f"cannot read the duration ({type(e).__name__}: {e})") from e
+
+
+def _input(source, name: str):
+    """bytes -> BytesIO; a path is checked to be a non-empty file; file objects pass through."""
     if isinstance(source, (bytes, bytearray, memoryview)):
         if len(source) == 0:
             raise MediaError(name, "empty input (0 bytes)")
-        source = io.BytesIO(bytes(source))
-    elif isinstance(source, (str, os.PathLike)):
+        return io.BytesIO(bytes(source))
+    if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
             raise MediaError(name, "broken symbolic link" if os.path.islink(path) else "no such file")
         if os.path.getsize(path) == 0:
             raise MediaError(name, "empty file (0 bytes)")
-        source = path
+        return path
+    return source
+
+
+def _decode(source, name: str, start, end, config: DecodeConfig) -> Clip:
+    deadline = time.monotonic() + config.timeout_s
+    if config.num_frames < 1 or config.height < 1 or config.width < 1 or config.sample_rate < 1:
+        raise MediaError(name, f"invalid DecodeConfig {config}")
+    source = _input(source, name)
     rewind = source.tell() if hasattr(source, "tell") else None
     try:
         with _open(source, name, config, _HEADER_PROBE) as container:
@@ -199,15 +223,21 @@ def _cover_art(stream) -> bool:
     return bool(stream.disposition & (Disposition.attached_pic | Disposition.timed_thumbnails))
 
 
-def _decode_container(container, name, start, end, config: DecodeConfig, deadline: float,
-                      header_probe: bool) -> Clip:
-    import av
-
+def _streams(container, name: str):
+    """(the video stream, the audio stream): the first usable of each, None when absent; MediaError when neither."""
     vs = next((s for s in container.streams.video if _usable(s) and not _cover_art(s)), None)
     aus = next((s for s in container.streams.audio if _usable(s)), None)
     if vs is None and aus is None:
         found = ", ".join(s.type + (" (cover art)" if _cover_art(s) else "") for s in container.streams) or "none"
         raise MediaError(name, f"no decodable video or audio stream (streams: {found})")
+    return vs, aus
+
+
+def _decode_container(container, name, start, end, config: DecodeConfig, deadline: float,
+                      header_probe: bool) -> Clip:
+    import av
+
+    vs, aus = _streams(container, name)
     rotation = 0
     if vs is not None:
         w, h = vs.codec_context.width, vs.codec_context.height

@@ -231,6 +231,23 @@ def test_timestamps_starting_late(media, ext):
     assert indices(window) == expected_indices(1.0, 2.0, 15, 45) and len(window.audio) == 16000
 
 
+def test_probe_duration_matches_decode_without_decoding(media, av_clip, hostile):
+    """The duration label --segment cuts by: what decode_clip reports, from the headers."""
+    from mmsa_ray.media import probe_duration
+
+    late = mediagen.write_video(media / "probe_late.mkv", 1.0, 64, 48, 10, audio=(16000, 1, "pcm_s16le"), start=5.0)
+    sources = [av_clip, late, mediagen.write_audio(media / "probe.mp3", 2.0, 22050, 1),
+               mediagen.write_video(media / "probe.webm", 1.5, 64, 48, 10, codec="libvpx-vp9", audio=(48000, 1, None))]
+    for path in sources:
+        assert probe_duration(path) == decode_clip(path).duration, path
+    assert probe_duration(av_clip.read_bytes()) == 2.0
+    for name in ("empty", "text", "random", "truncated_third", "ftyp_only"):
+        with pytest.raises(MediaError):
+            probe_duration(hostile[name])
+    # headers intact, frames cut or damaged: only decoding finds out
+    assert probe_duration(hostile["header_only"]) == 2.0
+
+
 def test_video_shorter_than_audio(media):
     """2 s of video (25 fps) and 5 s of audio: frames sampled over the 5 s take the frame
     showing, the last one once the video has ended; a window after the video's end has no
