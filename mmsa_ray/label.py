@@ -3,7 +3,8 @@
 The Ray Data pipeline, streaming end to end (nothing is materialized, nothing but the
 final counts comes back to the driver):
 
-    list sources ─► [skip ids done in OUT] ─► OUT/_staging/*.parquet ─► read_parquet
+    list sources ─► [--segment: cut files into windows] ─► [skip ids done in OUT]
+      ─► OUT/_staging/*.parquet ─► read_parquet
       ─► repartition(decode_batch_size rows) ─► decode + features   (CPU tasks)
       ─► LabelPredictor                        (actor pool, CPU or GPU)
       ─► write_parquet(OUT)                    (fixed LABEL_SCHEMA, atomic files)
@@ -16,6 +17,13 @@ remote media is streamed through pyarrow, never copied to disk.
 One row per input item, always. A file that cannot be decoded (corrupt, empty,
 truncated, too long, too large, no streams) becomes a row whose `error` says why; the job
 still exits 0 and prints labeled / failed / skipped counts.
+
+Long recordings (`--segment S`): each listed file without a window is cut into windows of
+about S seconds, each an item of its own (id `<file id>#t=<start>,<end>`). The files are
+listed to OUT/_files/ first; Ray tasks read each one's duration from its headers
+(media.probe_duration, no decoding) and the windows stream back to the driver, which
+stages those not yet in OUT. A file whose duration cannot be read stays one item, whose
+decode then records why.
 
 Exactly once, across kills and re-runs
 --------------------------------------
@@ -80,6 +88,7 @@ from mmsa_ray.sources import MEDIA_EXTENSIONS, float_or_none, list_sources, reso
 FEATURE_KEYS = ("video", "audio", "input_ids", "attention_mask", "mask")
 
 STAGING_DIR = "_staging"  # the listed sources, read back by read_parquet
+FILES_DIR = "_files"  # with --segment: the listed files, before they are cut into windows
 CHECKPOINT_DIR = "_checkpoint"  # Ray Data's committed / pending id lists
 ATTEMPTS_DIR = "_attempts"  # per-item decode attempt records (see module docstring)
 STAGING_ROWS_PER_FILE = 4096
@@ -98,7 +107,7 @@ LABEL_SCHEMA = pa.schema([
     ("id", pa.string()),  # unique per item: path relative to INPUT, the manifest's id, or uri#t=start,end
     ("uri", pa.string()),  # local path or cloud URI of the media
     ("start", pa.float64()),  # window start, seconds (null: from the beginning)
-    ("end", pa.float64()),  # window end, seconds (null: to the end, capped by max_duration_s)
+    ("end", pa.float64()),  # window end, seconds (null: to the end; longer than max_duration_s is an error)
     ("transcript", pa.string()),  # from the manifest; null when none was given
     ("emotion", pa.string()),
     ("emotion_probs", pa.list_(pa.float32())),  # 7, labels.EMOTIONS order
@@ -133,6 +142,9 @@ class LabelConfig:
     device: str | None = None  # model device; None = "cuda" when gpus_per_actor > 0, else "cpu"
     ray_address: str | None = None  # None: RAY_ADDRESS / running cluster / a new local Ray
     extensions: tuple[str, ...] = field(default=MEDIA_EXTENSIONS)  # media suffixes for directory/glob inputs
+    # cut each file without a window into windows of about this many seconds, one row each
+    # (see segment_windows); None: one row per file
+    segment_s: float | None = None
 
     def __post_init__(self) -> None:
         lo, hi = self.actors
@@ -143,6 +155,8 @@ class LabelConfig:
                 raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
         if self.gpus_per_actor < 0 or self.cpus_per_actor < 0 or self.decode_cpus <= 0:
             raise ValueError("gpus_per_actor and cpus_per_actor must be >= 0, decode_cpus > 0")
+        if self.segment_s is not None and not (self.segment_s > 0 and np.isfinite(self.segment_s)):
+            raise ValueError(f"segment_s must be a number of seconds > 0, got {self.segment_s}")
 
 
 @dataclass
@@ -235,6 +249,76 @@ def _nothing_to_restore():
             return None, 0
 
     return NothingToRestore
+
+
+# ----------------------------------------------------------------------------- segments
+
+
+def segment_windows(duration: float, segment_s: float) -> list[tuple[float, float]]:
+    """[0, duration) cut at multiples of segment_s (seconds); a remainder shorter than half a
+    segment joins the last window, so every window but a short file's only one lasts
+    between segment_s / 2 and 1.5 * segment_s."""
+    n = max(1, int(duration // segment_s))
+    if duration - n * segment_s >= segment_s / 2:
+        n += 1
+    bounds = [k * segment_s for k in range(n)] + [duration]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def split_into_segments(batch: pa.Table, segment_s: float, timeout_s: float, attempts_uri: str,
+                        max_attempts: int) -> pa.Table:
+    """Staged file rows -> one row per window (STAGING_SCHEMA; Ray Data map_batches).
+
+    Rows with a window of their own, or whose duration cannot be read, pass unchanged (the
+    decode stage records the cause). Window rows carry no transcript: a file's transcript
+    has no timings to split it by. A file that kills the worker while its headers are read
+    is, after `max_attempts` deaths, passed on whole (see the module docstring)."""
+    from mmsa_ray.media import DecodeConfig, probe_duration
+
+    fs, attempts_dir = resolve(attempts_uri)
+    log = _AttemptLog(fs, attempts_dir, current_job())
+    config = DecodeConfig(timeout_s=timeout_s)
+    out = []
+    for row in batch.select(STAGING_SCHEMA.names).cast(STAGING_SCHEMA).to_pylist():
+        key = f"duration:{row['id']}"
+        if row["start"] is not None or row["end"] is not None or not row["uri"] or log.deaths(key) >= max_attempts:
+            out.append(row)
+            continue
+        log.begin(key, log.deaths(key) + 1)
+        source = None
+        try:
+            source = _open_source(row["uri"])
+            duration = _call_with_deadline(probe_duration, 2.0 * timeout_s + 10.0, source, config)
+        except Exception:  # noqa: BLE001 - MediaError, unreadable URI, hung: decoding the file says why
+            out.append(row)
+            continue
+        finally:
+            if source is not None and not isinstance(source, str):
+                source.close()
+            log.end(key)
+        out += [{**row, "id": f"{row['id']}#t={a:g},{b:g}", "transcript": None, "start": a, "end": b}
+                for a, b in segment_windows(duration, segment_s)]
+    return pa.Table.from_pylist(out, schema=STAGING_SCHEMA)
+
+
+def segment_sources(files_uri: str, config: LabelConfig, attempts_uri: str, timeout_s: float) -> Iterator[dict[str, Any]]:
+    """The staged file rows under files_uri cut into windows by Ray tasks (CPUs), streamed back."""
+    import ray
+
+    ds = ray.data.read_parquet(files_uri).repartition(target_num_rows_per_block=config.decode_batch_size)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
+        ds = ds.map_batches(
+            split_into_segments,
+            batch_size=config.decode_batch_size,
+            batch_format="pyarrow",
+            fn_kwargs={"segment_s": config.segment_s, "timeout_s": timeout_s, "attempts_uri": attempts_uri,
+                       "max_attempts": config.max_decode_attempts},
+            num_cpus=config.decode_cpus,
+            max_retries=config.max_decode_attempts * config.decode_batch_size + 2,
+        )
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        yield from batch.to_pylist()
 
 
 # ----------------------------------------------------------------------------- decode stage
@@ -463,12 +547,15 @@ def label(config: LabelConfig) -> LabelSummary:
 
     t0 = time.time()
     run_start = datetime.now(timezone.utc)
-    from mmsa_ray.model import model_id, read_checkpoint_config
+    from mmsa_ray.model import ModelConfig, model_id, read_checkpoint_config
 
     # A local or shared-file-system directory (every node reads it); checked up front:
     # missing, unfinished or foreign checkpoints fail here, not in every actor.
     checkpoint = os.path.abspath(config.checkpoint)
-    read_checkpoint_config(checkpoint)
+    decode = ModelConfig.from_dict(read_checkpoint_config(checkpoint)["model"]).decode
+    if config.segment_s is not None and config.segment_s > decode.max_duration_s / 1.5:
+        raise ValueError(f"segment_s={config.segment_s:g}: windows may run to 1.5x that, over the checkpoint's "
+                         f"max_duration_s={decode.max_duration_s:g}; use at most {decode.max_duration_s / 1.5:g}")
     out_fs, out_path = resolve(config.output)
     out_uri = config.output if "://" in config.output else out_path
     sources = list_sources(config.input, config.extensions)
@@ -489,6 +576,10 @@ def label(config: LabelConfig) -> LabelSummary:
     try:
         ckpt = CheckpointConfig(id_column="id", checkpoint_path=f"{out_uri}/{CHECKPOINT_DIR}", delete_checkpoint_on_success=False)
         done = _committed_ids(ckpt, ctx, out_uri, out_fs)
+        if config.segment_s is not None:
+            files, _ = stage_sources(sources, out_fs, f"{out_path}/{FILES_DIR}")
+            timeout_s = config.decode_timeout_s or decode.timeout_s
+            sources = segment_sources(f"{out_uri}/{FILES_DIR}", config, attempts_uri, timeout_s) if files else iter(())
         listed, staged = stage_sources(sources, out_fs, f"{out_path}/{STAGING_DIR}", done)
         ckpt.checkpoint_manager_cls = _nothing_to_restore()
         ctx.checkpoint_config = ckpt
@@ -624,6 +715,10 @@ def parse_args(argv: list[str] | None = None) -> LabelConfig:
     p.add_argument("--device", default=d.device, help="model device, e.g. cpu, cuda (default: cuda if --gpus-per-actor > 0)")
     p.add_argument("--ray-address", default=d.ray_address,
                    help="Ray cluster address (default: RAY_ADDRESS, a running cluster, or a new local Ray)")
+    p.add_argument("--segment", type=float, default=d.segment_s, dest="segment_s", metavar="S",
+                   help="cut each file without a window into windows of about S seconds, one row each "
+                   "(id <file id>#t=<start>,<end>; a remainder under S/2 joins the last window; windows "
+                   "carry no transcript); default: one row per file")
     p.add_argument("--extensions", default=",".join(d.extensions),
                    help="comma-separated media suffixes for directory/glob inputs (default: common video and audio types)")
     a = p.parse_args(argv)
@@ -634,6 +729,7 @@ def parse_args(argv: list[str] | None = None) -> LabelConfig:
             cpus_per_actor=a.cpus_per_actor, batch_size=a.batch_size, decode_batch_size=a.decode_batch_size,
             decode_cpus=a.decode_cpus, decode_timeout_s=a.decode_timeout_s, max_decode_attempts=a.max_decode_attempts,
             rows_per_file=a.rows_per_file, device=a.device, ray_address=a.ray_address, extensions=exts,
+            segment_s=a.segment_s,
         )
     except ValueError as e:
         p.error(str(e))

@@ -167,10 +167,20 @@ def test_cli_help_covers_every_flag(capsys):
     assert e.value.code == 0
     text = capsys.readouterr().out
     for flag in ("--checkpoint", "--output", "--actors", "--gpus-per-actor", "--batch-size", "--decode-timeout",
-                 "--max-decode-attempts", "--rows-per-file"):
+                 "--max-decode-attempts", "--rows-per-file", "--segment"):
         assert flag in text
     cfg = label.parse_args(["in", "--checkpoint", "c", "--output", "o", "--actors", "2,4", "--gpus-per-actor", "1"])
     assert cfg.actors == (2, 4) and cfg.gpus_per_actor == 1.0 and cfg.batch_size == 16
+
+
+def test_segment_windows_and_flag():
+    assert label.segment_windows(25.0, 10) == [(0, 10), (10, 20), (20, 25.0)]
+    assert label.segment_windows(24.0, 10) == [(0, 10), (10, 24.0)]  # 4 s < 5 s: joins the last window
+    assert label.segment_windows(3.0, 10) == [(0, 3.0)]
+    assert label.segment_windows(15.0, 10) == [(0, 10), (10, 15.0)]
+    assert label.parse_args(["in", "--checkpoint", "c", "--output", "o", "--segment", "30"]).segment_s == 30.0
+    with pytest.raises(SystemExit):
+        label.parse_args(["in", "--checkpoint", "c", "--output", "o", "--segment", "0"])
 
 
 # ----------------------------------------------------------------------------- Ray
@@ -259,6 +269,43 @@ def test_manifest_transcripts_and_windows(ray_local, tmp_path, media_dir, tiny_c
     want = predictor.predict_batch(collate([predictor.preprocess(str(av), "I'm fine.", 0.5, 1.5)]))[0]
     np.testing.assert_allclose(rows[window_id]["emotion_probs"], want["emotion_probs"], atol=1e-5)
     assert rows[window_id]["text_emotion"] == want["text_emotion"]
+
+
+def test_segment_long_recordings(ray_local, tmp_path, media_dir, tiny_checkpoint, capsys):
+    """--segment 10: a 25 s recording becomes three windowed rows, a 3 s one a single window,
+    a broken file one error row; a re-run skips them all."""
+    from mmsa_ray.media import probe_duration
+
+    src = tmp_path / "in"
+    src.mkdir()
+    long = mediagen.write_video(src / "long.mkv", 25.0, 64, 48, 10, audio=(16000, 1, "pcm_s16le"))
+    mediagen.write_audio(src / "short.wav", 3.0, 16000, 1)
+    shutil.copy(media_dir / "hostile" / "random.mp4", src / "broken.mp4")
+    out = tmp_path / "labels"
+    args = [str(src), "--checkpoint", str(tiny_checkpoint), "--output", str(out), "--segment", "10", *FAST]
+    assert label.main(args) == 0
+    assert "labeled 4, failed 1, skipped 0 (already in output) of 5 items" in capsys.readouterr().out
+    rows = by_id(read_out(out))
+    d = probe_duration(long)
+    assert d == pytest.approx(25.0, abs=0.01)
+    windows = {f"long.mkv#t={a:g},{b:g}": (a, b) for a, b in [(0, 10), (10, 20), (20, d)]}
+    assert set(rows) == {*windows, "short.wav#t=0,3", "broken.mp4"}
+    for id_, (a, b) in windows.items():
+        r = rows[id_]
+        assert (r["start"], r["end"], r["error"], r["modalities"]) == (a, b, None, ["audio", "video"])
+    assert rows["broken.mp4"]["error"] and rows["broken.mp4"]["start"] is None
+
+    from mmsa_ray.features import collate
+    from mmsa_ray.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(tiny_checkpoint, device="cpu")
+    want = predictor.predict_batch(collate([predictor.preprocess(str(long), None, 10, 20)]))[0]
+    np.testing.assert_allclose(rows["long.mkv#t=10,20"]["emotion_probs"], want["emotion_probs"], atol=1e-5)
+
+    assert label.main(args) == 0
+    assert "labeled 0, failed 0, skipped 5" in capsys.readouterr().out
+    with pytest.raises(ValueError, match="max_duration_s"):
+        label.label(label.LabelConfig(str(src), str(tiny_checkpoint), str(out), segment_s=1000))
 
 
 def test_kill_driver_midway_then_rerun_exactly_once(ray_local, tmp_path, media_dir, tiny_checkpoint):
