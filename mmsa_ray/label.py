@@ -305,20 +305,26 @@ def segment_sources(files_uri: str, config: LabelConfig, attempts_uri: str, time
     """The staged file rows under files_uri cut into windows by Ray tasks (CPUs), streamed back."""
     import ray
 
-    ds = ray.data.read_parquet(files_uri).repartition(target_num_rows_per_block=config.decode_batch_size)
+    ds = _item_tasks(ray.data.read_parquet(files_uri), split_into_segments, config, segment_s=config.segment_s,
+                     timeout_s=timeout_s, attempts_uri=attempts_uri, max_attempts=config.max_decode_attempts)
+    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
+        yield from batch.to_pylist()
+
+
+def _item_tasks(ds, fn, config: LabelConfig, **fn_kwargs):
+    """ds.map_batches(fn) over decode_batch_size rows in CPU tasks (pyarrow batches), retried
+    while an item may still kill its worker: max_decode_attempts times each, then fn passes it over."""
     with warnings.catch_warnings():
+        # Ray 2.60 deprecates **ray_remote_args but has no named `max_retries` yet.
         warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-        ds = ds.map_batches(
-            split_into_segments,
+        return ds.repartition(target_num_rows_per_block=config.decode_batch_size).map_batches(
+            fn,
             batch_size=config.decode_batch_size,
             batch_format="pyarrow",
-            fn_kwargs={"segment_s": config.segment_s, "timeout_s": timeout_s, "attempts_uri": attempts_uri,
-                       "max_attempts": config.max_decode_attempts},
+            fn_kwargs=fn_kwargs,
             num_cpus=config.decode_cpus,
             max_retries=config.max_decode_attempts * config.decode_batch_size + 2,
         )
-    for batch in ds.iter_batches(batch_format="pyarrow", batch_size=None):
-        yield from batch.to_pylist()
 
 
 # ----------------------------------------------------------------------------- decode stage
@@ -603,25 +609,9 @@ def _run_pipeline(config: LabelConfig, checkpoint: str, out_uri: str, attempts_u
     from ray.data import ActorPoolStrategy
 
     device = config.device or ("cuda" if config.gpus_per_actor > 0 else "cpu")
-    ds = ray.data.read_parquet(f"{out_uri}/{STAGING_DIR}")
-    ds = ds.repartition(target_num_rows_per_block=config.decode_batch_size)
-    with warnings.catch_warnings():
-        # Ray 2.60 deprecates **ray_remote_args but has no named `max_retries` yet.
-        warnings.filterwarnings("ignore", message=".*ray_remote_args.*")
-        ds = ds.map_batches(
-            decode_batch,
-            batch_size=config.decode_batch_size,
-            batch_format="pyarrow",
-            fn_kwargs={
-                "checkpoint": checkpoint,
-                "attempts_uri": attempts_uri,
-                "max_decode_attempts": config.max_decode_attempts,
-                "decode_timeout_s": config.decode_timeout_s,
-            },
-            num_cpus=config.decode_cpus,
-            # each item may kill its worker max_decode_attempts times, then it is skipped
-            max_retries=config.max_decode_attempts * config.decode_batch_size + 2,
-        )
+    ds = _item_tasks(ray.data.read_parquet(f"{out_uri}/{STAGING_DIR}"), decode_batch, config, checkpoint=checkpoint,
+                     attempts_uri=attempts_uri, max_decode_attempts=config.max_decode_attempts,
+                     decode_timeout_s=config.decode_timeout_s)
     ds = ds.map_batches(
         LabelPredictor,
         fn_constructor_kwargs={"checkpoint": checkpoint, "device": device},
