@@ -280,11 +280,15 @@ def split_into_segments(batch: pa.Table, segment_s: float, timeout_s: float, att
     config = DecodeConfig(timeout_s=timeout_s)
     out = []
     for row in batch.select(STAGING_SCHEMA.names).cast(STAGING_SCHEMA).to_pylist():
-        key = f"duration:{row['id']}"
-        if row["start"] is not None or row["end"] is not None or not row["uri"] or log.deaths(key) >= max_attempts:
+        if row["start"] is not None or row["end"] is not None or not row["uri"]:
             out.append(row)
             continue
-        log.begin(key, log.deaths(key) + 1)
+        key = f"duration:{row['id']}"
+        deaths = log.deaths(key)  # one read of the attempt record (a remote request on cloud OUT)
+        if deaths >= max_attempts:
+            out.append(row)
+            continue
+        log.begin(key, deaths + 1)
         source = None
         try:
             source = _open_source(row["uri"])
