@@ -1,7 +1,9 @@
 """PyAV decoding of one clip: T sampled RGB frames + 16 kHz mono audio of a time window.
 
 `decode_clip(source, start, end, config)` -> `Clip`. Sources: a local path, bytes, or a
-seekable binary file object. No ffmpeg subprocess.
+seekable binary file object. No ffmpeg subprocess. Bytes and file objects (uploads,
+remote files) may not make FFmpeg open other files: a playlist or concat script among
+them fails (see _open).
 
 Frames: T sample times at the centres of T equal sub-intervals of [start, end)
 (s_i = start + (i + 0.5) * (end - start) / T); each takes the frame *showing* at that
@@ -10,8 +12,9 @@ precedes it), so clips with fewer than T frames repeat frames. Times come from f
 pts (variable frame rate safe), relative to the container's start time; raw
 elementary streams (.h264, .hevc), which have none, are timed by counting frames.
 A window the video stream shows nothing of (it ends before the window or starts after
-it) has no frames, as one without audio has no audio. A picture attached to an audio
-file (cover art) is not video.
+it) has no frames, as one without audio has no audio. The video is the largest video
+stream (a preview track may come first); a picture attached to an audio file (cover
+art) is not video.
 Audio: every channel mixed to mono, resampled to `sample_rate` (following any change of
 rate or channels mid-stream), trimmed to [start, end) to the sample; silence where the
 audio starts after the window start, and it ends where the audio stream ends.
@@ -172,6 +175,10 @@ def _input(source, name: str):
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if not os.path.isfile(path):
+            if os.path.isdir(path):
+                raise MediaError(name, "is a directory, not a media file")
+            if os.path.exists(path):  # a FIFO, socket or device: reading it may never end
+                raise MediaError(name, "not a regular file (a pipe, socket or device)")
             raise MediaError(name, "broken symbolic link" if os.path.islink(path) else "no such file")
         if os.path.getsize(path) == 0:
             raise MediaError(name, "empty file (0 bytes)")
@@ -203,6 +210,12 @@ class _NeedsFullProbe(Exception):
 def _open(source, name: str, config: DecodeConfig, options: dict[str, str] | None):
     import av
 
+    if not isinstance(source, str):
+        # Bytes and file objects are uploads and remote files: a playlist or concat script
+        # among them (HLS, ffconcat) must not make FFmpeg open files on this machine. A
+        # whitelist naming no real protocol forbids every nested open; the source itself
+        # is read through Python, not a protocol.
+        options = {**(options or {}), "protocol_whitelist": "none"}
     try:
         return av.open(source, "r", options=options, timeout=(config.timeout_s, config.timeout_s),
                        metadata_errors="ignore")
@@ -224,8 +237,11 @@ def _cover_art(stream) -> bool:
 
 
 def _streams(container, name: str):
-    """(the video stream, the audio stream): the first usable of each, None when absent; MediaError when neither."""
-    vs = next((s for s in container.streams.video if _usable(s) and not _cover_art(s)), None)
+    """(the video stream, the audio stream): the largest usable video and the first usable audio,
+    None when absent; MediaError when neither."""
+    videos = [s for s in container.streams.video if _usable(s) and not _cover_art(s)]
+    # the main picture, as players choose it: the largest (a thumbnail or preview track may come first)
+    vs = max(videos, key=lambda s: (s.codec_context.width or 0) * (s.codec_context.height or 0), default=None)
     aus = next((s for s in container.streams.audio if _usable(s)), None)
     if vs is None and aus is None:
         found = ", ".join(s.type + (" (cover art)" if _cover_art(s) else "") for s in container.streams) or "none"

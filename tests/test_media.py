@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import fractions
 import io
 import subprocess
 import sys
@@ -457,6 +458,36 @@ def test_missing_path_and_empty_bytes(media):
         decode_clip(b"")
 
 
+def test_paths_that_are_not_files(media, tmp_path):
+    import os
+
+    (tmp_path / "folder.mp4").mkdir()
+    with pytest.raises(MediaError, match=r"folder.mp4: is a directory, not a media file"):
+        decode_clip(tmp_path / "folder.mp4")
+    os.mkfifo(tmp_path / "pipe.mp4")  # opening it to read would wait for a writer forever
+    with pytest.raises(MediaError, match=r"pipe.mp4: not a regular file \(a pipe, socket or device\)"):
+        decode_clip(tmp_path / "pipe.mp4")
+
+
+def test_playlists_in_uploads_open_no_local_files(av_clip, tmp_path, monkeypatch):
+    """An ffconcat script or HLS playlist makes FFmpeg open the files it names. A local path is
+    the user's own (it works); bytes and file objects are uploads and remote files, which
+    must not reach files on this machine."""
+    import shutil
+
+    shutil.copy(av_clip, tmp_path / "secret.mp4")
+    script = tmp_path / "list.ffconcat"
+    script.write_text("ffconcat version 1.0\nfile 'secret.mp4'\n")
+    playlist = tmp_path / "list.m3u8"
+    playlist.write_text("#EXTM3U\n#EXT-X-TARGETDURATION:2\n#EXTINF:2.0,\nsecret.mp4\n#EXT-X-ENDLIST\n")
+    monkeypatch.chdir(tmp_path)  # relative names resolve here
+    assert decode_clip(script).frames.shape == (16, 3, 112, 112)
+    for path in (script, playlist):
+        for upload in (path.read_bytes(), io.BytesIO(path.read_bytes())):
+            with pytest.raises(MediaError, match="not a readable media file"):
+                decode_clip(upload)
+
+
 def test_hostile_files_never_crash_the_process(hostile):
     """Decode every hostile file in a fresh interpreter: only MediaError, no signal, no other exception."""
     code = (
@@ -593,3 +624,28 @@ def test_short_window_skips_only_frames_before_it(media, ref):
     for img, t in zip(clip.frames, clip.frame_times):
         np.testing.assert_array_equal(img, full[round(float(t), 6)][0])
     assert 3 in {k for _, k in full.values()}  # there were B-frames before the window to skip
+
+
+def test_main_video_track_not_a_thumbnail(media):
+    """An mp4 whose first video track is a small preview: the clip is the largest track, as players pick."""
+    import av
+
+    path = media / "thumbnail_first.mp4"
+    with av.open(str(path), "w") as c:
+        tracks = [c.add_stream("libx264", rate=10) for _ in range(2)]
+        for track, (w, h) in zip(tracks, [(32, 24), (160, 120)]):
+            track.width, track.height, track.pix_fmt = w, h, "yuv420p"
+        for i in range(20):
+            for track, pattern in zip(tracks, ["texture", "index"]):
+                frame = av.VideoFrame.from_ndarray(
+                    mediagen._picture(i, i / 10, track.width, track.height, pattern, np.random.default_rng(0)),
+                    format="rgb24")
+                frame.pts, frame.time_base = i, fractions.Fraction(1, 10)
+                for p in track.encode(frame):
+                    c.mux(p)
+        for track in tracks:
+            for p in track.encode(None):
+                c.mux(p)
+    clip = decode_clip(path)
+    assert (clip.width, clip.height) == (160, 120)
+    assert indices(clip) == expected_indices(0, 2.0, 10, 20)
