@@ -9,25 +9,32 @@ Frames: T sample times at the centres of T equal sub-intervals of [start, end)
 (s_i = start + (i + 0.5) * (end - start) / T); each takes the frame *showing* at that
 time (the last frame whose presentation time is <= s_i, or the first frame when s_i
 precedes it), so clips with fewer than T frames repeat frames. Times come from frame
-pts (variable frame rate safe), relative to the container's start time; raw
-elementary streams (.h264, .hevc), which have none, are timed by counting frames.
-A window the video stream shows nothing of (it ends before the window or starts after
-it) has no frames, as one without audio has no audio. The video is the largest video
-stream (a preview track may come first); a picture attached to an audio file (cover
-art) is not video.
+pts (variable frame rate safe: a frame shows until the next one, however long a
+screen recording holds it), relative to the container's start time; raw elementary
+streams (.h264, .hevc), which have none, are timed by counting frames. A window the
+video stream shows nothing of (it ends before the window or starts after it) has no
+frames, as one without audio has no audio. The video is the largest video stream (a
+preview track may come first); a picture attached to an audio file (cover art) is not video.
 Audio: every channel mixed to mono, resampled to `sample_rate` (following any change of
 rate or channels mid-stream), trimmed to [start, end) to the sample; silence where the
-audio starts after the window start, and it ends where the audio stream ends.
+audio starts after the window start and where packets are missing while the timestamps
+go on (dropouts), and it ends where the audio stream ends. A stream that stops before
+its stated end is "truncated" only if the file's data stops there too.
 
 Speed (single-threaded decoding of a 720p clip is the usual bottleneck):
 - only the sampled frames are converted to RGB, resized straight to H x W by swscale
   (area averaging: anti-aliased, and ~5x cheaper than its default bilinear here);
 - demuxing buffers one GOP (keyframe to keyframe) of video packets and decodes it only
   if a sample time falls inside it, stopping inside the GOP once past its last sample:
-  with dense keyframes (1-2 s GOPs) long windows decode a fraction of their frames;
+  with dense keyframes (1-2 s GOPs) long windows decode a fraction of their frames.
+  A GOP starts only where decoding can start cleanly (`_clean_start`: not at the
+  recovery points of intra-refresh H.264, nor at the placeholders packed-bitstream
+  MPEG-4 AVIs flag), and a window is sought to such a keyframe, or read from the start;
 - when the window holds >= 4 frames per sample, non-reference frames are not decoded
   (`skip_frame="NONREF"`): a sample then takes the nearest decoded frame (at most a
-  couple of frames off; `frame_times` reports the frame actually used). When the
+  couple of frames off; `frame_times` reports the frame actually used; a run of more
+  than _MAX_SKIPPED_RUN skipped frames around a sample, e.g. x264 --bframes 16, and the
+  clip is decoded again without skipping). When the
   stream is x264 output with ref=1 (read from the SEI x264 writes in its first frame),
   P-frames can only reference the previous I/P frame, never a B-frame (x264 orders P
   reference lists by distance), so *all* B-frames, b-pyramid references included, are
@@ -49,6 +56,7 @@ exception PyAV or numpy raise) becomes a `MediaError` naming the source.
 
 from __future__ import annotations
 
+import bisect
 import io
 import math
 import re
@@ -60,6 +68,11 @@ from typing import BinaryIO
 import numpy as np
 
 _NONREF_FRAMES_PER_SAMPLE = 4  # skip non-reference frames when the window has this many frames per sample
+# a sample takes the nearest decoded frame; more skipped frames in a row than this (x264
+# --bframes 16 without b-pyramid skips 16) and the clip is decoded again without skipping
+_MAX_SKIPPED_RUN = 3
+_MAX_FPS = 1000.0  # a stated rate above this is a time-base artefact (DV in .dv states 60000), not a frame rate
+_AUDIO_GAP_S = 0.05  # a jump in audio timestamps longer than this is a dropout, filled with silence
 _X264_REF = re.compile(rb"x264 - core \d+.{0,2000}? ref=(\d+)", re.S)  # x264's settings SEI (first frame)
 _GAP_TOLERANCE_S = 0.5  # decoded data may end this much before the stream's claimed end
 # Opening a file normally (avformat_find_stream_info) decodes its first frames to learn codec
@@ -192,19 +205,36 @@ def _decode(source, name: str, start, end, config: DecodeConfig) -> Clip:
         raise MediaError(name, f"invalid DecodeConfig {config}")
     source = _input(source, name)
     rewind = source.tell() if hasattr(source, "tell") else None
-    try:
-        with _open(source, name, config, _HEADER_PROBE) as container:
-            return _decode_container(container, name, start, end, config, deadline, header_probe=True)
-    except _NeedsFullProbe:
-        pass
-    if rewind is not None:
-        source.seek(rewind)
-    with _open(source, name, config, None) as container:
-        return _decode_container(container, name, start, end, config, deadline, header_probe=False)
+    header_probe = skip = seek = True
+    while True:  # each retry turns one of the three off for good
+        try:
+            with _open(source, name, config, _HEADER_PROBE if header_probe else None) as container:
+                return _decode_container(container, name, start, end, config, deadline,
+                                         header_probe=header_probe, skip=skip, seek=seek)
+        except _NeedsFullProbe:
+            header_probe = False
+        except _SkipTooCoarse:
+            skip = False
+        except _ReadFromStart:
+            seek = False
+        if rewind is not None:
+            source.seek(rewind)
 
 
 class _NeedsFullProbe(Exception):
     """The header-only probe left out something decoding needs: open again with FFmpeg's full probe."""
+
+
+class _SkipTooCoarse(Exception):
+    """Skipping frames left a run too long to sample from (long B-frame runs): decode again, skipping none."""
+
+
+class _ReadFromStart(Exception):
+    """No clean keyframe precedes the window: open again and read from the start of the file.
+
+    (Seeking back to the start is not the same: a seek by time goes through the video's
+    index, whose first entry is its first keyframe, so audio before a late-starting video
+    is never read, and a seek on the audio stream can land past the video's first keyframe.)"""
 
 
 def _open(source, name: str, config: DecodeConfig, options: dict[str, str] | None):
@@ -250,7 +280,9 @@ def _streams(container, name: str):
 
 
 def _decode_container(container, name, start, end, config: DecodeConfig, deadline: float,
-                      header_probe: bool) -> Clip:
+                      header_probe: bool, skip: bool = True, seek: bool = True) -> Clip:
+    """skip: whether frames the samples do not need may be skipped (see _SkipTooCoarse);
+    seek: whether to seek to the window (see _ReadFromStart)."""
     import av
 
     vs, aus = _streams(container, name)
@@ -289,14 +321,14 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
     fps = None
     window_skip = "DEFAULT"
     if vs is not None:
-        rate = vs.average_rate or vs.guessed_rate or vs.base_rate
+        rate = next((r for r in (vs.average_rate, vs.guessed_rate, vs.base_rate) if r and r <= _MAX_FPS), None)
         fps = float(rate) if rate and timed else (1.0 / untimed_period if untimed_period else None)
         cc = vs.codec_context
         cc.thread_count = config.threads
         cc.thread_type = "AUTO"
         v_end = _stream_end(vs, t0)
         shown = (min(e, v_end) if v_end else e) - s  # seconds of video in the window (audio may run longer)
-        if fps and shown * fps >= _NONREF_FRAMES_PER_SAMPLE * T and timed:
+        if skip and fps and shown * fps >= _NONREF_FRAMES_PER_SAMPLE * T and timed:
             window_skip = "NONREF"  # _demux may upgrade this to BIDIR after reading x264's SEI
         # frames before the window matter only as references (see _LEAD_IN_S); frames
         # timed by counting must all be decoded
@@ -306,15 +338,18 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
     reorder_known = vs is not None and vs.codec_context.has_b_frames
 
     try:
-        from_keyframe = _seek(container, vs, t0 + s) if s > 0 and timed else False
+        # audio decoders need a little before the window to settle (MDCT overlap, Opus pre-roll)
+        preroll = _AUDIO_PREROLL_S if aus is not None else 0.0
+        seek = seek and s > 0 and timed and not (vs is None and _unreliable_seek(aus))
+        if seek:
+            _seek(container, vs, t0 + s - preroll, t0)
     except av.error.FFmpegError as e:
         raise MediaError(name, f"cannot seek to the window start {s:g} s; damaged index ({e.strerror or e})") from e
-    skip_step = 1.0 / fps if vs is not None and window_skip != "DEFAULT" else None
     period = 1.0 / fps if fps else 1e-3
-    video = _VideoSampler(samples, config, t0, vs.time_base, skip_step, s, e, period) if vs is not None else None
+    video = _VideoSampler(samples, config, t0, vs.time_base, vs.codec_context, s, e, period) if vs is not None else None
     audio = _AudioWindow(s, e, config.sample_rate, t0, aus.time_base) if aus is not None else None
     lead_in_end = s - _LEAD_IN_S if s > 0 else None
-    _demux(container, vs, aus, video, audio, deadline, name, config, from_keyframe, window_skip, lead_in_end)
+    data_end = _demux(container, vs, aus, video, audio, deadline, name, config, seek, window_skip, lead_in_end)
     if header_probe and vs is not None and not reorder_known and vs.codec_context.has_b_frames:
         # the stream reorders frames but its header did not say so: the decoder found out
         # mid-stream and may have dropped frames before that; the full probe measures it first
@@ -327,11 +362,11 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
     frames = frame_times = None
     width = height = None
     if video is not None:
-        frames, frame_times, rotation = video.result(name, claimed_end(vs))
+        frames, frame_times, rotation = video.result(name, claimed_end(vs), data_end)
         width, height = vs.codec_context.width, vs.codec_context.height
         if rotation % 180:
             width, height = height, width
-    wave = audio.result(name, claimed_end(aus)) if audio is not None else None
+    wave = audio.result(name, claimed_end(aus), data_end) if audio is not None else None
     if frames is None and wave is None:
         raise MediaError(name, f"neither video nor audio in the window [{s:g}, {e:g}) of {duration:.3f} s")
     return Clip(
@@ -445,33 +480,130 @@ def _scan_packets(container, streams, vs, t0: float, deadline: float, name: str)
 # sample takes, unless a variable-frame-rate gap longer than this precedes the window).
 _LEAD_IN_S = 0.5
 _SEEK_BACKOFF_S = (0.0, 1.0, 3.0, 10.0, 30.0, 120.0)  # how far before the window to seek, tried in turn
+_AUDIO_PREROLL_S = 0.2  # audio decoded before a window so that its first samples are settled (Opus needs 80 ms)
 
 
-def _seek(container, vs, t: float) -> bool:
-    """Position the demuxer so decoding can start at or before t seconds (container time).
+def _seek(container, vs, t: float, t0: float) -> None:
+    """Position the demuxer so decoding can start at or before t seconds (container time;
+    t0: the container's start time, which MPEG-TS makes negative after a timestamp wrap).
 
     mp4/mkv/webm/avi seek through their index to the keyframe before t. MPEG-TS/PS and
     index-less files seek by bisecting on timestamps and land on any packet, often a
-    P-frame that cannot be decoded; there the seek point moves back until a keyframe at
-    or before t follows it (from the start as a last resort), and the video packets
-    before that keyframe are dropped. Returns whether to drop them (the seek point was
-    found); False means reading from the start of the file.
+    P-frame that cannot be decoded; there the seek point moves back until a clean
+    keyframe (_clean_start) at or before t follows it, and the video packets before that
+    keyframe are to be dropped. Raises _ReadFromStart when no clean keyframe comes before t.
     """
     if vs is None:
-        container.seek(int(round(t * 1e6)), backward=True)
-        return False
+        container.seek(int(round(max(t0, t) * 1e6)), backward=True)
+        return
     for back in _SEEK_BACKOFF_S:
-        target = int(round(max(0.0, t - back) * 1e6))
+        target = int(round((t - back) * 1e6))
         container.seek(target, backward=True)
-        key = next((p for p in container.demux(vs) if p.size and p.is_keyframe), None)  # stops at the first
-        key_time = float(key.pts * key.time_base) if key is not None and key.pts is not None else None
+        key_time = _first_clean_key_time(container, vs, t)
         if key_time is not None and key_time <= t:
             container.seek(target, backward=True)  # the same point again, now to read from
-            return True
-        if target == 0:
+            return
+        if t - back < t0:  # before the start (a target below it is how MPEG-TS gets to its first byte)
             break
-    container.seek(0, backward=True)
+    raise _ReadFromStart
+
+
+def _first_clean_key_time(container, vs, t: float) -> float | None:
+    """Demuxing on from the current position: the time of the first video packet decoding can
+    start at (_clean_start), or None if none comes before packets decoded after t."""
+    for p in container.demux(vs):  # stops early: only packets up to t are read
+        if not p.size or p.time_base is None:
+            continue
+        if p.is_keyframe and _clean_start(vs, p):
+            return float(p.pts * p.time_base) if p.pts is not None else None
+        ts = p.dts if p.dts is not None else p.pts  # Matroska may leave dts unset
+        if ts is not None and float(ts * p.time_base) > t:
+            return None
+    return None
+
+
+def _unreliable_seek(aus) -> bool:
+    """Audio whose seeks land at the wrong time: ADPCM/G.72x in wav (FFmpeg seeks by a header
+    byte rate that FFmpeg 5.1 itself writes wrong). Cheap to decode from the start."""
+    return aus is not None and aus.codec_context.name.startswith(("adpcm", "g72"))
+
+
+def _clean_start(vs, packet) -> bool:
+    """Whether decoding can start at this keyframe-flagged packet and give exact frames.
+
+    Containers flag more than clean starts: mp4/TS mark H.264 recovery points, which
+    x264's intra refresh puts on P-frames that need a second of earlier frames, and AVI
+    indexes of packed-bitstream MPEG-4 (Xvid/DivX with B-frames) flag the placeholder
+    packet after an I-frame. H.264 counts IDR frames and I-frames (open GOP), HEVC its IRAP
+    pictures, MPEG-4 part 2 I-VOPs; other codecs' flags are taken as they are.
+    """
+    codec = vs.codec_context.name
+    if codec not in ("h264", "hevc", "mpeg4"):
+        return True
+    data = bytes(packet)
+    if codec == "mpeg4":
+        i = data.find(b"\x00\x00\x01\xb6")  # VOP start code, then vop_coding_type (0: I)
+        if i < 0:
+            return True
+        vop_end = data.find(b"\x00\x00\x01", i + 4)
+        # an N-VOP (not coded: packed bitstream's placeholder) is a 2-4 byte header; a coded
+        # I-VOP carries macroblocks after it (a tiny real one read as a placeholder only
+        # makes decoding start earlier)
+        return i + 4 < len(data) and data[i + 4] >> 6 == 0 and (vop_end if vop_end >= 0 else len(data)) - i - 4 > 4
+    extradata = vs.codec_context.extradata or b""
+    for nal in _nal_units(data, _nal_length_size(codec, extradata)):
+        if not nal:
+            continue
+        if codec == "hevc":
+            kind = (nal[0] >> 1) & 0x3F
+            if kind < 32:  # a picture: IRAP (BLA, IDR, CRA) or not
+                return 16 <= kind <= 23
+        else:
+            kind = nal[0] & 0x1F
+            if kind == 5:  # IDR
+                return True
+            if kind == 1:  # a non-IDR slice: clean only if it is an I (or SI) slice
+                return _h264_slice_type(nal) in (2, 4, 7, 9)  # I, SI
     return False
+
+
+def _nal_length_size(codec: str, extradata: bytes) -> int | None:
+    """Bytes of the NAL length prefix for avcC/hvcC (mp4, mkv) extradata; None for Annex B (TS, raw)."""
+    if codec == "h264" and len(extradata) > 4 and extradata[0] == 1:
+        return (extradata[4] & 3) + 1
+    if codec == "hevc" and len(extradata) > 21 and extradata[0] == 1:
+        return (extradata[21] & 3) + 1
+    return None
+
+
+def _nal_units(data: bytes, length_size: int | None):
+    """The NAL units of a packet (each from its header byte on), length-prefixed or Annex B."""
+    if length_size:
+        i = 0
+        while i + length_size <= len(data):
+            n = int.from_bytes(data[i:i + length_size], "big")
+            i += length_size
+            yield data[i:i + min(n, 16)]  # headers only: the first bytes are all that is read
+            i += n
+        return
+    i = data.find(b"\x00\x00\x01")
+    while i >= 0:
+        yield data[i + 3:i + 19]
+        i = data.find(b"\x00\x00\x01", i + 3)
+
+
+def _h264_slice_type(nal: bytes) -> int:
+    """slice_type of an H.264 slice NAL: the second Exp-Golomb number after its header byte."""
+    bits = "".join(f"{b:08b}" for b in nal[1:].replace(b"\x00\x00\x03", b"\x00\x00"))
+    pos = 0
+    value = -1
+    for _ in range(2):  # first_mb_in_slice, then slice_type
+        zeros = len(bits) - len(bits[pos:].lstrip("0")) - pos
+        if pos + 2 * zeros + 1 > len(bits):
+            return -1
+        value = int(bits[pos + zeros:pos + 2 * zeros + 1], 2) - 1
+        pos += 2 * zeros + 1
+    return value
 
 
 def _bidir_safe(vs, packet) -> bool:
@@ -488,10 +620,12 @@ def _bidir_safe(vs, packet) -> bool:
 
 
 def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyframe: bool,
-           window_skip: str, lead_in_end: float | None) -> None:
+           window_skip: str, lead_in_end: float | None) -> float:
     """One pass over the packets from the seek point, feeding the video sampler and audio window.
+    Returns where the packets read end (seconds after the container start; where the file's
+    data ends when a stream was not done before it).
 
-    from_keyframe: drop the video packets before the first keyframe (see _seek).
+    from_keyframe: drop the video packets before the first clean keyframe (after _seek).
     window_skip: the video decoder's skip_frame from the first packet shown at or after
     lead_in_end (seconds); before that it skips what the set-up chose (non-reference frames).
     """
@@ -501,6 +635,9 @@ def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyfra
     gop: list = []  # video packets since the last keyframe, in decode order
     errors = {"video": 0, "audio": 0}
     counts = {"video": 0, "audio": 0}
+    t0 = (video or audio).t0
+    time_base = {x.index: float(x.time_base) for x in streams if x.time_base}
+    data_end = -math.inf
 
     def decode_video(packets, until: float | None) -> None:
         # decode until every sample <= until is assigned (the frame after it has been seen)
@@ -545,12 +682,15 @@ def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyfra
             break
         if packet.size == 0:
             continue
+        if packet.pts is not None and packet.stream_index in time_base:
+            data_end = max(data_end, (packet.pts + (packet.duration or 0)) * time_base[packet.stream_index] - t0)
         if vs is not None and packet.stream_index == vs.index:
             if video.done:
                 if audio is None or audio.done:
                     break
                 continue
-            if from_keyframe and not packet.is_keyframe:
+            clean_key = packet.is_keyframe and _clean_start(vs, packet)
+            if from_keyframe and not clean_key:
                 continue
             from_keyframe = False
             counts["video"] += 1
@@ -558,8 +698,9 @@ def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyfra
                 vs.codec_context.skip_frame = "BIDIR"
                 if window_skip == "NONREF":
                     window_skip = "BIDIR"
-            if packet.is_keyframe:
+            if clean_key:
                 flush_gop(float(packet.pts * packet.time_base) - video.t0 if packet.pts is not None else None)
+            video.add_packet(packet)
             gop.append(packet)
         elif aus is not None and packet.stream_index == aus.index:
             if audio.done:
@@ -567,6 +708,7 @@ def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyfra
                     break
                 continue
             counts["audio"] += 1
+            audio.add_packet(packet)
             try:
                 audio.add(aus.codec_context.decode(packet))
             except av.error.FFmpegError:
@@ -588,21 +730,19 @@ def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyfra
     for kind in ("video", "audio"):
         if errors[kind] > max(2, counts[kind] // 5):
             raise MediaError(name, f"corrupt {kind} stream: {errors[kind]} of {counts[kind]} packets failed to decode")
+    return data_end
 
 
 class _VideoSampler:
-    """Picks, for each sample time, the last decoded frame shown at or before it (the nearest
-    decoded frame when frames are being skipped)."""
+    """Picks, for each sample time, the frame showing at it: the last decoded frame at or
+    before it, or the nearest decoded frame where the decoder skipped frames in between."""
 
     def __init__(self, samples: np.ndarray, config: DecodeConfig, t0: float, time_base,
-                 skip_step: float | None = None, start: float = 0.0, end: float = math.inf,
-                 period: float = 1e-3):
+                 decoder=None, start: float = 0.0, end: float = math.inf, period: float = 1e-3):
         self.samples = samples
-        # frame period (s) when frames are being skipped: a sample then takes the nearest
-        # decoded frame before the window end, not only the one showing at its time
-        self.skip_step = skip_step
+        self.decoder = decoder  # the video codec context: its skip_frame says whether frames are being skipped
         # frame period (s): times frames without any timestamp (by counting), and is how long
-        # the last frame shows
+        # the last frame shows when it states no duration
         self.period = period
         self.start, self.end = start, end  # the window, seconds
         # frame pts unit, as a float (Fraction arithmetic per frame costs more than the conversion);
@@ -614,7 +754,11 @@ class _VideoSampler:
         self.times = np.zeros(len(samples))
         self.i = 0  # next sample to assign
         self.prev = None  # (time, frame) of the last decoded frame
+        self.prev_end = -math.inf  # when the last decoded frame stops showing, if nothing follows it
         self.prev_rgb = None
+        # times (s) of the video packets demuxed so far, sorted: frames between two decoded
+        # ones were skipped (or dropped) where packets lie between them, held where none do
+        self.packet_times: list[float] = []
         from av.video.reformatter import VideoReformatter
 
         self.reformatter = VideoReformatter()
@@ -632,6 +776,16 @@ class _VideoSampler:
 
     def note(self, problem: str) -> None:
         self.problem = problem
+
+    def add_packet(self, packet) -> None:
+        pts = packet.pts if packet.pts is not None else packet.dts
+        if pts is not None and self.time_base:
+            bisect.insort(self.packet_times, pts * self.time_base - self.t0)
+
+    def _skipped(self, a: float, b: float) -> int:
+        """How many frames the stream has strictly between times a and b that were not decoded."""
+        i = bisect.bisect_right(self.packet_times, a)
+        return bisect.bisect_left(self.packet_times, b, lo=i) - i
 
     def _rgb(self) -> np.ndarray:
         if self.prev_rgb is None:
@@ -659,18 +813,23 @@ class _VideoSampler:
         if self.prev is not None and t <= self.prev[0]:
             return  # out-of-order / duplicate timestamp: keep the earlier one
         self.n_frames += 1
+        shows = frame.duration * self.time_base if frame.duration and self.time_base else self.period
         if self.prev is None:
-            self.prev, self.prev_rgb = (t, frame), None
+            self.prev, self.prev_end, self.prev_rgb = (t, frame), t + shows, None
             while not self.done and self.samples[self.i] < t:  # samples before the first frame
                 self._assign()
             return
-        gap = self.skip_step is not None and t - self.prev[0] > 1.5 * self.skip_step and t < self.end
+        skipped = self._skipped(self.prev[0], t)
+        if (skipped > _MAX_SKIPPED_RUN and self.next_sample < t and self.decoder is not None
+                and str(self.decoder.skip_frame) != "DEFAULT"):
+            raise _SkipTooCoarse
+        gap = skipped > 0 and t < self.end
         while not self.done and self.samples[self.i] < t:
             s = self.samples[self.i]
             if gap and t - s < s - self.prev[0]:
                 break  # frames between were skipped and this one is nearer: it takes the rest
             self._assign()
-        self.prev, self.prev_rgb = (t, frame), None
+        self.prev, self.prev_end, self.prev_rgb = (t, frame), t + shows, None
         while gap and not self.done and self.samples[self.i] < t:
             self._assign()
 
@@ -679,21 +838,27 @@ class _VideoSampler:
         self.times[self.i] = self.prev[0]
         self.i += 1
 
-    def result(self, name: str, claimed_end: float | None):
+    def result(self, name: str, claimed_end: float | None, data_end: float):
+        """claimed_end: where the stream says it ends; data_end: where the packets read end
+        (a stream that stops short is truncated only if the file's data does too: Matroska
+        states no stream durations, FFmpeg gives each the file's, so a video track shorter
+        than the audio would look truncated)."""
         if self.prev is None:
             why = f" ({self.problem})" if self.problem else ""
             raise MediaError(name, f"video stream yielded no decodable frames in the window{why}")
-        last = self.prev[0]
         if not self.done:
-            pending = self.next_sample
-            if claimed_end is not None and pending > last + _GAP_TOLERANCE_S and last + _GAP_TOLERANCE_S < claimed_end:
+            last = self.prev[0]
+            shown_until = self.prev_end + _GAP_TOLERANCE_S
+            if (claimed_end is not None and self.samples[-1] > shown_until and shown_until < claimed_end
+                    and data_end + _GAP_TOLERANCE_S < claimed_end):
                 why = f"; {self.problem}" if self.problem else ""
                 raise MediaError(name, f"truncated or corrupt video: frames stop at {last:.3f} s but the stream "
                                        f"claims {claimed_end:.3f} s{why}")
             while not self.done:
                 self._assign()
-        if np.all(self.times + self.period <= self.start + 1e-6) or np.all(self.times >= self.end - 1e-6):
-            return None, np.zeros(0), self.rotation  # the video ends before the window or starts after it
+        # the last frame decoded stops showing before the window, or the first comes after it
+        if self.prev_end <= self.start + 1e-6 or np.all(self.times >= self.end - 1e-6):
+            return None, np.zeros(0), self.rotation
         return np.stack(self.out), self.times, self.rotation
 
 
@@ -711,6 +876,7 @@ class _AudioWindow:
         self.last_in_end = None  # end time of the last decoded input frame
         self.done = False
         self.problem = None
+        self.packets = 0  # audio packets demuxed that reach into the window
 
     def _new_resampler(self):
         import av
@@ -719,6 +885,11 @@ class _AudioWindow:
 
     def note(self, problem: str) -> None:
         self.problem = problem
+
+    def add_packet(self, packet) -> None:
+        if packet.pts is None or not self.time_base or \
+                (packet.pts + (packet.duration or 0)) * self.time_base - self.t0 > self.start - 0.05:
+            self.packets += 1
 
     def add(self, frames) -> None:
         for f in frames:
@@ -733,6 +904,16 @@ class _AudioWindow:
                 continue
             if self.first_time is None:
                 self.first_time = t
+            elif t - self.last_in_end > _AUDIO_GAP_S:
+                # a dropout (lost packets, a broadcast glitch): the timestamps go on, so keep
+                # what follows in place with silence, as players do
+                self._take(self.resampler.resample(None))
+                self.resampler = self._new_resampler()
+                self.input_format = None
+                missing = round((min(t, self.end) - self.first_time) * self.rate) - self.n
+                if missing > 0:
+                    self.chunks.append(np.zeros(missing, np.float32))
+                    self.n += missing
             self.last_in_end = f_end
             f.pts = None  # let the resampler run on sample count alone; we track time ourselves
             fmt = (f.format.name, f.layout.name, f.sample_rate)
@@ -758,11 +939,14 @@ class _AudioWindow:
         if self.first_time is not None:
             self._take(self.resampler.resample(None))
 
-    def result(self, name: str, claimed_end: float | None) -> np.ndarray | None:
+    def result(self, name: str, claimed_end: float | None, data_end: float) -> np.ndarray | None:
+        """claimed_end, data_end: as for _VideoSampler.result."""
         want = int(round((self.end - self.start) * self.rate))
         if self.first_time is None:
             if claimed_end is not None and claimed_end <= self.start + _GAP_TOLERANCE_S:
                 return None  # the audio stream ends before this window
+            if self.packets == 0 and self.problem is None:
+                return None  # no packet of the stream reaches the window (it ended, or holds none)
             why = f" ({self.problem})" if self.problem else ""
             raise MediaError(name, f"audio stream yielded no decodable samples in the window{why}")
         buf = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
@@ -772,7 +956,7 @@ class _AudioWindow:
             i0 = 0
         got_end = self.start + (len(buf) - i0) / self.rate
         goal = min(self.end, claimed_end) if claimed_end is not None else self.end
-        if got_end < goal - _GAP_TOLERANCE_S:
+        if got_end < goal - _GAP_TOLERANCE_S and data_end + _GAP_TOLERANCE_S < goal:
             why = f"; {self.problem}" if self.problem else ""
             raise MediaError(name, f"truncated or corrupt audio: samples stop at {got_end:.3f} s but the stream "
                                    f"claims {goal:.3f} s{why}")

@@ -129,7 +129,8 @@ def write_video(
     audio: tuple[int, int, str | None] | None = None, pattern: str = "index",
     pix_fmt: str | None = None, options: dict[str, str] | None = None, freq: float = 440.0,
     rotation: float | None = None, seed: int = 0, container_options: dict[str, str] | None = None,
-    start: float = 0.0, audio_seconds: float | None = None,
+    start: float = 0.0, audio_seconds: float | None = None, video_delay: float = 0.0,
+    frame_times: list[float] | None = None, audio_gaps: list[tuple[float, float]] = (),
 ) -> Path:
     """Write a video (container from the extension: mp4/mkv/webm/avi/mov) and return its path.
 
@@ -140,19 +141,26 @@ def write_video(
     container_options: muxer options (e.g. {"movflags": "faststart"}). rotation:
     display-matrix rotation in degrees, if any. start: timestamp of the first frame and
     sample, seconds (rounded to a frame period), as in a capture cut from a longer stream.
+    video_delay: the video starts this much after the audio (seconds; screen recorders,
+    captures). frame_times: variable frame rate, frame i shown from frame_times[i] seconds
+    (millisecond timestamps; screen recordings hold a still picture for seconds).
+    audio_gaps: [(from, to)] seconds whose audio packets are dropped while the timestamps
+    go on, as a lossy transmission or a broadcast glitch leaves them.
     """
     import av
 
     path = Path(path)
     ext = path.suffix.lstrip(".").lower()
     fps = fractions.Fraction(fps).limit_denominator(1001)
-    n = max(1, round(seconds * fps))
+    n = max(1, round(seconds * fps)) if frame_times is None else len(frame_times)
     rng = np.random.default_rng(seed)
     with av.open(str(path), "w", options=container_options or {}) as container:
         vs = container.add_stream(codec, rate=fps)
         vs.width, vs.height = width, height
         vs.pix_fmt = pix_fmt or _PIX_FMT.get(codec, "yuv420p")
         vs.codec_context.thread_count = 1
+        if frame_times is not None:
+            vs.codec_context.time_base = fractions.Fraction(1, 1000)
         opts = {"preset": "veryfast"} if codec == "libx264" else {}
         if codec == "libvpx-vp9":
             opts = {"deadline": "realtime", "cpu-used": "8"}
@@ -165,28 +173,42 @@ def write_video(
             rate, channels, acodec = audio
             aus = container.add_stream(acodec or _AUDIO_FOR[ext], rate=rate)
             aus.layout = "mono" if channels == 1 else "stereo"
+        first = round(start * fps) + round(video_delay * fps)
         for i in range(n):
-            frame = av.VideoFrame.from_ndarray(_picture(i, float(i / fps), width, height, pattern, rng), format="rgb24")
-            frame.pts, frame.time_base = i + round(start * fps), 1 / fps
+            t = float(i / fps) if frame_times is None else frame_times[i]
+            frame = av.VideoFrame.from_ndarray(_picture(i, t, width, height, pattern, rng), format="rgb24")
+            if frame_times is None:
+                frame.pts, frame.time_base = first + i, 1 / fps
+            else:
+                frame.pts, frame.time_base = round((start + video_delay + t) * 1000), fractions.Fraction(1, 1000)
             container.mux(vs.encode(frame))
         container.mux(vs.encode(None))
         if aus is not None:
             a_seconds = float(n / fps) if audio_seconds is None else audio_seconds
-            _encode_audio(container, aus, tone(a_seconds, aus.rate, channels, freq), round(start * fps) / fps)
+            _encode_audio(container, aus, tone(a_seconds, aus.rate, channels, freq), round(start * fps) / fps,
+                          audio_gaps)
     return path
 
 
-def _encode_audio(container, stream, samples: np.ndarray, start: float = 0.0) -> None:
+def _encode_audio(container, stream, samples: np.ndarray, start: float = 0.0,
+                  gaps: list[tuple[float, float]] = ()) -> None:
     import av
 
     layout = "mono" if samples.shape[0] == 1 else "stereo"
     step = 1024
+
+    def mux(packets):
+        for p in packets:  # a packet inside a gap is lost; the timestamps of the others stay
+            t = float(p.pts * p.time_base) - start if p.pts is not None else None
+            if t is None or not any(a <= t < b for a, b in gaps):
+                container.mux(p)
+
     for begin in range(0, samples.shape[1], step):
         frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, begin:begin + step]), format="fltp", layout=layout)
         frame.sample_rate, frame.time_base = stream.rate, fractions.Fraction(1, stream.rate)
         frame.pts = begin + round(start * stream.rate)
-        container.mux(stream.encode(frame))
-    container.mux(stream.encode(None))
+        mux(stream.encode(frame))
+    mux(stream.encode(None))
 
 
 def write_audio(

@@ -123,14 +123,17 @@ def test_long_clip_skips_frames_but_spans_window(media):
     assert got[0] <= 8 and got[-1] >= 108
 
 
-@pytest.mark.parametrize("seconds,gop,start,end,decode_from", [
-    (3.0, 250, 1.0, 2.6, 0.0),  # one keyframe: read from the start
-    (12.0, 15, 9.0, 10.2, 6.0),  # 1 s GOPs: from a keyframe shortly before the window
+@pytest.mark.parametrize("seconds,gop,start,end,decode_from,ts_offset", [
+    (3.0, 250, 1.0, 2.6, 0.0, 0),  # one keyframe: read from the start
+    (12.0, 15, 9.0, 10.2, 6.0, 0),  # 1 s GOPs: from a keyframe shortly before the window
+    # timestamps that wrap around 2**33 ticks within the file (a capture from a running
+    # broadcast): FFmpeg unwraps them to a negative start time
+    (6.0, 15, 3.0, 4.2, 1.0, 95440),
 ])
-def test_window_in_mpegts(media, seconds, gop, start, end, decode_from):
+def test_window_in_mpegts(media, seconds, gop, start, end, decode_from, ts_offset):
     # MPEG-TS seeks by bisecting on timestamps and lands on any packet, usually a P-frame
-    path = mediagen.write_video(media / f"gop{gop}.ts", seconds, 96, 64, 15, audio=(48000, 2, "aac"),
-                                options={"g": str(gop)})
+    path = mediagen.write_video(media / f"gop{gop}_{ts_offset}.ts", seconds, 96, 64, 15, audio=(48000, 2, "aac"),
+                                options={"g": str(gop)}, container_options={"output_ts_offset": str(ts_offset)})
     clip = decode_clip(path, start, end)
     got = np.array(indices(clip))
     # the video starts a little after the audio (AAC priming) in TS: frame k shows from
@@ -145,7 +148,8 @@ def test_window_in_mpegts(media, seconds, gop, start, end, decode_from):
 
     with av.open(str(path)) as container:  # where decoding starts: the last keyframe before the window
         t0, vs = container.start_time / 1e6, container.streams.video[0]
-        assert media_module._seek(container, vs, t0 + start)
+        assert (t0 < 0) == (ts_offset > 0)
+        media_module._seek(container, vs, t0 + start, t0)
         key = next(p for p in container.demux(vs) if p.is_keyframe)
         assert decode_from <= float(key.pts * key.time_base) - t0 <= start
 
@@ -195,11 +199,11 @@ def test_full_probe_fallback_rewinds_file_objects(av_clip, monkeypatch):
     decode_container = media_module._decode_container
     opens = []
 
-    def header_probe_fails(container, *args, header_probe):
+    def header_probe_fails(container, *args, header_probe, **kwargs):
         opens.append(header_probe)
         if header_probe:
             raise media_module._NeedsFullProbe
-        return decode_container(container, *args, header_probe=header_probe)
+        return decode_container(container, *args, header_probe=header_probe, **kwargs)
 
     monkeypatch.setattr(media_module, "_decode_container", header_probe_fails)
     with open(av_clip, "rb") as f:
@@ -262,6 +266,59 @@ def test_video_shorter_than_audio(media):
     assert after.frames is None and not after.has_video and len(after.audio) == 16000
     assert after.frame_times.shape == (0,)
     assert decode_clip(path, 1.5, 3.0).has_video  # the video shows until 2 s
+
+
+@pytest.mark.parametrize("ext", ["mkv", "mp4", "ts"])
+def test_audio_before_a_late_video(media, ext):
+    """Video that starts 2 s after the audio (screen recorders, captures): a window before
+    the video, or across its start, has all its audio. (A seek by time goes through the
+    video's index, whose first entry is at 2 s: the audio before it was lost as silence.)"""
+    path = mediagen.write_video(media / f"late_video.{ext}", 2.0, 64, 48, 10, audio=(16000, 1, "aac"),
+                                video_delay=2.0, audio_seconds=4.0)
+    whole = decode_clip(path)
+    for start, end in [(0.5, 1.5), (1.5, 2.5)]:
+        clip = decode_clip(path, start, end)
+        assert len(clip.audio) == 16000 and np.sqrt(np.mean(clip.audio ** 2)) > 0.3  # the tone, not silence
+        np.testing.assert_allclose(clip.audio, whole.audio[int(start * 16000):int(end * 16000)], atol=0.02)
+    assert decode_clip(path, 0.5, 1.5).frames is None  # the video shows nothing before 2 s
+    clip = decode_clip(path, 2.5, 3.5)  # frame k shows from 2 s + k / 10 (in TS a little later: AAC priming)
+    offset = clip.frame_times - np.array(indices(clip)) / 10
+    np.testing.assert_allclose(offset, offset[0], atol=1e-6)
+    assert 2.0 <= offset[0] < 2.1
+    samples = 2.5 + (np.arange(16) + 0.5) / 16
+    assert np.all((clip.frame_times <= samples + 1e-6) & (samples < clip.frame_times + 0.1))
+
+
+@pytest.mark.parametrize("ext", ["mkv", "mp4"])
+def test_audio_dropout_keeps_timing(media, ext):
+    """Audio packets lost between 2 s and 3 s while the timestamps go on: silence there, and
+    the audio after it in place (not 1 s early, nor a 'truncated' error)."""
+    path = mediagen.write_video(media / f"dropout.{ext}", 4.0, 64, 48, 10, audio=(48000, 1, "aac"),
+                                audio_gaps=[(2.0, 3.0)])
+    clip = decode_clip(path)
+
+    def rms(a, b):
+        return float(np.sqrt(np.mean(clip.audio[int(a * 16000):int(b * 16000)] ** 2)))
+
+    assert len(clip.audio) == pytest.approx(64000, abs=400)
+    assert rms(1.0, 1.95) > 0.3 and rms(2.05, 2.95) < 0.01 and rms(3.05, 3.95) > 0.3
+    window = decode_clip(path, 2.5, 3.5)
+    np.testing.assert_allclose(window.audio, clip.audio[40000:56000], atol=0.02)
+
+
+@pytest.mark.parametrize("ext", ["mp4", "mkv"])
+def test_held_frame_shows_until_the_next(media, ext):
+    """Variable frame rate with a still stretch (a screen recording): frames at 0..1 s, then
+    none until 8 s. The frame at 1 s shows until 8 s: samples in between take it, and a
+    window inside the still stretch has video."""
+    times = [i / 10 for i in range(11)] + [8 + i / 10 for i in range(11)]
+    path = mediagen.write_video(media / f"held.{ext}", fps=10, frame_times=times)
+    clip = decode_clip(path)
+    samples = (np.arange(16) + 0.5) * clip.duration / 16
+    held = (samples >= 1.0) & (samples < 8.0)
+    assert held.sum() == 12 and all(i == 10 for i, h in zip(indices(clip), held) if h)
+    assert np.all(clip.frame_times[held] == pytest.approx(1.0))
+    assert indices(decode_clip(path, 3.0, 6.0)) == [10] * 16
 
 
 def test_cover_art_is_not_video(media):
@@ -626,6 +683,49 @@ def test_short_window_skips_only_frames_before_it(media, ref):
     assert 3 in {k for _, k in full.values()}  # there were B-frames before the window to skip
 
 
+# ----------------------------------------------------------------------------- streams as real encoders structure them
+
+
+def _assert_exact_showing_frames(path: Path, clip: Clip, start: float, end: float, max_off: int = 0) -> None:
+    """Each sampled frame equals a full decode's frame at its time, and is the frame showing at
+    its sample time, or at most max_off frames from it."""
+    import av
+
+    with av.open(str(path)) as c:
+        t0 = c.start_time / 1e6 if c.start_time is not None else 0.0
+    full = _full_decode(path, clip.frames.shape[2], clip.frames.shape[3])
+    times = np.array(sorted(full)) - t0
+    samples = start + (np.arange(len(clip.frame_times)) + 0.5) * (end - start) / len(clip.frame_times)
+    for img, t, s in zip(clip.frames, clip.frame_times, samples):
+        np.testing.assert_array_equal(img, full[round(float(t + t0), 6)][0])
+        showing = np.searchsorted(times, s + 1e-5) - 1  # full decode times are rounded to 1 us
+        assert abs(np.searchsorted(times, t - 1e-5) - showing) <= max_off, (t, s)
+
+
+@pytest.mark.parametrize("ext", ["mp4", "ts"])
+def test_intra_refresh_stream(media, ext):
+    """x264 intra refresh: one IDR frame, then P-frames that refresh a column at a time; the
+    container flags recovery points (mp4 sync samples, TS random access) on P-frames that
+    need the second of frames before them. Decoding must not start at them, neither when
+    skipping keyframe intervals without samples nor when seeking to a window."""
+    path = mediagen.write_video(media / f"refresh.{ext}", 6.0, 96, 64, 15, pattern="texture",
+                                options={"x264-params": "intra-refresh=1:keyint=15"})
+    config = DecodeConfig(num_frames=4, height=32, width=48)  # samples in 4 of 6 refresh periods
+    clip = decode_clip(path, config=config)  # B-frames skipped: each sample the nearest decoded frame
+    _assert_exact_showing_frames(path, clip, 0.0, clip.duration, max_off=2)
+    _assert_exact_showing_frames(path, decode_clip(path, 2.2, 3.2, config=config), 2.2, 3.2)
+
+
+def test_long_b_frame_runs_are_decoded(media):
+    """x264 --bframes 16 without b-pyramid: 16 B-frames in a row, none a reference. Skipping
+    them would leave samples up to 8 frames from their time; the clip is decoded again with
+    nothing skipped, and every sample is the frame showing at its time."""
+    path = mediagen.write_video(media / "bframes16.mp4", 4.0, 96, 64, 30, pattern="texture",
+                                options={"preset": "medium", "x264-params": "bframes=16:b-adapt=0:b-pyramid=none"})
+    config = DecodeConfig(num_frames=8, height=32, width=48)  # 15 frames per sample: skipping is tried
+    _assert_exact_showing_frames(path, decode_clip(path, config=config), 0.0, 4.0)
+
+
 def test_main_video_track_not_a_thumbnail(media):
     """An mp4 whose first video track is a small preview: the clip is the largest track, as players pick."""
     import av
@@ -649,3 +749,114 @@ def test_main_video_track_not_a_thumbnail(media):
     clip = decode_clip(path)
     assert (clip.width, clip.height) == (160, 120)
     assert indices(clip) == expected_indices(0, 2.0, 10, 20)
+
+
+def test_audio_track_without_packets(media):
+    """A declared audio track that holds no audio (a recorder that never got sound): no audio, not an error."""
+    import av
+
+    path = media / "mute_track.mkv"
+    with av.open(str(path), "w") as c:
+        video = c.add_stream("libx264", rate=10)
+        video.width, video.height, video.pix_fmt = 64, 48, "yuv420p"
+        audio = c.add_stream("aac", rate=16000)
+        audio.layout = "mono"
+        for i in range(20):
+            frame = av.VideoFrame.from_ndarray(mediagen._picture(i, i / 10, 64, 48, "index", None), format="rgb24")
+            frame.pts, frame.time_base = i, fractions.Fraction(1, 10)
+            for p in video.encode(frame):
+                c.mux(p)
+        for p in [*video.encode(None), *audio.encode(None)]:
+            c.mux(p)
+    clip = decode_clip(path)
+    assert clip.audio is None and not clip.has_audio
+    assert indices(clip) == expected_indices(0, 2.0, 10, 20)
+
+
+def test_dv_frame_rate(media):
+    """Raw DV (.dv) states an average rate of 60000 fps (its time base); the frame rate is 25."""
+    import av
+
+    path = media / "pal.dv"
+    with av.open(str(path), "w", format="dv") as c:
+        video = c.add_stream("dvvideo", rate=25)
+        video.width, video.height, video.pix_fmt = 720, 576, "yuv420p"
+        for i in range(25):
+            frame = av.VideoFrame.from_ndarray(mediagen._picture(i, i / 25, 720, 576, "index", None), format="rgb24")
+            frame.pts, frame.time_base = i, fractions.Fraction(1, 25)
+            for p in video.encode(frame):
+                c.mux(p)
+        for p in video.encode(None):
+            c.mux(p)
+    clip = decode_clip(path)
+    assert clip.fps == 25.0 and clip.duration == pytest.approx(1.0)
+    assert indices(clip) == expected_indices(0, 1.0, 25, 25)
+
+
+def _beep_onset(audio: np.ndarray, rate: int = 16000) -> float:
+    """Seconds into `audio` where a 1760 Hz beep starts (its energy first passes half its peak)."""
+    hop = 32
+    frames = np.lib.stride_tricks.sliding_window_view(audio, 256)[::hop]
+    k = np.exp(-2j * np.pi * 1760 * np.arange(256) / rate)
+    power = np.abs(frames @ k)
+    return float(np.argmax(power > 0.5 * power.max()) * hop + 128) / rate
+
+
+def test_adpcm_wav_window_is_on_time(media):
+    """ADPCM wav as FFmpeg 5.1 (Debian 12's ffmpeg) writes it states a byte rate that does not
+    fit its blocks; FFmpeg seeks by it and lands at the wrong time (its own ffmpeg -ss is
+    late too). Such files are decoded from the start, and a window's audio is where it belongs."""
+    import av
+
+    rate = 22050
+    signal = np.zeros((1, 4 * rate), np.float32)
+    t = np.arange(int(0.1 * rate)) / rate
+    signal[0, 2 * rate:2 * rate + len(t)] = 0.5 * np.sin(2 * np.pi * 1760 * t)  # a beep at 2.0 s
+    path = media / "adpcm.wav"
+    with av.open(str(path), "w") as c:
+        stream = c.add_stream("adpcm_ima_wav", rate=rate)
+        stream.layout = "mono"
+        mediagen._encode_audio(c, stream, signal)
+    data = bytearray(path.read_bytes())
+    assert data[12:16] == b"fmt " and data[22:28] == (1).to_bytes(2, "little") + rate.to_bytes(4, "little")
+    data[28:32] = (16000).to_bytes(4, "little")  # the fmt chunk's byte rate, as FFmpeg 5.1 writes it
+    path.write_bytes(bytes(data))
+    assert _beep_onset(decode_clip(path).audio) == pytest.approx(2.0, abs=0.01)
+    assert _beep_onset(decode_clip(path, 1.3, 3.0).audio) == pytest.approx(0.7, abs=0.01)
+
+
+def test_window_audio_starts_settled(media):
+    """Opus needs 80 ms of audio before a point to decode it right: a window's first samples
+    equal the whole clip's (up to the sub-millisecond rounding of WebM's timestamps), not a
+    ramp or noise from a decoder started at the window."""
+    path = mediagen.write_video(media / "opus.webm", 3.0, 64, 48, 15, codec="libvpx-vp9", audio=(48000, 2, "libopus"),
+                                options={"g": "15"})
+    whole = decode_clip(path).audio
+    for start in (1.0, 2.0):  # on a keyframe
+        window = decode_clip(path, start, start + 0.9).audio
+        i = int(start * 16000)
+
+        def error(lag, a, b):
+            return np.abs(window[a:b] - whole[i + lag + a:i + lag + b]).max()
+
+        lag = min(range(-16, 17), key=lambda lag: error(lag, 2000, 6000))  # within 1 ms (the tone's period is 2.3 ms)
+        assert error(lag, 2000, 6000) < 0.01
+        assert error(lag, 0, 640) < 0.02  # the first 40 ms too
+
+
+def test_packed_bitstream_placeholder_is_not_a_clean_start():
+    """Xvid/DivX AVIs with B-frames (packed bitstream) follow each I-frame with a 6-byte
+    N-VOP (not coded) that their index flags as a keyframe; decoding from it has no
+    reference. A coded I-VOP is a clean start, the placeholder is not."""
+    import av
+
+    frames = [av.VideoFrame.from_ndarray(mediagen._picture(i, i / 10, 64, 48, "texture", np.random.default_rng(i)),
+                                         format="rgb24") for i in range(3)]
+    encoder = av.CodecContext.create("mpeg4", "w")
+    encoder.width, encoder.height, encoder.pix_fmt, encoder.time_base = 64, 48, "yuv420p", fractions.Fraction(1, 10)
+    packets = [p for i, f in enumerate(frames) for p in encoder.encode(f)] + list(encoder.encode(None))
+    stream = type("Stream", (), {"codec_context": type("Context", (), {"name": "mpeg4", "extradata": b""})()})()
+    intra = packets[0]
+    assert intra.is_keyframe and media_module._clean_start(stream, intra)
+    placeholder = av.Packet(b"\x00\x00\x01\xb6\x15\x7f")  # vop_coding_type 0 (I), vop_coded 0
+    assert not media_module._clean_start(stream, placeholder)
