@@ -206,7 +206,7 @@ def _decode(source, name: str, start, end, config: DecodeConfig) -> Clip:
     source = _input(source, name)
     rewind = source.tell() if hasattr(source, "tell") else None
     header_probe = skip = seek = True
-    while True:  # each retry turns one of the three off for good
+    for _ in range(4):  # each retry turns one of the three off for good
         try:
             with _open(source, name, config, _HEADER_PROBE if header_probe else None) as container:
                 return _decode_container(container, name, start, end, config, deadline,
@@ -219,6 +219,7 @@ def _decode(source, name: str, start, end, config: DecodeConfig) -> Clip:
             seek = False
         if rewind is not None:
             source.seek(rewind)
+    raise MediaError(name, "cannot decode: opened four times without a usable pass")
 
 
 class _NeedsFullProbe(Exception):
