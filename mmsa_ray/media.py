@@ -284,8 +284,6 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
                       header_probe: bool, skip: bool = True, seek: bool = True) -> Clip:
     """skip: whether frames the samples do not need may be skipped (see _SkipTooCoarse);
     seek: whether to seek to the window (see _ReadFromStart)."""
-    import av
-
     vs, aus = _streams(container, name)
     rotation = 0
     if vs is not None:
@@ -338,14 +336,11 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
         aus.codec_context.thread_count = 1
     reorder_known = vs is not None and vs.codec_context.has_b_frames
 
-    try:
-        # audio decoders need a little before the window to settle (MDCT overlap, Opus pre-roll)
-        preroll = _AUDIO_PREROLL_S if aus is not None else 0.0
-        seek = seek and s > 0 and timed and not (vs is None and _unreliable_seek(aus))
-        if seek:
-            _seek(container, vs, t0 + s - preroll, t0)
-    except av.error.FFmpegError as e:
-        raise MediaError(name, f"cannot seek to the window start {s:g} s; damaged index ({e.strerror or e})") from e
+    # audio decoders need a little before the window to settle (MDCT overlap, Opus pre-roll)
+    preroll = _AUDIO_PREROLL_S if aus is not None else 0.0
+    seek = seek and s > 0 and timed and not (vs is None and _unreliable_seek(aus))
+    if seek:
+        _seek(container, vs, t0 + s - preroll, t0)
     period = 1.0 / fps if fps else 1e-3
     video = _VideoSampler(samples, config, t0, vs.time_base, vs.codec_context, s, e, period) if vs is not None else None
     audio = _AudioWindow(s, e, config.sample_rate, t0, aus.time_base) if aus is not None else None
@@ -492,20 +487,29 @@ def _seek(container, vs, t: float, t0: float) -> None:
     index-less files seek by bisecting on timestamps and land on any packet, often a
     P-frame that cannot be decoded; there the seek point moves back until a clean
     keyframe (_clean_start) at or before t follows it, and the video packets before that
-    keyframe are to be dropped. Raises _ReadFromStart when no clean keyframe comes before t.
+    keyframe are to be dropped. Raises _ReadFromStart when no clean keyframe comes before t,
+    or FFmpeg refuses the seek (a damaged index).
     """
-    if vs is None:
-        container.seek(int(round(max(t0, t) * 1e6)), backward=True)
-        return
-    for back in _SEEK_BACKOFF_S:
-        target = int(round((t - back) * 1e6))
-        container.seek(target, backward=True)
-        key_time = _first_clean_key_time(container, vs, t)
-        if key_time is not None and key_time <= t:
-            container.seek(target, backward=True)  # the same point again, now to read from
+    import av
+
+    # AVI and FLV refuse negative targets; MPEG-TS starts below 0 after a timestamp wrap, and
+    # gets to its first byte only with a target below its start
+    lowest = 0.0 if t0 >= 0 else t0 - 1.0
+    try:
+        if vs is None:
+            container.seek(int(round(max(lowest, t) * 1e6)), backward=True)
             return
-        if t - back < t0:  # before the start (a target below it is how MPEG-TS gets to its first byte)
-            break
+        for back in _SEEK_BACKOFF_S:
+            target = int(round(max(lowest, t - back) * 1e6))
+            container.seek(target, backward=True)
+            key_time = _first_clean_key_time(container, vs, t)
+            if key_time is not None and key_time <= t:
+                container.seek(target, backward=True)  # the same point again, now to read from
+                return
+            if t - back < t0:  # tried from before the start
+                break
+    except av.error.FFmpegError:  # a refused seek (a damaged index): the start is always a way in
+        pass
     raise _ReadFromStart
 
 
@@ -730,7 +734,8 @@ def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyfra
         audio.finish()
     for kind in ("video", "audio"):
         if errors[kind] > max(2, counts[kind] // 5):
-            raise MediaError(name, f"corrupt {kind} stream: {errors[kind]} of {counts[kind]} packets failed to decode")
+            failed = min(errors[kind], counts[kind])  # (a failed drain at the end counts as one more)
+            raise MediaError(name, f"corrupt {kind} stream: {failed} of {counts[kind]} packets failed to decode")
     return data_end
 
 

@@ -268,6 +268,20 @@ def test_video_shorter_than_audio(media):
     assert decode_clip(path, 1.5, 3.0).has_video  # the video shows until 2 s
 
 
+@pytest.mark.parametrize("ext,codec,audio_codec", [("avi", "mpeg4", "libmp3lame"), ("avi", "mjpeg", "pcm_s16le"),
+                                                    ("flv", "libx264", "aac")])
+def test_window_near_the_start(media, ext, codec, audio_codec):
+    """Windows that start within a second of the file's start: the seek back (audio
+    pre-roll, a keyframe before the window) reaches below 0, which AVI and FLV refuse;
+    decoding starts at the file's start instead."""
+    path = mediagen.write_video(media / f"early_{codec}.{ext}", 3.0, 96, 64, 15, codec=codec,
+                                audio=(44100, 1, audio_codec))
+    for start in (0.1, 0.3, 0.35):
+        clip = decode_clip(path, start, start + 1.0)
+        _assert_exact_showing_frames(path, clip, start, start + 1.0)
+        assert len(clip.audio) == 16000 and abs(peak_hz(clip.audio, 16000) - 440) < 5
+
+
 @pytest.mark.parametrize("ext", ["mkv", "mp4", "ts"])
 def test_audio_before_a_late_video(media, ext):
     """Video that starts 2 s after the audio (screen recorders, captures): a window before
