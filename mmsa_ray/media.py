@@ -687,8 +687,10 @@ def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyfra
             break
         if packet.size == 0:
             continue
+        packet_end = None  # seconds after the container start, when the packet has a timestamp
         if packet.pts is not None and packet.stream_index in time_base:
-            data_end = max(data_end, (packet.pts + (packet.duration or 0)) * time_base[packet.stream_index] - t0)
+            packet_end = (packet.pts + (packet.duration or 0)) * time_base[packet.stream_index] - t0
+            data_end = max(data_end, packet_end)
         if vs is not None and packet.stream_index == vs.index:
             if video.done:
                 if audio is None or audio.done:
@@ -713,7 +715,7 @@ def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyfra
                     break
                 continue
             counts["audio"] += 1
-            audio.add_packet(packet)
+            audio.add_packet(packet_end)
             try:
                 audio.add(aus.codec_context.decode(packet))
             except av.error.FFmpegError:
@@ -892,9 +894,9 @@ class _AudioWindow:
     def note(self, problem: str) -> None:
         self.problem = problem
 
-    def add_packet(self, packet) -> None:
-        if packet.pts is None or not self.time_base or \
-                (packet.pts + (packet.duration or 0)) * self.time_base - self.t0 > self.start - 0.05:
+    def add_packet(self, end: float | None) -> None:
+        """An audio packet was demuxed that ends at `end` seconds (None: untimed)."""
+        if end is None or end > self.start - 0.05:
             self.packets += 1
 
     def add(self, frames) -> None:
@@ -913,9 +915,7 @@ class _AudioWindow:
             elif t - self.last_in_end > _AUDIO_GAP_S:
                 # a dropout (lost packets, a broadcast glitch): the timestamps go on, so keep
                 # what follows in place with silence, as players do
-                self._take(self.resampler.resample(None))
-                self.resampler = self._new_resampler()
-                self.input_format = None
+                self._restart_resampler()
                 missing = round((min(t, self.end) - self.first_time) * self.rate) - self.n
                 if missing > 0:
                     self.chunks.append(np.zeros(missing, np.float32))
@@ -927,13 +927,18 @@ class _AudioWindow:
                 # the stream changed rate or channels mid-way (joined recordings, broadcast
                 # captures): a resampler takes one input format, so drain it and start another
                 if self.input_format is not None:
-                    self._take(self.resampler.resample(None))
-                    self.resampler = self._new_resampler()
+                    self._restart_resampler()
                 self.input_format = fmt
             self._take(self.resampler.resample(f))
             if f_end >= self.end:
                 self.done = True
                 return
+
+    def _restart_resampler(self) -> None:
+        """Drain the resampler into the output and start a fresh one (its input may change)."""
+        self._take(self.resampler.resample(None))
+        self.resampler = self._new_resampler()
+        self.input_format = None
 
     def _take(self, out) -> None:
         for g in out:
