@@ -5,7 +5,7 @@
                                                     one error row per clip that fails
         ─► map_batches(BackboneEncoder)            actor pool (--actors, --gpus-per-actor):
                                                     frozen r3d_18 + BERT -> embeddings
-        ─► write_parquet(<cache>/<key>/.<split>.tmp-*) ─► rename to <cache>/<key>/<split>, _COMPLETE
+        ─► Parquet in record order (sink.py)       <cache>/<key>/.<split>.tmp-* ─► rename to <cache>/<key>/<split>, _COMPLETE
 
 One output row per clip (`OUTPUT_SCHEMA`): id, emotion_index, sentiment_index, split,
 video_emb list<float32> [512], text_emb list<float32> [hidden], audio list<float16>
@@ -40,9 +40,13 @@ import numpy as np
 
 from mmsa_ray.features import DEFAULT_MEL_SHAPE
 from mmsa_ray.labels import MODALITIES, parse_modalities
+from mmsa_ray.sink import ordered_parquet_datasink
 
 COMPLETE = "_COMPLETE"
 MODEL_DIR = "model"  # <cache>/<key>/model: the model whose frozen encoders made these features
+# A cached row is ~42 KB (the float16 log-mel dominates): files of ~43 MB, read in blocks of ~2.7 MB.
+CACHE_ROWS_PER_FILE = 1024
+CACHE_ROW_GROUP_ROWS = 64
 
 
 def default_cache_dir(storage_path: str | None = None) -> str:
@@ -361,12 +365,13 @@ def featurize_records(records, model, split: str, *, modalities=MODALITIES, cach
         batch_size=batch_size, batch_format="numpy", num_gpus=gpus_per_actor, num_cpus=1 if gpus_per_actor == 0 else 0.5,
         compute=ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, actors)),
     )
+    # Rows in record order, so the cache is deterministic: preserve_order on the dataset's own
+    # context (a Dataset copies the global DataContext when it is created), and a sink that
+    # keeps each write task's rows in order (Ray's own may reorder them within a file).
+    ds.context.execution_options.preserve_order = True
     tmp = base / f".{split}.tmp-{uuid.uuid4().hex[:8]}"
-    ctx = ray.data.DataContext.get_current()
-    preserve = ctx.execution_options.preserve_order
-    ctx.execution_options.preserve_order = True  # rows in record order: a deterministic cache
     try:
-        ds.write_parquet(str(tmp))
+        ds.write_datasink(ordered_parquet_datasink(str(tmp), CACHE_ROWS_PER_FILE, row_group_rows=CACHE_ROW_GROUP_ROWS))
         import pyarrow.dataset as pads
 
         table = pads.dataset(str(tmp), format="parquet").to_table(columns=["id", "error"])
@@ -380,7 +385,6 @@ def featurize_records(records, model, split: str, *, modalities=MODALITIES, cach
             shutil.rmtree(out)
         os.rename(tmp, out)
     finally:
-        ctx.execution_options.preserve_order = preserve
         shutil.rmtree(tmp, ignore_errors=True)
         staging.unlink(missing_ok=True)
     res = FeaturizeResult(str(out), key, split, rows, errors, reused=False, seconds=time.time() - t0)

@@ -7,7 +7,7 @@ final counts comes back to the driver):
       ─► OUT/_staging/*.parquet ─► read_parquet
       ─► repartition(decode_batch_size rows) ─► decode + features   (CPU tasks)
       ─► LabelPredictor                        (actor pool, CPU or GPU)
-      ─► write_parquet(OUT)                    (fixed LABEL_SCHEMA, atomic files)
+      ─► Parquet files in OUT (sink.py)        (fixed LABEL_SCHEMA, atomic files)
 
 INPUT is a directory (searched recursively for media extensions), a glob, or a manifest
 (.csv / .parquet / .jsonl with a `path` column and optional `id`, `transcript`, `start`,
@@ -83,6 +83,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from mmsa_ray.sink import ordered_parquet_datasink
 from mmsa_ray.sources import MEDIA_EXTENSIONS, float_or_none, list_sources, resolve
 
 FEATURE_KEYS = ("video", "audio", "input_ids", "attention_mask", "mask")
@@ -521,31 +522,6 @@ class LabelPredictor:
         return pa.Table.from_pydict(columns, schema=LABEL_SCHEMA)
 
 
-# ----------------------------------------------------------------------------- sink
-
-
-def _atomic_parquet_datasink(path: str, rows_per_file: int):
-    """Ray's ParquetDatasink, except each file is written as `.<name>.inprogress` and
-    renamed when complete (one file per write task; no partitioning)."""
-    import pyarrow.parquet as pq
-    from ray.data._internal.datasource.parquet_datasink import ParquetDatasink
-
-    class AtomicParquetDatasink(ParquetDatasink):
-        def _write_parquet_files(self, tables, filename, output_schema, write_uuid, write_kwargs, partitioning_flavor):
-            template = self._get_basename_template(filename, write_uuid)
-            table = pa.concat_tables([t.cast(output_schema) for t in tables])
-            for i, offset in enumerate(range(0, table.num_rows, rows_per_file)):
-                # `<task file name>-<i>.parquet`: Ray's pending-checkpoint recovery
-                # matches data files by the task file name prefix.
-                name = template.replace("{i}", str(i))
-                final, tmp = f"{self.path}/{name}", f"{self.path}/.{name}.inprogress"
-                with self.filesystem.open_output_stream(tmp) as f:
-                    pq.write_table(table.slice(offset, rows_per_file), f)
-                self.filesystem.move(tmp, final)
-
-    return AtomicParquetDatasink(path, arrow_parquet_args={"schema": LABEL_SCHEMA}, min_rows_per_file=rows_per_file)
-
-
 # ----------------------------------------------------------------------------- pipeline
 
 
@@ -625,7 +601,7 @@ def _run_pipeline(config: LabelConfig, checkpoint: str, out_uri: str, attempts_u
         num_gpus=config.gpus_per_actor,
         num_cpus=config.cpus_per_actor,
     )
-    ds.write_datasink(_atomic_parquet_datasink(out_uri, config.rows_per_file))
+    ds.write_datasink(ordered_parquet_datasink(out_uri, config.rows_per_file, schema=LABEL_SCHEMA))
     try:
         return ds.stats()
     except Exception as e:  # noqa: BLE001 - stats are informational

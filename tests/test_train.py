@@ -53,6 +53,7 @@ def _run(tmp_path, sample_root, config, cache_dir, name, *, epochs=8, workers=2,
 
 def test_featurize_sample(features, sample_root, small_model_config, cache_dir):
     import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
 
     tr = features["train"]
     assert tr.rows == 84 and tr.errors == [] and features["dev"].rows == 42
@@ -61,7 +62,9 @@ def test_featurize_sample(features, sample_root, small_model_config, cache_dir):
     assert len(row["video_emb"]) == 512 and len(row["text_emb"]) == 384 and len(row["audio"]) == 64 * 300
     assert row["mask"] == [1.0, 1.0, 1.0] and row["error"] is None
     assert str(t.schema.field("audio").type) == "list<element: halffloat>"
-    assert sorted(t.column("id").to_pylist()) == sorted(r.id for r in read_meld(sample_root, "train").records)
+    # in record order (a deterministic cache: cached and end-to-end training see the same batches)
+    assert t.column("id").to_pylist() == [r.id for r in read_meld(sample_root, "train").records]
+    assert t.num_rows == tr.rows and pq.ParquetFile(next(Path(tr.path).glob("*.parquet"))).metadata.row_group(0).num_rows == 64
     assert np.abs(np.asarray(row["video_emb"])).sum() > 0 and np.abs(np.asarray(row["text_emb"])).sum() > 0
     # a second run is a cache hit (no Ray work), and so is a subset of the modalities
     model = featurize.build_model(small_model_config, init_seed=0)
