@@ -393,6 +393,17 @@ _BITRATE_DURATION_FORMATS = frozenset({"aac", "mp3", "ac3", "eac3", "dts", "true
 _END_OR_LENGTH_FORMATS = frozenset({"matroska", "nut"})
 
 
+# No real codec averages less (codec2, the lowest, runs at 450 bit/s): a header that states a
+# longer duration than the file's size allows at this rate is damaged (seen: a Matroska header
+# saying 2^31 s for a 3 s file), and the duration is measured by a packet scan instead.
+_MIN_PLAUSIBLE_BIT_RATE = 200
+
+
+def _implausible_duration(container, stated: float) -> bool:
+    size = container.size  # bytes; <= 0 when the input cannot tell (a non-seekable stream)
+    return size is not None and size > 0 and stated > size * 8 / _MIN_PLAUSIBLE_BIT_RATE
+
+
 def _estimated_duration(container) -> bool:
     """True for raw audio streams, whose header duration FFmpeg may only estimate from the bit rate."""
     return container.format.name in _BITRATE_DURATION_FORMATS
@@ -403,7 +414,8 @@ def _duration(container, vs, aus, t0: float, deadline: float, name: str,
     """(source duration in seconds, frame period in seconds if frames carry no timestamps).
 
     From the container header, else the stream headers, else a demux scan (packets read,
-    not decoded). A raw audio stream's stated duration may be a bit-rate estimate
+    not decoded); also the scan when the header's duration is impossible for the file's
+    size (_MIN_PLAUSIBLE_BIT_RATE). A raw audio stream's stated duration may be a bit-rate estimate
     (_BITRATE_DURATION_FORMATS): it is measured by the scan when the window runs to it
     (window_end None or past it). Raw elementary video streams (.h264, .hevc) carry no
     timestamps at all: their duration is the sum of the video packets' durations, and
@@ -414,6 +426,8 @@ def _duration(container, vs, aus, t0: float, deadline: float, name: str,
     else:
         ends = [x for x in (_stream_end(vs, t0), _stream_end(aus, t0)) if x is not None and x > 0]
         stated = max(ends) if ends else None
+    if stated is not None and _implausible_duration(container, stated):
+        stated = None
     streams = [x for x in (vs, aus) if x is not None]
     if stated is not None and t0 > 0 and container.format.name.split(",")[0] in _END_OR_LENGTH_FORMATS:
         # the tail lies before the later of the two readings (stated as the length): read it

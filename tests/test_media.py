@@ -407,6 +407,33 @@ def test_raw_aac_duration_is_measured_not_estimated(media):
     assert peak_hz(late.audio, 16000) == pytest.approx(880, abs=15)
 
 
+def test_impossible_header_duration_is_measured(media):
+    """A damaged Matroska header says 2^31 s for a 3 s file (24 KB): no codec runs at a
+    millionth of a bit per second, so the duration is measured from the packets. The whole
+    file decodes, and label --segment 2 cuts 2 windows, not a billion."""
+    import struct
+
+    import av
+
+    from mmsa_ray.label import segment_windows
+    from mmsa_ray.media import probe_duration
+
+    good = mediagen.write_video(media / "dur_ok.mkv", 3.0, 64, 48, 15, audio=(16000, 1, "aac"))
+    data = bytearray(good.read_bytes())
+    at = data.find(b"\x44\x89\x88")  # the Info segment's Duration element: an 8-byte float, in ms
+    assert at > 0
+    data[at + 3:at + 11] = struct.pack(">d", 2.0**31 * 1000)
+    path = media / "dur_damaged.mkv"
+    path.write_bytes(bytes(data))
+    with av.open(str(path)) as c:
+        assert c.duration / 1e6 == 2.0**31  # what the header says
+    assert probe_duration(path) == pytest.approx(3.0, abs=0.07)
+    clip = decode_clip(path)
+    assert clip.duration == probe_duration(path) and indices(clip) == expected_indices(0, clip.duration, 15, 45)
+    d = probe_duration(path)
+    assert segment_windows(d, 2.0) == [(0.0, 2.0), (2.0, d)]
+
+
 def test_very_short_clip_repeats_frames(media):
     path = mediagen.write_video(media / "short.mp4", 0.2, 64, 48, 15, audio=(16000, 1, "aac"))  # 3 frames
     clip = decode_clip(path)
