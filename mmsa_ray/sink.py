@@ -30,7 +30,7 @@ def ordered_parquet_datasink(path: str, rows_per_file: int, *, schema=None, row_
     class OrderedParquetDatasink(ParquetDatasink):
         def _write_parquet_files(self, tables, filename, output_schema, write_uuid, write_kwargs, partitioning_flavor):
             template = self._get_basename_template(filename, write_uuid)
-            table = pa.concat_tables([t.cast(output_schema) for t in tables])
+            table = pa.concat_tables([t.select(output_schema.names).cast(output_schema) for t in tables])
             for i, offset in enumerate(range(0, table.num_rows, rows_per_file)):
                 name = template.replace("{i}", f"{i:06d}")  # zero-padded: names sort in row order
                 final, tmp = f"{self.path}/{name}", f"{self.path}/.{name}.inprogress"
