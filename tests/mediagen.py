@@ -232,6 +232,24 @@ def write_audio(
     return path
 
 
+ESPEAK_RATE = 22050  # Hz, what espeak-ng writes
+
+
+def espeak(text: str, directory: str | os.PathLike) -> np.ndarray:
+    """espeak-ng's speech of `text` (needs the espeak-ng program), trimmed of its own
+    leading and trailing silence: float32 [N] in [-1, 1] at ESPEAK_RATE."""
+    import subprocess
+
+    import av
+
+    path = Path(directory) / "espeak.wav"
+    subprocess.run(["espeak-ng", "-w", str(path), text], check=True)
+    with av.open(str(path)) as c:
+        x = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)]).astype(np.float32) / 32768
+    loud = np.flatnonzero(np.abs(x) > 0.02)
+    return x[loud[0]:loud[-1] + 1]
+
+
 def clips(directory: str | os.PathLike) -> dict[str, Path]:
     """Everyday clips: {"av": mp4 H.264 + AAC 44.1 kHz mono, 2 s, 160x120, 15 fps, 440 Hz tone,
     colour-coded frames; "video_only": same without audio; "audio_only": 1 s wav}."""
