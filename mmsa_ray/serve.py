@@ -1,17 +1,20 @@
 """Online inference with Ray Serve: the labeling model behind an HTTP endpoint.
 
-One application, three deployments, each scaling on its own::
+One application, four deployments, each scaling on its own::
 
     HTTP ─► Ingress       FastAPI: upload limits (streamed), form validation, errors as JSON
-              │ file bytes + transcript (+ optional start/end seconds)
-              ▼
-            Preprocessor  CPU: predict.Preprocessing (PyAV decode + features) in a thread pool
+              │ file bytes + transcript (+ optional start/end seconds, context)
+              ├──────────────► Speech   no transcript: speech.SpeechRecognizer (Whisper, loaded
+              │                  │      once per replica, one transcription at a time) -> utterances
+              ▼                  ▼
+            Preprocessor  CPU: predict.Preprocessing (PyAV decode + features) in a thread pool,
+              │           for the whole clip and for each utterance's window + its transcript
               │ features of one clip: dict[str, np.ndarray]
               ▼
             Model         @serve.batch dynamic batching → Predictor.predict_batch; 1 GPU/replica
               │ one row: the same fields and values as a `label` Parquet row
               ▼
-            JSON
+            JSON          the whole clip's row, plus `utterances` (one row each) when transcribed
 
 Decoding and feature extraction are `mmsa_ray.predict.Preprocessing` and the model
 step is `Predictor.predict_batch`: the very code `label` runs, so a file POSTed here gets
@@ -35,6 +38,7 @@ Importing this module starts nothing: no Ray, no model loading.
 import argparse
 import asyncio
 import dataclasses
+import json
 import logging
 import math
 import os
@@ -102,6 +106,13 @@ class ServeConfig:
     ingress_replicas: int = field(default=1, metadata={"help": "HTTP ingress replicas"})
     ingress_max_ongoing_requests: int = field(default=64, metadata={"help": "requests in flight per ingress replica"})
     ingress_max_queued_requests: int = field(default=128, metadata={"help": "requests waiting at the HTTP proxy (503 beyond)"})
+    # Speech deployment (uploads without a transcript are transcribed; see mmsa_ray.speech).
+    asr_model: str = field(default="default", metadata={"help": "Whisper model: 'default' (offline tiny.en), a faster-whisper name (small.en, large-v3, distil-large-v3) or a CTranslate2 directory"})
+    asr_device: str = field(default="cpu", metadata={"help": "where Whisper runs: cpu, cuda or auto"})
+    asr_compute_type: str | None = field(default=None, metadata={"help": "CTranslate2 compute type; default int8 on CPU, float16 on GPU"})
+    speech_replicas: int = field(default=1, metadata={"help": "autoscaling: most speech replicas (each loads Whisper once and transcribes one upload at a time)"})
+    speech_num_cpus: float = field(default=1.0, metadata={"help": "CPUs reserved per speech replica (also Whisper's threads)"})
+    speech_num_gpus: float = field(default=0.0, metadata={"help": "GPUs per speech replica (with asr_device cuda)"})
 
     def __post_init__(self) -> None:
         if not str(self.checkpoint).strip():
@@ -122,12 +133,18 @@ class ServeConfig:
             "ingress_replicas": self.ingress_replicas,
             "ingress_max_ongoing_requests": self.ingress_max_ongoing_requests,
             "ingress_max_queued_requests": self.ingress_max_queued_requests,
+            "speech_replicas": self.speech_replicas,
+            "speech_num_cpus": self.speech_num_cpus + 1e-9,  # 0 is allowed (a GPU speech replica)
         }
         bad = [f"{k}={v!r} must be > 0" for k, v in positive.items() if not (isinstance(v, (int, float)) and v > 0)]
         if self.batch_wait_timeout_s < 0:
             bad.append(f"batch_wait_timeout_s={self.batch_wait_timeout_s!r} must be >= 0")
         if self.model_threads < 0 or self.min_replicas < 0 or self.preprocess_num_cpus < 0:
             bad.append("model_threads, min_replicas and preprocess_num_cpus must be >= 0")
+        if self.speech_num_gpus < 0:
+            bad.append(f"speech_num_gpus={self.speech_num_gpus!r} must be >= 0")
+        if self.asr_device not in ("cpu", "cuda", "auto"):
+            bad.append(f"asr_device={self.asr_device!r} must be cpu, cuda or auto")
         if self.num_gpus is not None and self.num_gpus < 0:
             bad.append(f"num_gpus={self.num_gpus!r} must be >= 0")
         if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
@@ -151,6 +168,11 @@ class ServeConfig:
         import torch  # only here: keeps `import mmsa_ray.serve` light
 
         return 1.0 if torch.cuda.is_available() else 0.0
+
+    def speech_config(self) -> dict[str, Any]:
+        """The SpeechConfig fields of the speech deployment (a dict: Serve pickles it)."""
+        return {"model": self.asr_model, "device": self.asr_device, "compute_type": self.asr_compute_type,
+                "cpu_threads": max(1, int(self.speech_num_cpus))}
 
     def resolved_max_ongoing_requests(self) -> int:
         # Twice a batch: one batch runs while the next one fills.
@@ -236,18 +258,60 @@ class Preprocessor:
         self._preprocessing.decode_config = dataclasses.replace(self._preprocessing.decode_config, **limits)
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
 
-    async def preprocess(self, data: bytes, transcript: str | None, start: float | None, end: float | None) -> dict[str, Any]:
-        """-> {"features": dict[str, np.ndarray]} or {"error": cause} for unusable media."""
+    async def preprocess(self, data: bytes, transcript: str | None, start: float | None, end: float | None,
+                         context: list[str] | None = None) -> dict[str, Any]:
+        """-> {"features": dict[str, np.ndarray]} or {"error": cause} for unusable media.
+        context: earlier utterances, oldest first (Preprocessing.__call__)."""
         from mmsa_ray.media import MediaError
 
         loop = asyncio.get_running_loop()
         try:
             features = await loop.run_in_executor(
-                self._pool, lambda: self._preprocessing(data, transcript=transcript, start=start, end=end)
+                self._pool,
+                lambda: self._preprocessing(data, transcript=transcript, start=start, end=end, context=context),
             )
         except MediaError as e:
             return {"error": e.cause}  # the cause alone: the source is only "<bytes: N B>" here
         return {"features": features}
+
+    async def preprocess_windows(self, data: bytes, windows: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """Several windows of one upload (the bytes travel once): each window
+        {transcript, start, end, context} -> what `preprocess` returns for it, in order."""
+        return list(await asyncio.gather(*(
+            self.preprocess(data, w["transcript"], w["start"], w["end"], w.get("context")) for w in windows)))
+
+
+# ----------------------------------------------------------------------------- speech
+
+
+@serve.deployment(name="Speech")
+class Speech:
+    """Upload bytes -> utterances (speech.SpeechRecognizer). The Whisper model is loaded
+    once per replica; transcriptions run one at a time in a worker thread (CTranslate2
+    already uses the replica's CPUs for one), so the event loop stays free."""
+
+    def __init__(self, config: dict[str, Any], max_duration_s: float):
+        from mmsa_ray.speech import SpeechConfig, SpeechRecognizer
+
+        self._recognizer = SpeechRecognizer(SpeechConfig(**config))
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
+        self._max_duration_s = max_duration_s
+
+    async def transcribe(self, data: bytes, file_id: str, start: float | None, end: float | None) -> dict[str, Any]:
+        """-> {"utterances": speech.utterance_rows(file_id, ...)} or {"error": cause}."""
+        from mmsa_ray.media import MediaError
+        from mmsa_ray.speech import utterance_rows
+
+        # A running transcription cannot be stopped (a request that times out leaves it
+        # going): never more than max_duration_s of audio, the longest clip served anyway.
+        cap = (start or 0.0) + self._max_duration_s
+        end = cap if end is None else min(end, cap)
+        loop = asyncio.get_running_loop()
+        try:
+            utterances = await loop.run_in_executor(self._pool, self._recognizer.transcribe, data, start, end)
+        except MediaError as e:
+            return {"error": e.cause}
+        return {"utterances": utterance_rows(file_id, utterances)}
 
 
 # ----------------------------------------------------------------------------- model
@@ -287,6 +351,11 @@ class Model:
             return await self._predict_batched(features)
         rows = await self._run([features])
         return rows[0]
+
+    async def predict_many(self, items: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
+        """Features of several clips (one request's utterances; at most max_batch_size) ->
+        their rows, as one batch."""
+        return await self._run(items)
 
     @serve.batch(max_batch_size=8, batch_wait_timeout_s=0.01)  # real values set in __init__
     async def _predict_batched(self, items: list[dict[str, np.ndarray]]) -> list[dict[str, Any]]:
@@ -393,6 +462,12 @@ _PREDICT_OPENAPI = {
                         "transcript": {"type": "string", "description": "what is said in the clip; omit or leave empty if unknown"},
                         "start": {"type": "number", "description": "window start, seconds (optional)"},
                         "end": {"type": "number", "description": "window end, seconds (optional)"},
+                        "transcribe": {"type": "boolean", "default": True,
+                                       "description": "without a transcript: transcribe the upload and add `utterances`, one "
+                                                      "prediction per spoken utterance (false: the whole clip only)"},
+                        "context": {"type": "string",
+                                    "description": "earlier utterances of the dialogue, oldest first: a JSON list of "
+                                                   "strings, or one per line"},
                     },
                 }
             }
@@ -408,7 +483,7 @@ _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"description": "overloaded (queue full) or a worker is unavailable; retry later", **_ERROR_SCHEMA},
     504: {"description": "the request took longer than request_timeout_s", **_ERROR_SCHEMA},
 }
-_FORM_FIELDS = ("file", "transcript", "start", "end")
+_FORM_FIELDS = ("file", "transcript", "start", "end", "transcribe", "context")
 # Content types a client may declare for the file part. Anything else (text/plain,
 # image/png, application/json, ...) is refused before any decoding.
 _MEDIA_TYPES = ("video/", "audio/")
@@ -460,6 +535,34 @@ def _seconds_field(form: Any, name: str) -> float | None:
     return value
 
 
+def _bool_field(form: Any, name: str, default: bool) -> bool:
+    text = _text_field(form, name)
+    if text is None or not text.strip():
+        return default
+    value = text.strip().lower()
+    if value in ("true", "1", "yes", "on"):
+        return True
+    if value in ("false", "0", "no", "off"):
+        return False
+    raise RequestError(422, f"form field {name!r} must be true or false, got {text[:40]!r}")
+
+
+def _context_field(form: Any) -> list[str] | None:
+    """`context`: a JSON list of strings, or one utterance per line (blank lines dropped)."""
+    text = _text_field(form, "context")
+    if text is None or not text.strip():
+        return None
+    if text.lstrip().startswith("["):
+        try:
+            items = json.loads(text)
+        except ValueError as e:
+            raise RequestError(422, f"form field 'context' starts like JSON but is not: {e}") from None
+        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
+            raise RequestError(422, "form field 'context' must be a JSON list of strings (or one utterance per line)")
+        return [x for x in items if x.strip()]
+    return [line for line in text.splitlines() if line.strip()]
+
+
 # Everything the Ingress methods use must be defined above it: @serve.ingress pickles
 # the FastAPI app (with these methods, by value) when the class is created.
 @serve.deployment(name="Ingress")
@@ -467,9 +570,11 @@ def _seconds_field(form: Any, name: str) -> float | None:
 class Ingress:
     """HTTP front: validates and streams uploads, then calls Preprocessor and Model."""
 
-    def __init__(self, preprocessor: Any, model: Any, limits: dict[str, Any]):
+    def __init__(self, preprocessor: Any, model: Any, speech: Any, limits: dict[str, Any]):
         self._pre = preprocessor  # DeploymentHandle
         self._model = model  # DeploymentHandle
+        self._speech = speech  # DeploymentHandle
+        self._batch = int(limits["max_batch_size"])
         self._max_bytes = int(limits["max_upload_bytes"])
         self._max_transcript = int(limits["max_transcript_chars"])
         self._timeout_s = float(limits["request_timeout_s"])
@@ -477,8 +582,10 @@ class Ingress:
     @api.post(
         "/v1/predict",
         summary="Emotion and sentiment of an uploaded clip",
-        description="multipart/form-data with `file` and optional `transcript`, `start`, `end`; "
-        "returns the fields of a labeling row (emotion, emotion_probs, sentiment, sentiment_probs, ...).",
+        description="multipart/form-data with `file` and optional `transcript`, `start`, `end`, `context`, "
+        "`transcribe`; returns the fields of a labeling row (emotion, emotion_probs, sentiment, sentiment_probs, ...) "
+        "for the whole clip, and without a transcript (unless transcribe=false) `utterances`: one such row per "
+        "spoken utterance with its start, end, transcript, words and asr_confidence.",
         openapi_extra=_PREDICT_OPENAPI,
         responses=_ERROR_RESPONSES,
     )
@@ -505,20 +612,55 @@ class Ingress:
         return JSONResponse(row)
 
     async def _predict(self, request: Request) -> dict[str, Any]:
-        upload, transcript, start, end = await self._read_form(request)
+        upload, transcript, start, end, transcribe, context = await self._read_form(request)
         try:
             data = await upload.read()
         finally:
             await upload.close()
         if not data:
             raise RequestError(400, f"uploaded file {upload.filename!r} is empty")
-        result = await self._pre.preprocess.remote(data, transcript, start, end)
+        name = upload.filename or "upload"
+        has_transcript = transcript is not None and bool(transcript.strip())
+        # speech recognition runs beside the whole clip's decode
+        speech = self._speech.transcribe.remote(data, name, start, end) if transcribe and not has_transcript else None
+        result = await self._pre.preprocess.remote(data, transcript, start, end, context)
         if "error" in result:
-            raise RequestError(422, f"cannot use uploaded file {upload.filename or 'upload'!r}: {result['error']}")
+            if speech is not None:
+                speech.cancel()
+            raise RequestError(422, f"cannot use uploaded file {name!r}: {result['error']}")
         row = await self._model.predict.remote(result["features"])
-        return {"source": upload.filename or "upload", **row}
+        out = {"source": name, **row}
+        if speech is not None:
+            out.update(await self._utterances(data, await speech, context))
+        return out
 
-    async def _read_form(self, request: Request) -> tuple[UploadFile, str | None, float | None, float | None]:
+    async def _utterances(self, data: bytes, speech: dict[str, Any], context: list[str] | None) -> dict[str, Any]:
+        """Each utterance's window predicted as a clip of its own, with its transcript and
+        the earlier ones as context: {"utterances": [...]} (+ "speech_error" when the
+        upload's audio could not be transcribed, e.g. a video without sound)."""
+        if "error" in speech:
+            return {"utterances": [], "speech_error": speech["error"]}
+        utterances = speech["utterances"]
+        texts = list(context or [])
+        windows = []
+        for u in utterances:
+            windows.append({"transcript": u["transcript"], "start": u["start"], "end": u["end"], "context": list(texts)})
+            texts.append(u["transcript"])
+        out = []
+        # max_batch_size windows at a time: one request never floods the model's queue,
+        # and at most one batch of features is in flight
+        for i in range(0, len(windows), self._batch):
+            group = windows[i:i + self._batch]
+            results = await self._pre.preprocess_windows.remote(data, group)
+            ok = [r["features"] for r in results if "error" not in r]
+            rows = iter(await self._model.predict_many.remote(ok) if ok else [])
+            for u, r in zip(utterances[i:i + self._batch], results):
+                fields = {k: v for k, v in u.items() if k != "id"}
+                out.append({**fields, "error": r["error"]} if "error" in r else {**fields, **next(rows)})
+        return {"utterances": out}
+
+    async def _read_form(self, request: Request) -> tuple[UploadFile, str | None, float | None, float | None, bool,
+                                                          list[str] | None]:
         """Parse the multipart body, counting bytes as they stream in (413 past the cap)."""
         content_type = request.headers.get("content-type", "")
         if not content_type.lower().startswith("multipart/form-data"):
@@ -563,10 +705,16 @@ class Ingress:
             start, end = _seconds_field(form, "start"), _seconds_field(form, "end")
             if start is not None and end is not None and end <= start:
                 raise RequestError(422, f"end={end:g} must be greater than start={start:g}")
+            transcribe = _bool_field(form, "transcribe", True)
+            context = _context_field(form)
+            chars = len(transcript or "") + sum(len(c) for c in context or ())
+            if context and chars > self._max_transcript:
+                raise RequestError(422, f"transcript and context have {chars} characters; the limit is "
+                                        f"max_transcript_chars={self._max_transcript}")
         except RequestError:
             await form.close()
             raise
-        return upload, transcript, start, end
+        return upload, transcript, start, end, transcribe, context
 
     @api.get("/healthz", summary="Liveness and model readiness")
     async def healthz(self) -> JSONResponse:
@@ -585,7 +733,7 @@ class Ingress:
 
 
 def build_app(config: ServeConfig) -> Application:
-    """The Serve application for `config`: Ingress -> Preprocessor -> Model, bound."""
+    """The Serve application for `config`: Ingress -> (Speech) -> Preprocessor -> Model, bound."""
     num_gpus = config.resolved_num_gpus()
     threads = config.model_threads or max(1, int(config.model_num_cpus))
     model = Model.options(
@@ -620,7 +768,20 @@ def build_app(config: ServeConfig) -> Application:
             "target_ongoing_requests": float(config.preprocess_threads),
         },
     ).bind(config.checkpoint, limits, config.preprocess_threads)
+    speech = Speech.options(
+        ray_actor_options={"num_cpus": config.speech_num_cpus, "num_gpus": config.speech_num_gpus},
+        # one transcription runs per replica; one more waits there, the rest in the caller's queue
+        max_ongoing_requests=2,
+        max_queued_requests=config.max_queued_requests,
+        autoscaling_config={
+            "min_replicas": 1,
+            "initial_replicas": 1,
+            "max_replicas": config.speech_replicas,
+            "target_ongoing_requests": 1.0,
+        },
+    ).bind(config.speech_config(), config.max_duration_s)
     ingress_limits = {
+        "max_batch_size": config.max_batch_size,
         "max_upload_bytes": config.max_upload_bytes,
         "max_transcript_chars": config.max_transcript_chars,
         "request_timeout_s": config.request_timeout_s,
@@ -630,7 +791,7 @@ def build_app(config: ServeConfig) -> Application:
         ray_actor_options={"num_cpus": 0},  # it waits on I/O; the work is downstream
         max_ongoing_requests=config.ingress_max_ongoing_requests,
         max_queued_requests=config.ingress_max_queued_requests,
-    ).bind(preprocessor, model, ingress_limits)
+    ).bind(preprocessor, model, speech, ingress_limits)
 
 
 def app(args: dict[str, Any]) -> Application:

@@ -121,6 +121,7 @@ def server(ray_local, checkpoint):
         max_queued_requests=4,
         preprocess_threads=2,
         request_timeout_s=120,
+        speech_num_cpus=0.5,
     )
     serve.start(http_options=http_options(config))
     serve.run(build_app(config), name=APP, route_prefix="/")
@@ -131,9 +132,10 @@ def server(ray_local, checkpoint):
 
 
 def _post(base: str, path: Path | None = None, *, data: bytes | None = None, name: str = "clip.mp4",
-          content_type: str = "video/mp4", transcript: str | None = None) -> requests.Response:
+          content_type: str = "video/mp4", transcript: str | None = None, **fields: str) -> requests.Response:
     payload = data if data is not None else path.read_bytes()
     form = {"transcript": transcript} if transcript is not None else {}
+    form.update(fields)
     return requests.post(f"{base}/v1/predict", files={"file": (name, payload, content_type)}, data=form, timeout=120)
 
 
@@ -292,3 +294,73 @@ def test_post_equals_the_batch_labelers_row(server, checkpoint, clips, tmp_path)
     _assert_same_prediction(got, row)
     for key in ("text_emotion", "audio_emotion", "video_emotion"):
         assert got[key] == row[key], key
+
+
+# ----------------------------------------------------------------------------- speech
+
+
+SPOKEN = ["The quick brown fox jumps over the lazy dog.", "Please bring the red umbrella when it rains."]
+
+
+@pytest.fixture(scope="module")
+def speech_clip(tmp_path_factory) -> Path:
+    """An mp4 (video + AAC) of two espeak-ng sentences with a 1.5 s pause between them."""
+    import shutil
+
+    if shutil.which("espeak-ng") is None:
+        pytest.skip("espeak-ng is not installed")
+    d = tmp_path_factory.mktemp("serve-speech")
+    rate = mediagen.ESPEAK_RATE
+    pause = np.zeros(int(1.5 * rate), np.float32)
+    wave = np.concatenate([pause[: rate // 2], mediagen.espeak(SPOKEN[0], d), pause, mediagen.espeak(SPOKEN[1], d),
+                           pause[: rate // 2]]) * 0.8
+    wave44 = np.interp(np.arange(round(len(wave) * 44100 / rate)) / 44100, np.arange(len(wave)) / rate, wave)
+    return mediagen.write_video(d / "talk.mp4", seconds=len(wave) / rate, width=96, height=64, fps=10,
+                                audio=(44100, 1, "aac"), audio_samples=wave44.astype(np.float32)[None])
+
+
+def _words(text: str) -> set[str]:
+    return {w.strip(".,!?").lower() for w in text.split()}
+
+
+def test_upload_without_transcript_returns_utterances(server, speech_clip, predictor):
+    """No transcript: the upload is transcribed; each utterance is predicted on its own
+    window with its transcript and the earlier ones as context, exactly as in process."""
+    from mmsa_ray.features import collate
+
+    context = ["Where are you going?"]
+    r = _post(server, speech_clip, context="Where are you going?")
+    assert r.status_code == 200, r.text
+    got = r.json()
+    (whole,) = _in_process(predictor, speech_clip, [None])
+    _assert_same_prediction(got, whole)  # the whole clip: today's result, unchanged
+    utts = got["utterances"]
+    assert len(utts) == 2, [u["transcript"] for u in utts]
+    for u, sentence in zip(utts, SPOKEN):
+        # tiny.en on espeak: a word or two may come back changed ("jump" for "jumps")
+        assert len(_words(u["transcript"]) & _words(sentence)) >= len(_words(sentence)) - 2, u["transcript"]
+        assert 0 <= u["start"] < u["end"] and [w["word"] for w in u["words"]]
+        assert 0 < u["asr_confidence"] <= 1 and "text" in u["modalities"]
+    assert utts[0]["end"] + 1.0 < utts[1]["start"]
+    feats = [predictor.preprocess(str(speech_clip), transcript=u["transcript"], start=u["start"], end=u["end"],
+                                  context=context + [x["transcript"] for x in utts[:i]]) for i, u in enumerate(utts)]
+    for u, want in zip(utts, predictor.predict_batch(collate(feats))):
+        _assert_same_prediction(u, want)
+
+
+def test_transcribe_false_or_a_transcript_keeps_the_whole_clip_answer(server, speech_clip, predictor):
+    plain = _post(server, speech_clip, transcribe="false")
+    assert plain.status_code == 200, plain.text
+    assert "utterances" not in plain.json()
+    (want,) = _in_process(predictor, speech_clip, [None])
+    _assert_same_prediction(plain.json(), want)
+    given = _post(server, speech_clip, transcript="Hello there.")
+    assert given.status_code == 200 and "utterances" not in given.json()
+    # a video without sound: the whole clip as before, no utterances, and why
+    silent = _post(server, mediagen.write_video(speech_clip.parent / "mute.mp4", seconds=1, width=64, height=48))
+    assert silent.status_code == 200, silent.text
+    assert silent.json()["utterances"] == [] and "no audio stream" in silent.json()["speech_error"]
+    bad = _post(server, speech_clip, transcribe="maybe")
+    assert bad.status_code == 422 and "transcribe" in bad.json()["error"]
+    bad = _post(server, speech_clip, context='["ok", 3]')
+    assert bad.status_code == 422 and "context" in bad.json()["error"]
