@@ -9,7 +9,8 @@ Per round, on the same file and the same loaded WhisperModel (tiny.en int8 by de
           with the segments consumed (faster-whisper decodes the whole file into memory)
 and prints each one's real-time factor (seconds of audio per wall second; CPU seconds too,
 steadier on a shared machine), ours/direct cost (target <= 1.2) and the word error rate
-between the two transcripts (the issue's acceptance: <= 10%).
+between the two transcripts (the issue's acceptance: <= 10%), and for the generated talk
+each one's WER against what was said.
 
 The two run interleaved, round after round, so load from other processes hits them alike;
 min and median over --rounds are reported. Without --file, a talk of --minutes minutes is
@@ -51,8 +52,8 @@ The doctor told him to rest for a week. We could hear thunder far away in the hi
 clock in the hall stopped at noon. Please remember to close the windows before you leave."""
 
 
-def make_talk(path: Path, minutes: float, seed: int = 0) -> float:
-    """An espeak-ng talk of about `minutes` minutes in an mp4 with video -> its duration (s)."""
+def make_talk(path: Path, minutes: float, seed: int = 0) -> str:
+    """An espeak-ng talk of about `minutes` minutes in an mp4 with video -> what it says."""
     import av
     import mediagen
 
@@ -66,18 +67,20 @@ def make_talk(path: Path, minutes: float, seed: int = 0) -> float:
             subprocess.run(["espeak-ng", "-s", str(int(rng.integers(150, 190))), "-w", str(wav), s], check=True)
             with av.open(str(wav)) as c:
                 said.append(np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)]) / 32768)
-    parts, n = [], 0
+    parts, n, text = [], 0, []
     while n < minutes * 60 * rate:
-        x = said[int(rng.integers(len(said)))].astype(np.float32) * 0.8
+        k = int(rng.integers(len(said)))
+        x = said[k].astype(np.float32) * 0.8
         pause = np.zeros(int(rng.uniform(0.3, 1.5) * rate), np.float32)
         parts += [x, pause]
+        text.append(sentences[k])
         n += len(x) + len(pause)
     wave = np.concatenate(parts)
     seconds = len(wave) / rate
     wave44 = np.interp(np.arange(round(seconds * 44100)) / 44100, np.arange(len(wave)) / rate, wave).astype(np.float32)
     mediagen.write_video(path, seconds=seconds, width=64, height=48, fps=5, audio=(44100, 1, "aac"),
                          audio_samples=wave44[None])
-    return seconds
+    return " ".join(text)
 
 
 def _timed(fn):
@@ -94,13 +97,14 @@ def stage(args) -> None:
     from mmsa_ray.speech import SpeechConfig, SpeechRecognizer
 
     with tempfile.TemporaryDirectory() as d:
+        truth = None
         if args.file:
             path = Path(args.file)
         else:
             if shutil.which("espeak-ng") is None:
                 sys.exit("espeak-ng is not installed: pass --file")
             path = Path(d) / "talk.mp4"
-            make_talk(path, args.minutes)
+            truth = make_talk(path, args.minutes)
         seconds = probe_duration(str(path))
         config = SpeechConfig(model=args.asr_model, device=args.asr_device, compute_type=args.asr_compute_type,
                               cpu_threads=args.asr_threads)
@@ -135,6 +139,10 @@ def stage(args) -> None:
         cpu_ratio = min(t[1] for t in times["ours"]) / min(t[1] for t in times["direct"])
         print(f"ours/direct cost: wall {wall_ratio:.2f}x, cpu {cpu_ratio:.2f}x (target <= 1.2)")
         print(f"WER of ours against direct: {wer:.3f} ({len(texts['direct'].split())} words; target <= 0.10)")
+        if truth is not None:
+            print("WER against what was said: " + ", ".join(
+                f"{name} {jiwer.wer(truth, texts[name], reference_transform=norm, hypothesis_transform=norm):.3f}"
+                for name in ("ours", "direct")))
 
 
 def main(argv: list[str] | None = None) -> None:

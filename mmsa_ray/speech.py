@@ -228,10 +228,11 @@ def _open_source(source):
 
 
 def _silent_cut(audio: np.ndarray, vad: bool) -> int:
-    """Where to end this piece (a sample index into audio): the middle of the latest
-    silence of >= _CLEAR_PAUSE_S (else the longest one >= 0.1 s) in its last _CUT_SEARCH_S
-    seconds by Silero VAD, or, when that window is
-    speech throughout (or vad is off), its quietest 20 ms; the end when it has no speech."""
+    """Where to end this piece (a sample index into audio), looking at its last
+    _CUT_SEARCH_S seconds with Silero VAD: the middle of the latest silence there of at
+    least _CLEAR_PAUSE_S (keeps pieces near chunk_s), else of the longest one of at least
+    0.1 s; the window's middle when it holds no speech at all; its quietest 20 ms when it
+    is speech throughout (or vad is off)."""
     n = len(audio)
     lo = max(0, n - int(_CUT_SEARCH_S * SAMPLE_RATE))
     tail = audio[lo:]
@@ -240,12 +241,11 @@ def _silent_cut(audio: np.ndarray, vad: bool) -> int:
 
         speech = get_speech_timestamps(tail, VadOptions(min_silence_duration_ms=100, speech_pad_ms=0))
         if not speech:
-            return n
+            return lo + len(tail) // 2
+        # silences: before the first speech, between speeches, after the last (all safe to
+        # cut in the middle of: the one at the end reaches the piece's end, not past it)
         edges = [0] + [x for s in speech for x in (s["start"], s["end"])] + [len(tail)]
         gaps = [(edges[i + 1] - edges[i], edges[i]) for i in range(0, len(edges), 2) if edges[i + 1] > edges[i]]
-        # a silence touching the window's start may continue before it: fine to cut in; the
-        # one at the end is the piece's end and may run into the next chunk's speech
-        # the latest clear pause (keeps pieces near chunk_s), else the longest short one
         clear = [(at, length) for length, at in gaps if length >= _CLEAR_PAUSE_S * SAMPLE_RATE]
         if clear:
             at, length = max(clear)

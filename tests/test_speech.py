@@ -106,7 +106,8 @@ def test_bytes_and_file_objects(speech, recognizer):
     from_bytes = recognizer.transcribe(data)
     with open(speech["files"]["mp3"], "rb") as f:
         from_file = recognizer.transcribe(f)
-    assert [u.text for u in from_bytes] == [u.text for u in from_file]
+    from_uri = recognizer.transcribe(f"file://{speech['files']['mp3']}")
+    assert [u.text for u in from_bytes] == [u.text for u in from_file] == [u.text for u in from_uri]
     assert len(from_bytes) == len(SENTENCES)
 
 
@@ -292,3 +293,22 @@ def test_long_file_in_bounded_memory(recognizer, tmp_path):
     assert [u.start for u in utts] == pytest.approx([t for t, _ in expect], abs=0.3)
     # isolated sentences in noise, no neighbouring context: tiny.en mishears one of the twelve
     assert _wer(utts, [text for _, text in expect]) <= 0.2, [u.text for u in utts]
+
+
+def test_speech_flags_map_onto_config():
+    import argparse
+
+    from mmsa_ray.speech import add_speech_args, speech_config_from_args
+
+    parser = argparse.ArgumentParser()
+    add_speech_args(parser)
+    assert speech_config_from_args(parser.parse_args([])) == SpeechConfig()
+    args = parser.parse_args(["--asr-model", "large-v3", "--asr-device", "cuda", "--asr-compute-type", "int8_float16",
+                              "--asr-threads", "4", "--asr-language", "auto", "--utterance-pause", "0.7",
+                              "--utterance-min", "2", "--utterance-max", "8"])
+    config = speech_config_from_args(args)
+    assert (config.model, config.device, config.compute_type, config.cpu_threads, config.language) == (
+        "large-v3", "cuda", "int8_float16", 4, None)
+    assert (config.pause_s, config.min_utterance_s, config.max_utterance_s) == (0.7, 2.0, 8.0)
+    with pytest.raises(SystemExit):
+        parser.parse_args(["--asr-device", "tpu"])
