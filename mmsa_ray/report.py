@@ -164,7 +164,8 @@ def _cause(error: str, uri: str) -> str:
 def build_model(raw: list[dict[str, Any]], report_dir: str | None, probe: bool = True) -> dict[str, Any]:
     """Label rows -> {"files": [...], "rows": [...]} as the page reads them.
 
-    files: {k, name, uri, media (URL or null), kind ("video"|"audio"), duration, rows, failed}
+    files: {k, name, uri, media (URL; null when unreachable or every row failed), kind ("video"|"audio"),
+            duration, rows, failed, track}
     rows:  {i, f (file index), id, t0, t1, emotion, ec, sentiment, sc, ep, sp, modalities,
             text_emotion, audio_emotion, video_emotion, transcript, error, [asr, no_speech]};
             t0/t1 seconds; ec/sc the top probabilities; emotion/sentiment "failed" on errors.
@@ -210,11 +211,13 @@ def build_model(raw: list[dict[str, Any]], report_dir: str | None, probe: bool =
             row["i"], row["f"] = len(rows), k
             rows.append(row)
         ext = os.path.splitext(urllib.parse.urlparse(uri).path if "://" in uri else uri)[1].lower()
+        failed = sum(1 for x in file_rows if x["error"])
+        # no player for a file that failed as a whole: a browser cannot play it either
         files.append({
-            "k": k, "name": names[uri], "uri": uri, "media": media_url(uri, report_dir),
+            "k": k, "name": names[uri], "uri": uri, "media": media_url(uri, report_dir) if failed < len(file_rows) else None,
             "kind": "audio" if ext in AUDIO_EXTENSIONS else "video",
             "duration": None if duration is None else round(duration, 3),
-            "rows": len(file_rows), "failed": sum(1 for x in file_rows if x["error"]), "track": None,
+            "rows": len(file_rows), "failed": failed, "track": None,
         })
     return {"files": files, "rows": rows}
 
@@ -367,8 +370,8 @@ def render_html(labels: str, s: dict[str, Any], model: dict[str, Any], charts: d
 <section id="files-section">
 <h2>Files</h2>
 <form id="filters" onsubmit="return false">
-<label>emotion <select id="f-emotion"><option value="">any</option>{"".join(f"<option>{e}</option>" for e in EMOTIONS)}<option>failed</option></select></label>
-<label>sentiment <select id="f-sentiment"><option value="">any</option>{"".join(f"<option>{x}</option>" for x in SENTIMENTS)}</select></label>
+<label>emotion <select id="f-emotion"><option value="">any</option>{"".join(f'<option value="{e}">{e}</option>' for e in EMOTIONS)}<option value="failed">failed</option></select></label>
+<label>sentiment <select id="f-sentiment"><option value="">any</option>{"".join(f'<option value="{x}">{x}</option>' for x in SENTIMENTS)}</select></label>
 <label>confidence ≥ <input id="f-conf" type="range" min="0" max="1" step="0.05" value="0"> <output id="f-conf-value">0.00</output></label>
 <label>file <select id="f-file"><option value="">all files</option></select></label>
 <label>text <input id="f-text" type="search" placeholder="transcript or id"></label>

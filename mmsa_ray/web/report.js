@@ -135,7 +135,8 @@
       });
       left.appendChild(el("div", { class: "player" }, [player]));
     } else {
-      left.appendChild(el("p", { class: "no-player", text: "No player: the media is not reachable from this page (" + f.uri + ")." }));
+      left.appendChild(el("p", { class: "no-player", text: f.failed === f.rows
+        ? "No player: the file could not be decoded." : "No player: the media is not reachable from this page (" + f.uri + ")." }));
     }
     const timelineDiv = el("div", { class: "timeline" });
     left.appendChild(timelineDiv);
