@@ -22,7 +22,9 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 from importlib import resources
+from pathlib import Path
 
 from mmsa_ray.labels import EMOTIONS, SENTIMENTS
 
@@ -92,11 +94,29 @@ def timeline_spec() -> dict:
 @functools.cache
 def vega_bundle() -> str:
     """vega + vega-lite + vega-embed as one script (about 0.9 MB) that defines
-    window.vegaEmbed, from vl-convert-python, at the Vega-Lite version altair writes."""
+    window.vegaEmbed, from vl-convert-python, at the Vega-Lite version altair writes.
+
+    vl-convert bundles it anew on every call (3 s on an idle core, 20 s on a busy one), so
+    the result is kept in the user's cache folder, keyed by both versions."""
     import vl_convert as vlc
     from altair.utils._importers import vl_version_for_vl_convert
 
-    return vlc.javascript_bundle(vl_version=vl_version_for_vl_convert())
+    vl_version = vl_version_for_vl_convert()
+    cache = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "mmsa_ray"
+    path = cache / f"vega-embed-bundle-vlc{vlc.__version__}-{vl_version}.js"
+    try:
+        return path.read_text(encoding="utf-8")
+    except OSError:
+        pass
+    bundle = vlc.javascript_bundle(vl_version=vl_version)
+    try:  # atomic: a concurrent reader sees the whole file or none
+        cache.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+        tmp.write_text(bundle, encoding="utf-8")
+        os.replace(tmp, path)
+    except OSError:  # a read-only home: bundle again next time
+        pass
+    return bundle
 
 
 def web_asset(name: str) -> str:
