@@ -349,6 +349,7 @@ def render_html(labels: str, s: dict[str, Any], model: dict[str, Any], charts: d
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <title>mmsa-ray report: {_e(labels)}</title>
 <style>{timeline.web_asset("page.css")}</style>
 </head>

@@ -27,6 +27,7 @@ def _page_template() -> str:
 <head>
 <meta charset="utf-8">
 <meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
 <title>mmsa-ray: emotion and sentiment of a clip</title>
 <style>{timeline.web_asset("page.css")}</style>
 </head>

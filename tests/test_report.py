@@ -149,7 +149,7 @@ def test_html_parses_and_names_every_source_file(page, rows):
     assert {f["uri"] for f in data["files"]} == {r["uri"] for r in rows}
     # The Vega bundle is inlined and nothing is fetched from elsewhere.
     assert "window.vegaEmbed=" in page.scripts[""]
-    assert not re.search(r'<script[^>]+src=|<link[^>]+href=', page.text)
+    assert not re.search(r'<script[^>]+src=|<link[^>]+href="(?!data:)', page.text)
 
 
 @pytest.mark.slow
@@ -339,3 +339,14 @@ def test_report_in_headless_chromium(made, page, rows, tmp_path):
         assert {s.get_attribute("data-file") for s in d.find_elements(By.CSS_SELECTOR, "section.file")} == {"broken.mp4", "empty.mp4"}
         assert "2 of 7 rows in 2 of 5 files" in d.find_element(By.ID, "match-count").text
         assert browser.console_errors(d) == []
+
+
+def test_cli_wrong_input_is_one_line(tmp_path):
+    import subprocess
+    import sys
+
+    root = Path(__file__).resolve().parents[1]
+    r = subprocess.run([sys.executable, "jobs/report.py", str(tmp_path / "nowhere")], cwd=root,
+                       capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert r.stderr.strip().splitlines()[-1] == f"mmsa-ray report: error: {tmp_path / 'nowhere'}: no such label output"

@@ -99,6 +99,7 @@ def test_upload_shows_timeline_and_modalities(server, clips, tmp_path):
         # the row spans the clip (the player's duration)
         span = d.execute_script("const li = document.querySelector('#lines li .time'); return li.textContent")
         assert span == "0:00.0–0:02.0", span
+        assert d.find_element(By.CSS_SELECTOR, "#lines li .transcript").text == transcript
         browser.screenshot(d, tmp_path, "serve-page.png")
         assert browser.console_errors(d) == []
 

@@ -46,7 +46,7 @@
     });
   }
 
-  async function show(body, file, seconds) {
+  async function show(body, file, transcript, seconds) {
     $("status").textContent = "Done in " + seconds.toFixed(1) + " s.";
     const player = $("player");
     player.innerHTML = "";
@@ -58,7 +58,8 @@
     const utterances = Array.isArray(body.utterances) ? body.utterances : [];
     const rows = utterances.length
       ? utterances.map(function (u, i) { return Object.assign({}, u, { i: i, transcript: u.transcript || u.text || "" }); })
-      : [Object.assign({}, body, { i: 0, start: body.start || 0, end: body.end || duration || 1 })];
+      : [Object.assign({}, body, { i: 0, start: body.start || 0, end: body.end || duration || 1,
+                                   transcript: body.transcript || transcript || "" })];
     const ec = top(body.emotion_probs), sc = top(body.sentiment_probs);
     const head = $("result-head");
     head.innerHTML = "";
@@ -95,6 +96,7 @@
       const li = el("li", { "data-i": String(r.i) }, [
         el("span", { class: "time", text: fmtTime(t.t0) + "–" + fmtTime(t.t1) }), chip("emotion", t.emotion),
         el("span", { class: "conf", text: t.ec == null ? "" : t.ec.toFixed(2) }), chip("sentiment", t.sentiment),
+        el("span", { class: "conf", text: t.sc == null ? "" : t.sc.toFixed(2) }),
         t.transcript ? el("span", { class: "transcript", text: t.transcript }) : null]);
       li.addEventListener("click", function () { seek(r.i); });
       lines.appendChild(li);
@@ -136,7 +138,7 @@
         $("status").textContent = "";
         return showError(resp.status, body && body.error ? body.error : text.slice(0, 300) || resp.statusText);
       }
-      await show(body, file, (performance.now() - t0) / 1000);
+      await show(body, file, transcript, (performance.now() - t0) / 1000);
     } catch (e) {
       console.error(e);
       showError(0, "The page failed to show the result: " + e.message);
