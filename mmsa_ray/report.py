@@ -39,7 +39,7 @@ from mmsa_ray.sources import resolve
 
 REQUIRED_COLUMNS = ("id", "uri", "start", "end", "emotion", "emotion_probs", "sentiment", "sentiment_probs", "error")
 OPTIONAL_COLUMNS = ("transcript", "modalities", "text_emotion", "audio_emotion", "video_emotion", "model_id",
-                    "labeled_at", "asr_confidence", "no_speech_prob")
+                    "labeled_at", "asr_confidence", "no_speech_prob", "speech")
 AUDIO_EXTENSIONS = (".m4a", ".wav", ".aif", ".aiff", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".aac", ".wma", ".m4b")
 _WINDOW_SUFFIX = re.compile(r"#t=[0-9.eE+-]*,[0-9.eE+-]*$")
 
@@ -99,7 +99,16 @@ def read_rows(labels: str) -> list[dict[str, Any]]:
     fs, path = resolve(labels)
     if fs.get_file_info(path).type == pafs.FileType.NotFound:
         raise FileNotFoundError(f"{labels}: no such label output")
-    dataset = pads.dataset(path, filesystem=fs, format="parquet")
+    # Only the Parquet files: a report written into LABELS (index.html, subtitles/) or any
+    # other file there is not data. Names starting with '_' or '.' are bookkeeping.
+    files = sorted(
+        i.path for i in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        if i.type == pafs.FileType.File and i.path.endswith(".parquet")
+        and not any(part.startswith(("_", ".")) for part in i.path[len(path):].strip("/").split("/"))
+    )
+    if not files:
+        raise ValueError(f"{labels}: no Parquet files in it (is it a `label` output?)")
+    dataset = pads.dataset(files, filesystem=fs, format="parquet")
     names = set(dataset.schema.names)
     missing = [c for c in REQUIRED_COLUMNS if c not in names]
     if missing:
@@ -167,7 +176,7 @@ def build_model(raw: list[dict[str, Any]], report_dir: str | None, probe: bool =
     files: {k, name, uri, media (URL; null when unreachable or every row failed), kind ("video"|"audio"),
             duration, rows, failed, track}
     rows:  {i, f (file index), id, t0, t1, emotion, ec, sentiment, sc, ep, sp, modalities,
-            text_emotion, audio_emotion, video_emotion, transcript, error, [asr, no_speech]};
+            text_emotion, audio_emotion, video_emotion, transcript, error, [asr, no_speech, speech]};
             t0/t1 seconds; ec/sc the top probabilities; emotion/sentiment "failed" on errors.
     Files are sorted by name, rows by (file, t0, t1, id)."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
@@ -205,6 +214,8 @@ def build_model(raw: list[dict[str, Any]], report_dir: str | None, probe: bool =
                 row["asr"] = _round(r["asr_confidence"])
             if r.get("no_speech_prob") is not None:
                 row["no_speech"] = _round(r["no_speech_prob"])
+            if r.get("speech") == "none":  # --utterances found no speech in this file
+                row["speech"] = "none"
             file_rows.append(row)
         file_rows.sort(key=lambda x: (x["t0"], x["t1"], x["id"]))
         for row in file_rows:

@@ -125,9 +125,10 @@ def web_asset(name: str) -> str:
 
 
 def json_script(element_id: str, value) -> str:
-    """`value` as a <script type="application/json"> element; '</' is escaped so no string
-    in the data can end the element early."""
-    text = json.dumps(value, ensure_ascii=False, separators=(",", ":")).replace("</", "<\\/")
+    """`value` as a <script type="application/json"> element. Every '<' is written as
+    \\u003c (same JSON value), so no string in the data can end the element early or open
+    an HTML comment in it."""
+    text = json.dumps(value, ensure_ascii=False, separators=(",", ":")).replace("<", "\\u003c")
     return f'<script type="application/json" id="{element_id}">{text}</script>'
 
 

@@ -350,3 +350,48 @@ def test_cli_wrong_input_is_one_line(tmp_path):
                        capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert r.stderr.strip().splitlines()[-1] == f"mmsa-ray report: error: {tmp_path / 'nowhere'}: no such label output"
+
+
+def _label_row(id_, uri, start=None, end=None, error=None, transcript=None):
+    ep = [0.05, 0.05, 0.05, 0.6, 0.1, 0.1, 0.05]
+    ok = error is None
+    return {"id": id_, "uri": uri, "start": start, "end": end, "transcript": transcript,
+            "emotion": "joy" if ok else None, "emotion_probs": ep if ok else None,
+            "sentiment": "positive" if ok else None, "sentiment_probs": [0.1, 0.2, 0.7] if ok else None,
+            "modalities": ["text", "audio"] if ok else None, "text_emotion": "joy" if ok else None,
+            "audio_emotion": "neutral" if ok else None, "video_emotion": None, "error": error,
+            "model_id": "m-1", "labeled_at": None}
+
+
+def test_report_written_into_labels_and_unreachable_media(tmp_path):
+    """Rows made by hand in LABEL_SCHEMA: players only for reachable media, spans without
+    an end, and a report folder inside LABELS that a second report ignores."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    from mmsa_ray.label import LABEL_SCHEMA
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    rows = [_label_row("s3://b/x.mp4#t=0,4", "s3://b/x.mp4", 0.0, 4.0, transcript="a"),
+            _label_row("s3://b/x.mp4#t=4,9.5", "s3://b/x.mp4", 4.0, 9.5),
+            _label_row("s3://b/x.mp4#t=9.5,", "s3://b/x.mp4", 9.5, None),  # open end: up to the last known end
+            _label_row("web.mp4", "https://example.org/web.mp4"),
+            _label_row("gone.mp4", str(tmp_path / "gone.mp4"), error=f"{tmp_path / 'gone.mp4'}: no such file")]
+    pq.write_table(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), labels / "part-00000.parquet")
+    for _ in range(2):  # the second run reads LABELS with the first report inside it
+        r = report.make_report(report.ReportConfig(labels=str(labels), output=str(labels / "report"), subtitles="srt"))
+        assert (r.rows, r.files, r.failed) == (5, 3, 1)
+    model = report.build_model(rows, str(labels / "report"))
+    files = {f["name"]: f for f in model["files"]}
+    assert files["s3://b/x.mp4"]["media"] is None and files["web.mp4"]["media"] == "https://example.org/web.mp4"
+    assert files["gone.mp4"]["media"] is None
+    spans = [(r["t0"], r["t1"]) for r in model["rows"] if r["f"] == files["s3://b/x.mp4"]["k"]]
+    assert spans == [(0, 4), (4, 9.5), (9.5, 10.5)]  # no duration known: 1 s past its start
+    web = next(r for r in model["rows"] if r["id"] == "web.mp4")
+    assert (web["t0"], web["t1"]) == (0, 1)
+    text = (labels / "report" / "subtitles" / "b__x.mp4.srt").read_text(encoding="utf-8")
+    assert text.startswith("1\n00:00:00,000 --> 00:00:04,000\n[joy 0.60 · positive] a\n\n2\n00:00:04,000 --> 00:00:09,500\n")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="no Parquet files"):
+        report.read_rows(str(tmp_path / "empty"))

@@ -92,6 +92,7 @@
       r.error ? null : chip("sentiment", r.sentiment),
       r.sc != null ? el("span", { class: "conf", text: r.sc.toFixed(2) }) : null,
       r.asr != null ? el("span", { class: "conf", text: "ASR " + r.asr.toFixed(2) }) : null,
+      r.speech === "none" ? el("span", { class: "conf", text: "no speech found" }) : null,
       r.no_speech != null ? el("span", { class: "conf", text: "no speech " + r.no_speech.toFixed(2) }) : null,
       r.error ? el("span", { class: "err", text: r.error }) : null,
       r.transcript ? el("span", { class: "transcript", text: r.transcript }) : null,

@@ -68,7 +68,10 @@
      el("span", { class: "conf", text: sc == null ? "" : sc.toFixed(2) }),
      el("span", { class: "conf", text: "· modalities " + (body.modalities || []).join("+") +
        (utterances.length ? " · " + utterances.length + " utterances" : "") + " · model " + (body.model_id || "?") }),
-    ].forEach(function (x) { head.appendChild(x); });
+     // speech recognition ran (no transcript given) but found nothing, or could not read the audio
+     body.speech_error ? el("span", { class: "conf", text: " · speech recognition: " + body.speech_error })
+       : (Array.isArray(body.utterances) && !utterances.length ? el("span", { class: "conf", text: " · no speech found" }) : null),
+    ].forEach(function (x) { if (x) head.appendChild(x); });
 
     const tbody = $("modalities").querySelector("tbody");
     tbody.innerHTML = "";
@@ -97,6 +100,8 @@
         el("span", { class: "time", text: fmtTime(t.t0) + "–" + fmtTime(t.t1) }), chip("emotion", t.emotion),
         el("span", { class: "conf", text: t.ec == null ? "" : t.ec.toFixed(2) }), chip("sentiment", t.sentiment),
         el("span", { class: "conf", text: t.sc == null ? "" : t.sc.toFixed(2) }),
+        r.asr_confidence != null ? el("span", { class: "conf", text: "ASR " + r.asr_confidence.toFixed(2) }) : null,
+        r.error ? el("span", { class: "err", text: r.error }) : null,
         t.transcript ? el("span", { class: "transcript", text: t.transcript }) : null]);
       li.addEventListener("click", function () { seek(r.i); });
       lines.appendChild(li);
