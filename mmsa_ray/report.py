@@ -31,6 +31,7 @@ import urllib.parse
 from collections import Counter, defaultdict
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from pathlib import Path
 from typing import Any
 
 from mmsa_ray import subtitles, timeline
@@ -82,7 +83,7 @@ class Report:
         if self.tracks:
             lines.append(f"  {len(self.tracks)} subtitle tracks in {os.path.dirname(self.tracks[0])}")
         local = "://" not in self.index
-        lines.append(f"  open it: {'file://' + self.index if local else self.index}")
+        lines.append(f"  open it: {Path(self.index).as_uri() if local else self.index}")
         return "\n".join(lines)
 
 
