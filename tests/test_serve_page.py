@@ -125,3 +125,39 @@ def test_upload_errors_are_readable_messages(server, clips, tmp_path):
         # the failed uploads log their HTTP status as console errors (Chromium's network log); nothing else
         others = [m for m in browser.console_errors(d) if "the server responded with a status of" not in m]
         assert others == []
+
+
+@pytest.mark.slow
+def test_utterances_are_one_bar_each(request, tmp_path):
+    """Without a transcript the API may transcribe the upload and answer `utterances` (the
+    speech branch): the page then draws one bar per utterance. Skipped, saying why, in a
+    build whose API has no speech recognition."""
+    import wave
+
+    from selenium.webdriver.common.by import By
+
+    if not hasattr(mediagen, "spoken"):
+        pytest.skip("needs mediagen.spoken (espeak-ng speech), from the speech branch")
+    server = request.getfixturevalue("server")  # started only when the test can run
+    samples, spans = mediagen.spoken(["I am so happy today.", "This is terrible news, I hate it."])
+    path = tmp_path / "speech.wav"
+    with wave.open(str(path), "wb") as w:
+        w.setnchannels(1)
+        w.setsampwidth(2)
+        w.setframerate(16000)
+        w.writeframes((np.clip(samples, -1, 1) * 32767).astype("<i2").tobytes())
+    want = requests.post(f"{server}/v1/predict", files={"file": ("speech.wav", path.read_bytes(), "audio/wav")},
+                         timeout=120).json()
+    if "utterances" not in want:
+        pytest.skip("POST /v1/predict answers no `utterances` in this build (no speech recognition)")
+    n = len(want["utterances"])
+    assert n == len(spans), want["utterances"]
+    with browser.chrome() as d:
+        d.get(f"{server}/")
+        assert _upload(d, path) == "done", d.find_element(By.ID, "error").text
+        strips = d.find_elements(By.CSS_SELECTOR, "#timeline svg g.mark-rect")
+        assert [len(g.find_elements(By.TAG_NAME, "path")) for g in strips] == [n, n]
+        lines = d.find_elements(By.CSS_SELECTOR, "#lines li")
+        assert [li.find_element(By.CSS_SELECTOR, ".transcript").text for li in lines] == \
+            [u["transcript"] for u in want["utterances"]]
+        browser.screenshot(d, tmp_path, "serve-page-utterances.png")
