@@ -18,7 +18,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("mmsa_ray.train", "train the model data-parallel (Ray Train)"),
     "evaluate": ("mmsa_ray.evaluate", "metrics, confusion matrices and a report for a checkpoint"),
     "label": ("mmsa_ray.label", "label a video archive into Parquet (Ray Data)"),
-    "serve": ("mmsa_ray.serve", "serve the model over HTTP (Ray Serve)"),
+    "serve": ("mmsa_ray.serve", "serve the model over HTTP (Ray Serve), with an upload page at /"),
+    "report": ("mmsa_ray.report", "an offline HTML report (timelines, player) and subtitles of a label output"),
 }
 
 
