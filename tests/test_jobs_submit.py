@@ -513,7 +513,7 @@ def _serve_config(tmp: Path, checkpoint: Path, port: int) -> Path:
     (application,) = config["applications"]
     application["args"].update(
         checkpoint=str(checkpoint), num_gpus=0, model_num_cpus=0.5, model_threads=1, min_replicas=1, max_replicas=1,
-        preprocess_replicas=1, preprocess_num_cpus=0.5, preprocess_threads=1,
+        preprocess_replicas=1, preprocess_num_cpus=0.5, preprocess_threads=1, speech_replicas=1, speech_num_cpus=0.5,
     )
     path = tmp / "serve.yaml"
     path.write_text(yaml.safe_dump(config, sort_keys=False))
