@@ -65,42 +65,32 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import itertools
-import json
 import os
-import posixpath
-import socket
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator
+from typing import Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from mmsa_ray.attempts import ATTEMPTS_DIR, AttemptLog, DecodeHung, current_job  # noqa: F401 - label.DecodeHung
+from mmsa_ray.attempts import call_with_deadline as _call_with_deadline
+from mmsa_ray.attempts import open_source as _open_source
 from mmsa_ray.sink import ordered_parquet_datasink
+from mmsa_ray.staging import (CHECKPOINT_DIR, STAGING_DIR, STAGING_SCHEMA, nothing_to_restore, remove_inprogress,
+                              stage_sources)
+from mmsa_ray.staging import committed_ids as _committed_ids
+from mmsa_ray.staging import str_or_none as _str_or_none
 from mmsa_ray.sources import MEDIA_EXTENSIONS, float_or_none, list_sources, resolve
 
 FEATURE_KEYS = ("video", "audio", "input_ids", "attention_mask", "mask")
 
-STAGING_DIR = "_staging"  # the listed sources, read back by read_parquet
-FILES_DIR = "_files"  # with --segment: the listed files, before they are cut into windows
-CHECKPOINT_DIR = "_checkpoint"  # Ray Data's committed / pending id lists
-ATTEMPTS_DIR = "_attempts"  # per-item decode attempt records (see module docstring)
-STAGING_ROWS_PER_FILE = 4096
-
-STAGING_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("uri", pa.string()),
-    ("transcript", pa.string()),
-    ("start", pa.float64()),
-    ("end", pa.float64()),
-])
+FILES_DIR = "_files"  # with --segment / --utterances: the listed files, before they become items
 
 # One row per input item. Probabilities follow labels.EMOTIONS (7) and labels.SENTIMENTS (3);
 # every prediction column is null on error rows.
@@ -190,68 +180,6 @@ class LabelSummary:
 # ----------------------------------------------------------------------------- staging
 
 
-def _str_or_none(v: Any) -> str | None:
-    """A string cell from a numpy batch: None (or NaN, numpy's null) -> None."""
-    return None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-
-
-def stage_sources(rows: Iterable[dict[str, Any]], fs: pafs.FileSystem, staging: str,
-                  done: np.ndarray | None = None) -> tuple[int, int]:
-    """Write rows as Parquet files of STAGING_ROWS_PER_FILE rows under `staging` (replaced),
-    leaving out those whose id is in `done` (sorted ids already in the output).
-    Returns (rows listed, rows staged)."""
-    import pyarrow.parquet as pq
-
-    fs.delete_dir_contents(staging, missing_dir_ok=True)
-    fs.create_dir(staging, recursive=True)
-    done = np.asarray([] if done is None else done, dtype=object)  # object: no fixed-width truncation
-    listed = staged = part = 0
-    buf: list[dict[str, Any]] = []
-
-    def flush():
-        nonlocal part, buf, staged
-        if done.size and buf:
-            ids = np.asarray([r["id"] for r in buf], dtype=object)
-            at = np.minimum(np.searchsorted(done, ids), done.size - 1)
-            buf = [r for r, seen in zip(buf, done[at] == ids) if not seen]
-        if buf:
-            table = pa.Table.from_pylist(buf, schema=STAGING_SCHEMA)
-            pq.write_table(table, f"{staging}/part-{part:05d}.parquet", filesystem=fs)
-            part, staged = part + 1, staged + len(buf)
-        buf = []
-
-    for row in rows:
-        buf.append(row)
-        listed += 1
-        if len(buf) >= STAGING_ROWS_PER_FILE:
-            flush()
-    flush()
-    return listed, staged
-
-
-def _committed_ids(ckpt, ctx, out_uri: str, out_fs: pafs.FileSystem) -> np.ndarray | None:
-    """Ray's restore step, run on the driver: delete data files of uncommitted writes,
-    then load the committed ids (sorted), or None when there are none."""
-    import ray
-    from ray.data.checkpoint.checkpoint_filter import IdColumnCheckpointManager
-
-    ref, _ = IdColumnCheckpointManager(checkpoint_config=ckpt, data_context=ctx).load_checkpoint(out_uri, out_fs)
-    return None if ref is None else ray.get(ref)
-
-
-@functools.cache
-def _nothing_to_restore():
-    """A checkpoint manager class for Ray's planner once the driver has restored (see the
-    module docstring): no filter operator is planned."""
-    from ray.data.checkpoint.checkpoint_filter import IdColumnCheckpointManager
-
-    class NothingToRestore(IdColumnCheckpointManager):
-        def load_checkpoint(self, data_file_dir=None, data_file_filesystem=None):
-            return None, 0
-
-    return NothingToRestore
-
-
 # ----------------------------------------------------------------------------- segments
 
 
@@ -277,7 +205,7 @@ def split_into_segments(batch: pa.Table, segment_s: float, timeout_s: float, att
     from mmsa_ray.media import DecodeConfig, probe_duration
 
     fs, attempts_dir = resolve(attempts_uri)
-    log = _AttemptLog(fs, attempts_dir, current_job())
+    log = AttemptLog(fs, attempts_dir, current_job())
     config = DecodeConfig(timeout_s=timeout_s)
     out = []
     for row in batch.select(STAGING_SCHEMA.names).cast(STAGING_SCHEMA).to_pylist():
@@ -347,79 +275,6 @@ def _preprocessing(checkpoint: str, decode_timeout_s: float | None):
     return prep, zeros
 
 
-class _AttemptLog:
-    """OUT/_attempts/<sha1(id)>.json: exists only while an item is being decoded, or after
-    the process decoding it died. Deaths count within one Ray job: a record left by an
-    earlier job (its driver was killed, taking the decode with it) does not count."""
-
-    def __init__(self, fs: pafs.FileSystem, directory: str, job: str):
-        self.fs, self.dir, self.job = fs, directory, job
-
-    def _path(self, id_: str) -> str:
-        return f"{self.dir}/{hashlib.sha1(id_.encode()).hexdigest()}.json"
-
-    def deaths(self, id_: str) -> int:
-        try:
-            with self.fs.open_input_stream(self._path(id_)) as f:
-                record = json.loads(f.read())
-        except FileNotFoundError:
-            return 0
-        except (ValueError, OSError):
-            return 1  # a record cut short by the death it records
-        return int(record.get("attempts", 1)) if record.get("job") == self.job else 0
-
-    def begin(self, id_: str, attempts: int) -> None:
-        record = {"id": id_, "attempts": attempts, "job": self.job, "pid": os.getpid(), "host": socket.gethostname(),
-                  "time": time.time()}
-        with self.fs.open_output_stream(self._path(id_)) as f:
-            f.write(json.dumps(record).encode())
-
-    def end(self, id_: str) -> None:
-        try:
-            self.fs.delete_file(self._path(id_))
-        except FileNotFoundError:
-            pass
-
-
-def current_job() -> str:
-    """The Ray job id of this process ("local" outside Ray)."""
-    import ray
-
-    return ray.get_runtime_context().get_job_id() if ray.is_initialized() else "local"
-
-
-class DecodeHung(Exception):
-    pass
-
-
-def _call_with_deadline(fn, deadline_s: float, *args, **kwargs):
-    """fn(*args) in a daemon thread; DecodeHung if it has not returned after deadline_s."""
-    out: dict[str, Any] = {}
-
-    def run():
-        try:
-            out["value"] = fn(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            out["error"] = e
-
-    t = threading.Thread(target=run, daemon=True, name="mmsa-decode")
-    t.start()
-    t.join(deadline_s)
-    if t.is_alive():
-        raise DecodeHung(f"decoder still running after {deadline_s:g} s (hung); gave up on it")
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
-
-
-def _open_source(uri: str):
-    """Local paths go to the decoder as paths; remote URIs as pyarrow random-access files."""
-    if "://" in uri and not uri.startswith("file://"):
-        fs, path = pafs.FileSystem.from_uri(uri)
-        return fs.open_input_file(path)
-    return uri[len("file://"):] if uri.startswith("file://") else uri
-
-
 def decode_batch(
     batch: pa.Table,
     checkpoint: str,
@@ -439,7 +294,7 @@ def decode_batch(
 
     prep, zeros = _preprocessing(checkpoint, decode_timeout_s)
     fs, attempts_dir = resolve(attempts_uri)
-    log = _AttemptLog(fs, attempts_dir, current_job())
+    log = AttemptLog(fs, attempts_dir, current_job())
     deadline = 2.0 * prep.decode_config.timeout_s + 10.0
     rows = batch.select(STAGING_SCHEMA.names).cast(STAGING_SCHEMA).to_pylist()
     errors: list[str | None] = []
@@ -548,7 +403,7 @@ def label(config: LabelConfig) -> LabelSummary:
     first = next(sources, None)  # a wrong INPUT fails here, before Ray starts
     sources = itertools.chain([] if first is None else [first], sources)
     out_fs.create_dir(out_path, recursive=True)
-    _remove_inprogress(out_fs, out_path)
+    remove_inprogress(out_fs, out_path)
     attempts_uri = f"{out_uri}/{ATTEMPTS_DIR}"
     out_fs.create_dir(f"{out_path}/{ATTEMPTS_DIR}", recursive=True)
 
@@ -567,7 +422,7 @@ def label(config: LabelConfig) -> LabelSummary:
             timeout_s = config.decode_timeout_s or decode.timeout_s
             sources = segment_sources(f"{out_uri}/{FILES_DIR}", config, attempts_uri, timeout_s) if files else iter(())
         listed, staged = stage_sources(sources, out_fs, f"{out_path}/{STAGING_DIR}", done)
-        ckpt.checkpoint_manager_cls = _nothing_to_restore()
+        ckpt.checkpoint_manager_cls = nothing_to_restore()
         ctx.checkpoint_config = ckpt
         if staged:
             stats = _run_pipeline(config, checkpoint, out_uri, attempts_uri)
@@ -606,14 +461,6 @@ def _run_pipeline(config: LabelConfig, checkpoint: str, out_uri: str, attempts_u
         return ds.stats()
     except Exception as e:  # noqa: BLE001 - stats are informational
         return f"(no stats: {e})"
-
-
-def _remove_inprogress(fs: pafs.FileSystem, path: str) -> None:
-    """Delete `.<name>.inprogress` files left by a killed run (never visible as output)."""
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
-        name = posixpath.basename(info.path)
-        if info.type == pafs.FileType.File and name.startswith(".") and name.endswith(".inprogress"):
-            fs.delete_file(info.path)
 
 
 def summarize(fs: pafs.FileSystem, path: str, run_start: datetime, staged: int, output: str,
