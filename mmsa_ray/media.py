@@ -63,7 +63,7 @@ import re
 import os
 import time
 from dataclasses import dataclass, field
-from typing import BinaryIO
+from typing import BinaryIO, Iterator
 
 import numpy as np
 
@@ -177,6 +177,105 @@ def probe_duration(source: str | os.PathLike | bytes | BinaryIO, config: DecodeC
         raise
     except Exception as e:  # PyAV errors, ValueError, OverflowError, MemoryError, ...
         raise MediaError(name, f"cannot read the duration ({type(e).__name__}: {e})") from e
+
+
+def stream_audio(
+    source: str | os.PathLike | bytes | BinaryIO, start: float | None = None, end: float | None = None,
+    chunk_s: float = 300.0, config: DecodeConfig | None = None,
+) -> Iterator[tuple[float, np.ndarray]]:
+    """The audio of [start, end) (default: the whole source) as consecutive chunks, in
+    memory bounded by one chunk: yields (t, wave), wave float32 [N] mono in [-1, 1] at
+    config.sample_rate, t its first sample's time in seconds from the start of the source.
+    Every chunk but the last holds round(chunk_s * sample_rate) samples; together they are
+    what decode_clip's audio of the same window would be (mixing, resampling, silence for
+    dropouts and before a late audio start), without its max_duration_s limit; with no
+    `end`, up to the audio stream's own end (decode_clip stops at the container's stated
+    duration, which a longer video or shorter audio track sets). One pass,
+    audio packets only (video is demuxed away, never decoded). A stream that ends early
+    just ends (no "truncated" check: what was readable is returned).
+
+    Raises MediaError, and only MediaError: before the first chunk when the source cannot
+    be opened or has no audio stream; config.timeout_s bounds the wall time of each chunk.
+    """
+    config = config or DecodeConfig()
+    name = _describe(source)
+    if not chunk_s > 0:
+        raise MediaError(name, f"chunk_s must be > 0, got {chunk_s}")
+    try:
+        yield from _stream_audio(source, name, start, end, chunk_s, config)
+    except MediaError:
+        raise
+    except Exception as e:  # PyAV errors, ValueError, OverflowError, MemoryError, ...
+        raise MediaError(name, f"cannot decode audio ({type(e).__name__}: {e})") from e
+
+
+def _stream_audio(source, name: str, start, end, chunk_s: float, config: DecodeConfig):
+    import av
+
+    s = 0.0 if start is None else float(start)
+    e = math.inf if end is None else float(end)
+    if not math.isfinite(s) or math.isnan(e) or s < 0 or e <= s:
+        raise MediaError(name, f"invalid window [{start}, {end}): need 0 <= start < end")
+    with _open(_input(source, name), name, config, _HEADER_PROBE) as container:
+        _, aus = _streams(container, name)
+        if aus is None:
+            raise MediaError(name, "no audio stream")
+        aus.codec_context.thread_count = 1
+        t0 = container.start_time / 1e6 if container.start_time is not None else 0.0
+        if s > 0 and not _unreliable_seek(aus):
+            try:
+                _seek(container, None, t0 + s - _AUDIO_PREROLL_S, t0)
+            except _ReadFromStart:  # FFmpeg refused the seek (damaged index): read from the start
+                pass
+        audio = _AudioWindow(s, e, config.sample_rate, t0, aus.time_base)
+        n = int(round(chunk_s * config.sample_rate))
+        errors = count = 0
+        deadline = time.monotonic() + config.timeout_s
+        packets = container.demux(aus)
+        while not audio.done:
+            if time.monotonic() > deadline:
+                raise MediaError(name, f"timed out after {config.timeout_s:g} s (timeout_s) decoding one "
+                                       f"{chunk_s:g} s chunk of audio")
+            try:
+                packet = next(packets)
+            except StopIteration:
+                break
+            except av.error.ExitError as ex:
+                raise MediaError(name, f"timed out after {config.timeout_s:g} s (timeout_s) while decoding") from ex
+            except av.error.FFmpegError as ex:  # damaged from here on: keep what was read
+                audio.note(f"demuxing stopped early ({ex.strerror or ex})")
+                break
+            if packet.size == 0:
+                continue
+            count += 1
+            pts_end = None
+            if packet.pts is not None and packet.time_base is not None:
+                pts_end = float((packet.pts + (packet.duration or 0)) * packet.time_base) - t0
+            audio.add_packet(pts_end)
+            try:
+                audio.add(aus.codec_context.decode(packet))
+            except av.error.FFmpegError:
+                errors += 1
+            while (wave := audio.take(n)) is not None:
+                yield s + audio.taken / config.sample_rate - len(wave) / config.sample_rate, wave
+                deadline = time.monotonic() + config.timeout_s  # the consumer's time is not ours
+        if not audio.done:
+            try:
+                audio.add(aus.codec_context.decode(None))
+            except av.error.FFmpegError:
+                errors += 1
+        audio.finish()
+        if errors > max(2, count // 5):
+            raise MediaError(name, f"corrupt audio stream: {min(errors, count)} of {count} packets failed to decode")
+        if audio.first_time is None:
+            why = f" ({audio.problem})" if audio.problem else ""
+            where = f" at or after {s:g} s" if s > 0 else ""
+            raise MediaError(name, f"audio stream yielded no decodable samples{where}{why}")
+        while (wave := audio.take(n)) is not None:
+            yield s + audio.taken / config.sample_rate - len(wave) / config.sample_rate, wave
+        wave = audio.take(None)
+        if wave is not None and len(wave):
+            yield s + audio.taken / config.sample_rate - len(wave) / config.sample_rate, wave
 
 
 def _input(source, name: str):
@@ -899,6 +998,8 @@ class _AudioWindow:
         self.done = False
         self.problem = None
         self.packets = 0  # audio packets demuxed that reach into the window
+        self.taken = 0  # window samples handed out by take() (streaming)
+        self.dropped = 0  # resampled samples removed from the front of self.chunks by take()
 
     def _new_resampler(self):
         import av
@@ -963,6 +1064,34 @@ class _AudioWindow:
     def finish(self) -> None:
         if self.first_time is not None:
             self._take(self.resampler.resample(None))
+
+    def take(self, n: int | None) -> np.ndarray | None:
+        """Streaming (stream_audio): the next n samples of [start, end) once that many are
+        decoded (else None, nothing taken); n None: all that remain (call after finish()).
+        Removes them from the buffer, so memory stays at about one chunk."""
+        if self.first_time is None:
+            return None
+        # resampled sample k is at first_time + k / rate; window sample j at start + j / rate
+        i0 = int(round((self.start - self.first_time) * self.rate))
+        left = int(round((self.end - self.start) * self.rate)) - self.taken if math.isfinite(self.end) else math.inf
+        a = self.taken + i0  # resampled index of the next window sample (< 0: silence before the audio)
+        if n is None:
+            m = max(0, min(self.n - a, left))
+        elif self.n - a >= n and left >= n:
+            m = n
+        else:  # not decoded yet, or the window's last (shorter) piece: take(None) hands it out
+            return None
+        buf = np.concatenate(self.chunks) if len(self.chunks) != 1 else self.chunks[0]  # [dropped, n)
+        lo = max(a, self.dropped) - self.dropped
+        b = a + m
+        out = buf[lo:max(lo, b - self.dropped)]
+        if a < 0:  # the audio starts after the window start
+            out = np.concatenate([np.zeros(min(-a, m), np.float32), out])
+        if b > self.dropped:
+            self.chunks = [buf[b - self.dropped:].copy()]  # a copy: a view would keep all of buf alive
+            self.dropped = b
+        self.taken += m
+        return np.clip(out, -1.0, 1.0).astype(np.float32, copy=False)
 
     def result(self, name: str, claimed_end: float | None, data_end: float) -> np.ndarray | None:
         """claimed_end, data_end: as for _VideoSampler.result."""

@@ -131,6 +131,7 @@ def write_video(
     rotation: float | None = None, seed: int = 0, container_options: dict[str, str] | None = None,
     start: float = 0.0, audio_seconds: float | None = None, video_delay: float = 0.0,
     frame_times: list[float] | None = None, audio_gaps: list[tuple[float, float]] = (),
+    audio_samples: np.ndarray | None = None,
 ) -> Path:
     """Write a video (container from the extension: mp4/mkv/webm/avi/mov) and return its path.
 
@@ -145,7 +146,8 @@ def write_video(
     captures). frame_times: variable frame rate, frame i shown from frame_times[i] seconds
     (millisecond timestamps; screen recordings hold a still picture for seconds).
     audio_gaps: [(from, to)] seconds whose audio packets are dropped while the timestamps
-    go on, as a lossy transmission or a broadcast glitch leaves them.
+    go on, as a lossy transmission or a broadcast glitch leaves them. audio_samples:
+    float32 [channels, N] at the audio rate to encode instead of the tone (speech).
     """
     import av
 
@@ -185,8 +187,8 @@ def write_video(
         container.mux(vs.encode(None))
         if aus is not None:
             a_seconds = float(n / fps) if audio_seconds is None else audio_seconds
-            _encode_audio(container, aus, tone(a_seconds, aus.rate, channels, freq), round(start * fps) / fps,
-                          audio_gaps)
+            wave = tone(a_seconds, aus.rate, channels, freq) if audio_samples is None else audio_samples
+            _encode_audio(container, aus, wave, round(start * fps) / fps, audio_gaps)
     return path
 
 
@@ -213,10 +215,11 @@ def _encode_audio(container, stream, samples: np.ndarray, start: float = 0.0,
 
 def write_audio(
     path: str | os.PathLike, seconds: float = 1.0, rate: int = 44100, channels: int = 2,
-    codec: str | None = None, freq: float = 440.0, amplitude: float = 0.5,
+    codec: str | None = None, freq: float = 440.0, amplitude: float = 0.5, samples: np.ndarray | None = None,
 ) -> Path:
     """Write an audio-only file (wav/m4a/mp3/opus/ogg/flac/aac (ADTS) by extension) with a
-    `freq` Hz tone (amplitude 0: digital silence)."""
+    `freq` Hz tone (amplitude 0: digital silence), or `samples` (float32 [channels, N] at
+    `rate`; `seconds` is then ignored)."""
     import av
 
     path = Path(path)
@@ -225,7 +228,7 @@ def write_audio(
     with av.open(str(path), "w", format=fmt) as container:
         stream = container.add_stream(codec or _AUDIO_FOR[ext], rate=rate)
         stream.layout = "mono" if channels == 1 else "stereo"
-        _encode_audio(container, stream, tone(seconds, rate, channels, freq, amplitude))
+        _encode_audio(container, stream, tone(seconds, rate, channels, freq, amplitude) if samples is None else samples)
     return path
 
 
