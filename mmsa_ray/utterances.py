@@ -8,9 +8,9 @@ per spoken utterance, in a Ray Data actor pool that loads the Whisper model once
          the file's time), with transcript, words, asr_confidence, speech="found" and the
          file's earlier transcripts as `context` (time order, the last `context_turns`)
 
-A file without speech becomes one item without transcript (its whole file or window), or
-its `--segment` windows, with speech="none"; a file whose audio cannot be read becomes
-one error item whose id is the file id. With `keep_transcripts` (label), a row that already
+A file without speech (or without an audio stream) becomes one item without transcript
+(its whole file or window), or its `--segment` windows, with speech="none"; a file whose
+audio cannot be read becomes one error item whose id is the file id. With `keep_transcripts` (label), a row that already
 has a transcript (a manifest's) passes through untouched, not transcribed.
 
 Never transcribed twice: the recognizer's output for a file (its utterances, "no speech",
@@ -40,6 +40,7 @@ from mmsa_ray.attempts import AttemptLog, call_with_deadline, current_job, open_
 from mmsa_ray.sources import resolve
 from mmsa_ray.staging import STAGING_SCHEMA, is_done
 
+NO_AUDIO = "no audio stream"  # media.MediaError's cause for a file without audio: no speech, not an error
 SPEECH_DIR = "_speech"  # under OUT: the speech stage's cache, one folder per SpeechConfig.cache_key()
 
 WORD_TYPE = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("word", pa.string()),
@@ -194,7 +195,10 @@ class SpeechStage:
             source = open_source(uri)
             utterances = self.recognizer.transcribe(source, start=row["start"], end=row["end"])
         except MediaError as e:
-            return [_item(row, file_id=id_, error=f"{uri}: {getattr(e, 'cause', None) or e}")], True
+            cause = getattr(e, "cause", None) or str(e)
+            if cause == NO_AUDIO:  # a silent video: nothing to transcribe, its pictures still to label
+                return [_item(row, file_id=id_, speech="none")], True
+            return [_item(row, file_id=id_, error=f"{uri}: {cause}")], True
         except Exception as e:  # noqa: BLE001 - every failure is recorded on its row
             return [_item(row, file_id=id_, error=f"{uri}: {type(e).__name__}: {e}")], False
         finally:
