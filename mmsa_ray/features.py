@@ -5,7 +5,8 @@ the training loop. One clip's features are a ``dict[str, np.ndarray]`` (no batch
 
     "video"          float32 [3, T, H, W]  Kinetics-400 mean/std normalized; zeros when absent
     "audio"          float32 [1, 64, 300]  normalized log-mel; zeros when absent
-    "input_ids"      int64   [128]         pad ids when there is no transcript
+    "input_ids"      int64   [128]         pad ids when there is no transcript; with dialogue context:
+                                           [CLS] transcript [SEP] newest earlier utterance [SEP] older ... [SEP]
     "attention_mask" int64   [128]         all zero when there is no transcript
     "mask"           float32 [3]           presence, labels.MODALITIES order (text, audio, video)
 
@@ -44,7 +45,8 @@ class FeatureConfig:
     n_mels: int = 64  # mel bands
     mel_frames: int = 300  # STFT frames kept (300 * 512 / 16 kHz = 9.6 s); shorter clips are zero-padded
     sample_rate: int = 16000  # Hz; must equal the decoder's sample_rate
-    max_text_length: int = 128  # tokens per transcript (truncated / padded)
+    max_text_length: int = 128  # tokens per transcript (truncated / padded), dialogue context included
+    context_turns: int = 0  # earlier utterances of the dialogue encoded with each transcript (0 = none)
 
     @property
     def mel_shape(self) -> tuple[int, int, int]:
@@ -52,9 +54,10 @@ class FeatureConfig:
         return (1, self.n_mels, self.mel_frames)
 
     def __post_init__(self) -> None:
-        bad = [f"{k}={v!r}" for k, v in vars(self).items() if not (isinstance(v, int) and not isinstance(v, bool) and v > 0)]
+        bad = [f"{k}={v!r}" for k, v in vars(self).items()
+               if not (isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if k == "context_turns" else v > 0))]
         if bad:
-            raise ValueError("invalid FeatureConfig (all fields are positive ints): " + ", ".join(bad))
+            raise ValueError("invalid FeatureConfig (positive ints; context_turns >= 0): " + ", ".join(bad))
         if self.hop_length > self.n_fft:
             raise ValueError(f"invalid FeatureConfig: hop_length={self.hop_length} > n_fft={self.n_fft}")
 
@@ -136,28 +139,51 @@ def log_mel(audio: list[np.ndarray], config: FeatureConfig) -> np.ndarray:
 _TOKENIZER_LOCK = threading.Lock()
 
 
-def tokenize(texts: list[str | None], tokenizer: Any, max_length: int) -> dict[str, np.ndarray]:
+def tokenize(texts: list[str | None], tokenizer: Any, max_length: int,
+             contexts: list[list[str] | None] | None = None) -> dict[str, np.ndarray]:
     """Transcripts -> {"input_ids", "attention_mask"}: int64 [B, max_length] each.
 
-    None, "" or whitespace-only means no transcript: pad ids and an all-zero mask.
-    Longer texts are truncated to max_length tokens (special tokens included).
+    None, "" or whitespace-only means no transcript: pad ids and an all-zero mask (the
+    context alone never makes text present). Longer texts are truncated to max_length
+    tokens (special tokens included).
+
+    contexts[i] (optional): the earlier utterances before texts[i], oldest first. They are
+    encoded as the second segment, newest first and separated by the tokenizer's [SEP]:
+    `[CLS] text [SEP] newest [SEP] older ... [SEP]`, so truncation drops the oldest words
+    first and never the transcript itself (unless it alone is longer than max_length).
     """
     n = len(texts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
     ids = np.full((n, max_length), pad_id, dtype=np.int64)
     mask = np.zeros((n, max_length), dtype=np.int64)
     present = [i for i, t in enumerate(texts) if t is not None and str(t).strip()]
-    if present:
+    if not present:
+        return {"input_ids": ids, "attention_mask": mask}
+    sep = f" {tokenizer.sep_token or tokenizer.eos_token or '|'} "
+    first = {i: str(texts[i]).strip() for i in present}
+    second = {}
+    if contexts is not None:
+        for i in present:
+            earlier = [str(c).strip() for c in (contexts[i] or []) if c is not None and str(c).strip()]
+            if earlier:
+                second[i] = sep.join(reversed(earlier))
+    if second:  # a transcript that leaves no room for context is encoded alone
         with _TOKENIZER_LOCK:
-            enc = tokenizer(
-                [str(texts[i]).strip() for i in present],
-                padding="max_length",
-                truncation=True,
-                max_length=max_length,
-                return_tensors="np",
-            )
-        ids[present] = enc["input_ids"].astype(np.int64)
-        mask[present] = enc["attention_mask"].astype(np.int64)
+            lengths = tokenizer([first[i] for i in second], add_special_tokens=False)["input_ids"]
+        for i, toks in zip(list(second), lengths):
+            if len(toks) > max_length - 4:
+                del second[i]
+    kw = dict(padding="max_length", max_length=max_length, return_tensors="np")
+    for rows, paired in (([i for i in present if i not in second], False), (list(second), True)):
+        if not rows:
+            continue
+        with _TOKENIZER_LOCK:
+            if paired:  # [CLS] text [SEP] context [SEP]: only the context is cut
+                enc = tokenizer([first[i] for i in rows], [second[i] for i in rows], truncation="only_second", **kw)
+            else:
+                enc = tokenizer([first[i] for i in rows], truncation=True, **kw)
+        ids[rows] = enc["input_ids"].astype(np.int64)
+        mask[rows] = enc["attention_mask"].astype(np.int64)
     return {"input_ids": ids, "attention_mask": mask}
 
 
@@ -165,11 +191,12 @@ def tokenize(texts: list[str | None], tokenizer: Any, max_length: int) -> dict[s
 
 
 def clip_features(
-    clip: Clip,
+    clip: Clip | None,
     transcript: str | None,
     tokenizer: Any,
     config: FeatureConfig,
     decode: DecodeConfig | None = None,
+    context: list[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """A decoded clip (+ its transcript) -> its feature dict (see the module docstring).
 
@@ -177,12 +204,18 @@ def clip_features(
     (DecodeConfig() defaults when not given); pass the config the clip was decoded with.
     A modality is absent when its stream is missing (audio: or decoded to zero samples),
     or, for text, when the transcript is None/blank. Silent audio is present.
+    ``clip`` None: nothing was decoded (a checkpoint that uses neither audio nor video):
+    both absent, and the video placeholder is a [3, 1, 1, 1] zero that no trunk reads.
+    ``context``: the earlier utterances (oldest first); the last ``config.context_turns``
+    of them are encoded with the transcript (see `tokenize`).
     """
     if decode is None:
         from mmsa_ray.media import DecodeConfig
 
         decode = DecodeConfig()
-    if clip.frames is not None:
+    if clip is None:
+        video, has_video = np.zeros((3, 1, 1, 1), dtype=np.float32), False
+    elif clip.frames is not None:
         frames = np.asarray(clip.frames)
         if frames.ndim != 4 or frames.shape[1] != 3:
             raise ValueError(f"{clip.source}: frames must be uint8 [T, 3, H, W], got shape {frames.shape}")
@@ -192,7 +225,7 @@ def clip_features(
         video = np.zeros((3, decode.num_frames, decode.height, decode.width), dtype=np.float32)
         has_video = False
 
-    has_audio = clip.audio is not None and np.asarray(clip.audio).size > 0
+    has_audio = clip is not None and clip.audio is not None and np.asarray(clip.audio).size > 0
     if has_audio:
         if clip.sample_rate != config.sample_rate:
             raise ValueError(f"{clip.source}: audio decoded at {clip.sample_rate} Hz but features expect {config.sample_rate} Hz")
@@ -200,7 +233,8 @@ def clip_features(
     else:
         audio = np.zeros(config.mel_shape, dtype=np.float32)
 
-    tokens = tokenize([transcript], tokenizer, config.max_text_length)
+    turns = config.context_turns
+    tokens = tokenize([transcript], tokenizer, config.max_text_length, [list(context or [])[-turns:] if turns else None])
     has_text = bool(tokens["attention_mask"][0].any())
     present = {"text": has_text, "audio": has_audio, "video": has_video}
     return {

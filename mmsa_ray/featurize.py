@@ -84,16 +84,9 @@ class FeaturizeResult:
 
 def tensor_digest(module) -> str:
     """sha256 over a module's state dict (names, dtypes, shapes, bytes)."""
-    import torch
+    from mmsa_ray.model import tensor_digest as digest
 
-    h = hashlib.sha256()
-    for name, t in sorted(module.state_dict().items()):
-        t = t.detach().cpu().contiguous()
-        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
-        if t.dtype == torch.bfloat16:
-            t = t.float()
-        h.update(t.numpy().tobytes())
-    return h.hexdigest()
+    return digest(module.state_dict())
 
 
 def needs_media(modalities, records) -> bool:
@@ -141,7 +134,8 @@ def decode_and_featurize(batch: dict[str, np.ndarray], model_dir: str, modalitie
                          decode_media: bool) -> dict[str, np.ndarray]:
     """Manifest rows -> raw model inputs (Ray Data map_batches, numpy format).
 
-    Input columns: id, path, transcript, split, emotion_index, sentiment_index.
+    Input columns: id, path, transcript, split, emotion_index, sentiment_index, and
+    optionally context (earlier transcripts of the dialogue, oldest first).
     Output: those labels plus "audio" float32 [B,1,64,300], "input_ids"/"attention_mask"
     int64 [B,L], "mask" float32 [B,3] (limited to `modalities`), "error" (None or a
     message), and "video" float32 [B,3,T,H,W] when video is wanted. A clip that fails to
@@ -168,7 +162,9 @@ def decode_and_featurize(batch: dict[str, np.ndarray], model_dir: str, modalitie
     }
     if "video" in modalities:
         out["video"] = np.zeros((n, 3, d.num_frames, d.height, d.width), np.float32)
-    tokens = tokenize(transcripts, tok, fcfg.max_text_length)
+    turns = fcfg.context_turns
+    contexts = [list(c)[-turns:] if (turns and c is not None) else None for c in batch["context"]] if "context" in batch else None
+    tokens = tokenize(transcripts, tok, fcfg.max_text_length, contexts)
     out["input_ids"], out["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
     out["mask"][:, MODALITIES.index("text")] = tokens["attention_mask"].any(axis=1)
     if decode_media:
@@ -176,7 +172,7 @@ def decode_and_featurize(batch: dict[str, np.ndarray], model_dir: str, modalitie
             if not path:
                 continue  # no clip file: text (if any) only
             try:
-                f = prep(str(path), transcripts[i])
+                f = prep(str(path), transcripts[i], context=contexts[i] if contexts else None)
             except Exception as e:  # per clip: MediaError, or a feature error naming the clip
                 out["error"][i] = f"{type(e).__name__}: {e}"
                 out["mask"][i] = 0.0
@@ -198,11 +194,15 @@ def raw_dataset(records, model_dir: str, modalities, staging_path: str, *, decod
     read_parquet(staging manifest) -> CPU map_batches. Shared by featurize and end-to-end training."""
     import ray
 
-    from mmsa_ray.meld import write_manifest
+    from mmsa_ray.meld import dialogue_context, write_manifest
+    from mmsa_ray.model import ModelConfig, read_checkpoint_config
 
+    records = list(records)
     modalities = tuple(m for m in MODALITIES if m in modalities)
+    turns = ModelConfig.from_dict(read_checkpoint_config(model_dir)["model"]).features.context_turns
+    contexts = dialogue_context(records, turns) if turns and "text" in modalities else None
     # small row groups: Ray Data reads one block per file fragment, and row groups let it split further
-    write_manifest(records, staging_path, row_group_size=64)
+    write_manifest(records, staging_path, row_group_size=64, contexts=contexts)
     n_blocks = max(1, min(64, -(-len(records) // max(1, decode_batch_size * 4))))
     ds = ray.data.read_parquet(staging_path, override_num_blocks=n_blocks)
     return ds.map_batches(
@@ -425,7 +425,9 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--video-weights", default=m.video_weights, help=f"r3d_18 weights: 'none' (random, seeded), 'kinetics' (download) or a state-dict file (default {m.video_weights})")
     p.add_argument("--num-frames", type=int, default=d.num_frames, help=f"frames sampled per clip (default {d.num_frames})")
     p.add_argument("--size", type=int, default=d.height, help=f"frame height and width in pixels (default {d.height})")
-    p.add_argument("--max-text-length", type=int, default=f.max_text_length, help=f"tokens per transcript (default {f.max_text_length})")
+    p.add_argument("--max-text-length", type=int, default=f.max_text_length, help=f"tokens per transcript, context included (default {f.max_text_length})")
+    p.add_argument("--context-turns", type=int, default=f.context_turns, help=f"earlier utterances of the dialogue encoded with each transcript (default {f.context_turns})")
+    p.add_argument("--text-pooling", default=m.text_pooling, choices=["mean", "current", "cls"], help=f"text encoder pooling: mean of all tokens, of the transcript's own tokens ('current', context excluded), or [CLS] (default {m.text_pooling})")
 
 
 def model_config_from_args(args, **overrides):
@@ -436,7 +438,8 @@ def model_config_from_args(args, **overrides):
     return ModelConfig(
         text_encoder=args.text_encoder, video_weights=args.video_weights,
         decode=DecodeConfig(num_frames=args.num_frames, height=args.size, width=args.size),
-        features=FeatureConfig(max_text_length=args.max_text_length), **overrides,
+        features=FeatureConfig(max_text_length=args.max_text_length, context_turns=args.context_turns),
+        text_pooling=args.text_pooling, **overrides,
     )
 
 

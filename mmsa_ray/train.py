@@ -57,6 +57,7 @@ class TrainConfig:
     weight_decay: float = 0.01  # AdamW
     warmup_frac: float = 0.05  # share of steps with linear warm-up, then cosine to 0
     label_smoothing: float = 0.1
+    class_weighting: str = "none"  # "none" serves weighted F1 (MELD's metric); "inverse" / "sqrt" frequency weights trade it for macro F1
     aux_weight: float = 0.5  # weight of the per-modality heads' loss
     modality_dropout: float = 0.2  # per sample, per present modality; never drops all (so a clip missing a modality still predicts well)
     patience: int = 3  # epochs without dev improvement before stopping (0 = never)
@@ -64,6 +65,7 @@ class TrainConfig:
     end_to_end: bool = False  # stream raw clips (decode+features) instead of cached features
     finetune: tuple[str, ...] = ()  # encoders to unfreeze ("text", "video"); implies end_to_end
     shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer (0 = record order)
+    length_pool: int = 8  # raw text: batches read at once and regrouped by token count (less padding; 1 = off)
     deterministic: bool = False  # Ray Data preserves row order (reproducible runs; slower streaming)
     pid_dir: str | None = None  # where each worker writes rank<r>.pid (tests kill one)
 
@@ -71,10 +73,20 @@ class TrainConfig:
 # ----------------------------------------------------------------------------- helpers
 
 
-def class_weights(labels: np.ndarray, num_classes: int) -> np.ndarray:
-    """Inverse-frequency weights [K] normalised to mean 1 over present classes (absent classes: 1)."""
+CLASS_WEIGHTINGS = ("none", "inverse", "sqrt")
+
+
+def class_weights(labels: np.ndarray, num_classes: int, mode: str = "inverse") -> np.ndarray:
+    """Loss weights [K] normalised to mean 1 over present classes (absent classes: 1).
+
+    mode: "inverse" (1/frequency: rare classes count as much as common ones, for macro
+    F1), "sqrt" (1/sqrt(frequency), half way) or "none" (all 1: the loss follows the data's
+    own class balance, which is what weighted F1 rewards)."""
+    if mode not in CLASS_WEIGHTINGS:
+        raise ValueError(f"class weighting must be one of {list(CLASS_WEIGHTINGS)}, got {mode!r}")
     counts = np.bincount(np.asarray(labels, np.int64), minlength=num_classes).astype(np.float64)
-    w = np.where(counts > 0, counts.sum() / np.maximum(counts, 1) / max(1, (counts > 0).sum()), 1.0)
+    power = {"none": 0.0, "sqrt": 0.5, "inverse": 1.0}[mode]
+    w = np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** power, 1.0)
     return (w / w[counts > 0].mean() if (counts > 0).any() else w).astype(np.float32)
 
 
@@ -147,6 +159,32 @@ class ToTensors(_collate_base()):
 
     def __call__(self, batch):
         return to_tensors(batch, self.modalities, self.mel_shape)
+
+
+def length_bucketed(batches, batch_size: int, generator=None):
+    """Regroup tensor batches of token ids into batches of similar length, then trim padding.
+
+    Each incoming batch (a pool of several training batches, already shuffled) is sorted by
+    token count, cut into `batch_size` rows and the pieces yielded in random order, each
+    cut to its own longest row. On MELD with dialogue context this halves the padded
+    tokens the text encoder runs on (its cost is linear in them). Batches without token
+    ids (cached features) pass through unchanged. The number of batches depends only on
+    the pool sizes, so data-parallel workers with equal shards take equal steps.
+    """
+    import torch
+
+    for pool in batches:
+        if "attention_mask" not in pool:
+            yield pool
+            continue
+        lengths = pool["attention_mask"].sum(dim=1)
+        order = torch.argsort(lengths, stable=True)
+        pieces = [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+        for j in torch.randperm(len(pieces), generator=generator).tolist():
+            batch = {k: v[pieces[j]] for k, v in pool.items()}
+            longest = max(1, int(batch["attention_mask"].sum(dim=1).max()))
+            batch["input_ids"], batch["attention_mask"] = batch["input_ids"][:, :longest], batch["attention_mask"][:, :longest]
+            yield batch
 
 
 def drop_error_rows(batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -289,20 +327,32 @@ def train_loop(config: dict) -> None:
         model.train()
         sums = torch.zeros(2, dtype=torch.float64)  # loss*n, n
         conf = {h: torch.zeros(len(HEADS[h]), len(HEADS[h]), dtype=torch.int64) for h in HEADS}
-        for batch in train_shard.iter_torch_batches(
-            batch_size=cfg.batch_size, collate_fn=collate, local_shuffle_buffer_size=cfg.shuffle_buffer or None,
+        pool = max(1, cfg.length_pool) if cfg.end_to_end and "text" in cfg.modalities else 1  # cached rows have no tokens
+        batches = train_shard.iter_torch_batches(
+            batch_size=cfg.batch_size * pool, collate_fn=collate, local_shuffle_buffer_size=cfg.shuffle_buffer or None,
             local_shuffle_seed=cfg.seed * 1000 + epoch if cfg.shuffle_buffer else None,
-        ):
+        )
+        if pool > 1:
+            batches = length_bucketed(batches, cfg.batch_size, gen)
+        timing = {"data": 0.0, "forward": 0.0, "backward": 0.0}  # seconds: waiting for Ray Data, model forward, backward + step
+        tick = time.time()
+        for batch in batches:
             batch["mask"] = modality_dropout(batch["mask"], cfg.modality_dropout, gen)
             batch = {k: v.to(device) for k, v in batch.items()}
             factor = lr_factor(state["step"], total_steps, cfg.warmup_frac)
             for g in optimizer.param_groups:
                 g["lr"] = g["base_lr"] * factor
+            t_fwd = time.time()
+            timing["data"] += t_fwd - tick
             out = forward(batch)
             loss = loss_of(out, batch, batch["mask"])
+            t_bwd = time.time()
+            timing["forward"] += t_bwd - t_fwd
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            tick = time.time()
+            timing["backward"] += tick - t_bwd
             state["step"] += 1
             n = len(batch["emotion"])
             sums += torch.tensor([loss.item() * n, n], dtype=torch.float64)
@@ -320,7 +370,9 @@ def train_loop(config: dict) -> None:
         dsum = torch.zeros(2, dtype=torch.float64)
         dconf = {h: torch.zeros(len(HEADS[h]), len(HEADS[h]), dtype=torch.int64) for h in HEADS}
         if dev_batches is None:
-            dev_batches = list(dev_shard.iter_torch_batches(batch_size=max(64, cfg.batch_size), collate_fn=collate))
+            dev_batches = list(dev_shard.iter_torch_batches(batch_size=max(64, cfg.batch_size) * pool, collate_fn=collate))
+            if pool > 1:
+                dev_batches = list(length_bucketed(dev_batches, max(64, cfg.batch_size)))
         with torch.no_grad():
             for batch in dev_batches:
                 batch = {k: v.to(device) for k, v in batch.items()}
@@ -334,7 +386,8 @@ def train_loop(config: dict) -> None:
 
         metrics = {"epoch": epoch + 1, "train_loss": float(sums[0] / max(1, sums[1])), "dev_loss": float(dsum[0] / max(1, dsum[1])),
                    "lr": optimizer.param_groups[-1]["lr"], "train_time_s": train_time, "epoch_time_s": time.time() - t0,
-                   "train_rows": int(sums[1]), "dev_rows": int(dsum[1])}
+                   "train_rows": int(sums[1]), "dev_rows": int(dsum[1]),
+                   **{f"{k}_s": v for k, v in timing.items()}, "dev_time_s": time.time() - t0 - train_time}
         for split, cm in (("train", conf), ("dev", dconf)):
             for h in HEADS:
                 m = metrics_from_confusion(cm[h].numpy())
@@ -360,7 +413,8 @@ def train_loop(config: dict) -> None:
             print(f"[train] epoch {epoch + 1}/{cfg.epochs} loss {metrics['train_loss']:.4f} dev_loss {metrics['dev_loss']:.4f} | "
                   + " | ".join(f"{h}: train acc {metrics[f'train_{h}_accuracy']:.3f} wF1 {metrics[f'train_{h}_weighted_f1']:.3f}, "
                                f"dev acc {metrics[f'dev_{h}_accuracy']:.3f} wF1 {metrics[f'dev_{h}_weighted_f1']:.3f}" for h in HEADS)
-                  + f" | {metrics['epoch_time_s']:.1f} s", flush=True)
+                  + f" | {metrics['epoch_time_s']:.1f} s (data {timing['data']:.0f} s, forward {timing['forward']:.0f} s, "
+                    f"backward {timing['backward']:.0f} s, dev {metrics['dev_time_s']:.0f} s)", flush=True)
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     writer.add_scalar(k, v, epoch + 1)
@@ -437,6 +491,7 @@ class JobConfig:
     featurize_batch_size: int = 32
     num_to_keep: int = 2
     report_dir: str | None = None  # default <output>/report
+    compact: bool = False  # write --output with save(compact=True): only what differs from the pretrained encoders
 
 
 def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
@@ -493,7 +548,7 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
     workers = job.num_workers
     loop_config = {
         **asdict(cfg), "init_model": init_model, "run_dir": run_dir, "mel_shape": list(mel_shape),
-        "class_weights": {h: class_weights(train_labels[h], len(HEADS[h])).tolist() for h in HEADS},
+        "class_weights": {h: class_weights(train_labels[h], len(HEADS[h]), cfg.class_weighting).tolist() for h in HEADS},
         "steps_per_epoch": max(1, math.ceil(n_train / workers / cfg.batch_size)),
     }
     cpus = job.cpus_per_worker if job.cpus_per_worker is not None else (1.0 if job.use_gpu else 0.5)
@@ -528,6 +583,10 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
         out.parent.mkdir(parents=True, exist_ok=True)
         shutil.copytree(Path(d) / "model", tmp)
         install_checkpoint(tmp, out)
+    if job.compact:  # the report below then scores the compact weights themselves (fp16 layers)
+        from mmsa_ray.model import MultimodalSentimentModel
+
+        MultimodalSentimentModel.load(out).save(out, compact=True)
     (out.parent / f"{out.name}.train.json").write_text(json.dumps(
         {"best_checkpoint": best.path, "best_metrics": best_metrics, "train_config": asdict(cfg), "job": asdict(job),
          "info": info, "history": _history(result.checkpoint)}, indent=1, default=str))
@@ -567,6 +626,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--backbone-lr", type=float, default=d.backbone_lr, help=f"learning rate of encoders unfrozen by --finetune (default {d.backbone_lr:g})")
     p.add_argument("--weight-decay", type=float, default=d.weight_decay, help=f"AdamW weight decay (default {d.weight_decay:g})")
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help=f"cross-entropy label smoothing (default {d.label_smoothing:g})")
+    p.add_argument("--class-weighting", default=d.class_weighting, choices=list(CLASS_WEIGHTINGS), help=f"loss weights per class: none (serves weighted F1), sqrt or inverse frequency (serve macro F1) (default {d.class_weighting})")
     p.add_argument("--modality-dropout", type=float, default=d.modality_dropout, help=f"probability of hiding a present modality per sample, so that clips missing one still predict well (never all; default {d.modality_dropout:g})")
     p.add_argument("--patience", type=int, default=d.patience, help=f"stop after this many epochs without dev weighted-F1 gain (0 = never; default {d.patience})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the trainable parts' init, shuffling and dropout (default {d.seed})")
@@ -575,6 +635,7 @@ def main(argv: list[str] | None = None) -> int:
     featurize.add_model_args(p)
     p.add_argument("--output", default="checkpoint", help="directory for the best model (model.save format; default ./checkpoint)")
     p.add_argument("--report-dir", default=None, help="directory for the dev report (default <output>_report)")
+    p.add_argument("--compact", action="store_true", help="store --output compactly: only the weights that differ from the pretrained encoders (fine-tuned layers in float16); how the shipped starter checkpoint is made")
     p.add_argument("--storage-path", default=None, help="Ray Train storage (checkpoints, TensorBoard; default ~/ray_results)")
     p.add_argument("--name", default=None, help="run name; rerunning with the same name resumes it (default: timestamped)")
     p.add_argument("--max-failures", type=int, default=1, help="worker failures to recover from the last checkpoint (default 1)")
@@ -604,17 +665,19 @@ def main(argv: list[str] | None = None) -> int:
     unknown = {x.strip() for x in args.finetune.split(",") if x.strip()} - {"text", "video"}
     if unknown:
         p.error(f"--finetune takes text and/or video, got {sorted(unknown)}")
-    model_config = featurize.model_config_from_args(args, freeze_text="text" not in finetune, freeze_video="video" not in finetune)
+    model_config = featurize.model_config_from_args(args, freeze_text="text" not in finetune, freeze_video="video" not in finetune,
+                                                    modalities=parse_modalities(args.modalities))
     cfg = TrainConfig(
         modalities=parse_modalities(args.modalities), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         encoder_lr=args.encoder_lr, backbone_lr=args.backbone_lr, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, modality_dropout=args.modality_dropout, patience=args.patience, seed=args.seed,
+        label_smoothing=args.label_smoothing, class_weighting=args.class_weighting, modality_dropout=args.modality_dropout, patience=args.patience, seed=args.seed,
         end_to_end=args.end_to_end, finetune=finetune, pid_dir=args.pid_dir,
     )
     job = JobConfig(meld_dir=meld_dir, output=args.output, storage_path=args.storage_path, name=args.name,
                     num_workers=args.num_workers, use_gpu=args.use_gpu, cpus_per_worker=args.cpus_per_worker,
                     max_failures=args.max_failures, limit=args.limit, cache_dir=args.cache_dir, actors=args.actors,
-                    gpus_per_actor=args.gpus_per_actor, featurize_batch_size=args.featurize_batch_size, report_dir=args.report_dir)
+                    gpus_per_actor=args.gpus_per_actor, featurize_batch_size=args.featurize_batch_size, report_dir=args.report_dir,
+                    compact=args.compact)
     import ray
 
     started = not ray.is_initialized()
