@@ -1,4 +1,4 @@
-"""`mmsa-ray label INPUT --checkpoint DIR --output OUT`: label a video archive into Parquet.
+"""`mmsa-ray label INPUT [--checkpoint DIR] --output OUT`: label a video archive into Parquet.
 
 The Ray Data pipeline, streaming end to end (nothing is materialized, nothing but the
 final counts comes back to the driver):
@@ -134,7 +134,7 @@ class LabelConfig:
     """One labeling job; `mmsa-ray label` flags map one to one onto these fields."""
 
     input: str  # directory, glob, or manifest (.csv/.parquet/.jsonl); local or cloud URI
-    checkpoint: str  # model checkpoint directory (readable on every node)
+    checkpoint: str | None  # model checkpoint directory (readable on every node); None: the shipped starter
     output: str  # output directory (local or cloud URI); re-runs skip ids already in it
     actors: tuple[int, int] = (1, 1)  # model actor pool (min, max)
     gpus_per_actor: float = 0.0  # 0 = CPU model actors; 1 on GPU nodes
@@ -348,7 +348,7 @@ def decode_batch(
         try:
             source = _open_source(uri)
             f = _call_with_deadline(prep, deadline, source, transcript=transcript, start=start, end=end,
-                                    **({"context": context} if context else {}))
+                                    context=context)
             errors.append(None)
             feats.append(f)
         except MediaError as e:
@@ -430,10 +430,15 @@ def label(config: LabelConfig) -> LabelSummary:
 
     # A local or shared-file-system directory (every node reads it); checked up front:
     # missing, unfinished or foreign checkpoints fail here, not in every actor.
-    checkpoint = os.path.abspath(config.checkpoint)
+    if config.checkpoint is None:
+        from mmsa_ray.pretrained import default_checkpoint
+
+        checkpoint = str(default_checkpoint())
+    else:
+        checkpoint = os.path.abspath(config.checkpoint)
     model_config = ModelConfig.from_dict(read_checkpoint_config(checkpoint)["model"])
     decode = model_config.decode
-    modalities = _checkpoint_modalities(model_config)
+    modalities = tuple(model_config.modalities)
     speech = config.utterances == "on" or (config.utterances == "auto" and modalities == ("text",))
     if config.segment_s is not None and config.segment_s > decode.max_duration_s / 1.5:
         raise ValueError(f"segment_s={config.segment_s:g}: windows may run to 1.5x that, over the checkpoint's "
@@ -483,7 +488,7 @@ def label(config: LabelConfig) -> LabelSummary:
         if staged:
             items = None
             if speech:
-                items = dict(done=done, context_turns=getattr(model_config.features, "context_turns", 0),
+                items = dict(done=done, context_turns=model_config.features.context_turns if "text" in modalities else 0,
                              timeout_s=config.decode_timeout_s or decode.timeout_s)
             stats = _run_pipeline(config, checkpoint, out_uri, attempts_uri, items)
     finally:
@@ -537,13 +542,6 @@ def _run_pipeline(config: LabelConfig, checkpoint: str, out_uri: str, attempts_u
         return ds.stats()
     except Exception as e:  # noqa: BLE001 - stats are informational
         return f"(no stats: {e})"
-
-
-def _checkpoint_modalities(model_config) -> tuple[str, ...]:
-    """The modalities a checkpoint uses (labels.MODALITIES order)."""
-    from mmsa_ray import labels
-
-    return tuple(getattr(model_config, "modalities", None) or labels.MODALITIES)
 
 
 def _fit_asr(config: LabelConfig) -> SpeechStageConfig:
@@ -613,7 +611,10 @@ def parse_args(argv: list[str] | None = None) -> LabelConfig:
     p.add_argument("input", help="a directory (searched recursively for media), a glob, or a manifest "
                    ".csv/.parquet/.jsonl with a `path` column and optional id, transcript, start, end; "
                    "local paths or cloud URIs (s3://, gs://)")
-    p.add_argument("--checkpoint", required=True, help="model checkpoint directory (config.json + model.safetensors)")
+    p.add_argument("--checkpoint", default=None,
+                   help="model checkpoint directory (config.json + model.safetensors); default: the starter "
+                   "checkpoint shipped in the package (text only, trained on MELD: labels need transcripts, so "
+                   "--utterances is on by default with it)")
     p.add_argument("--output", required=True, help="output directory for the Parquet files (local or cloud URI)")
     p.add_argument("--actors", type=_min_max, default=d.actors, metavar="MIN,MAX",
                    help=f"model actor pool size (default {d.actors[0]},{d.actors[1]})")

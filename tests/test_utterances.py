@@ -205,20 +205,57 @@ def test_label_utterances_parity_rerun_and_transcribe(ray_local, tmp_path, speec
     assert "0 utterances and 0 files without speech written, failed 0, skipped 6" in capsys.readouterr().out
 
 
-def test_auto_is_off_for_a_checkpoint_that_sees_more_than_text(ray_local, tmp_path, speech_dir, tiny_checkpoint,
-                                                               capsys):
-    """--utterances auto with a checkpoint that also uses audio and video: one row per file,
-    and the summary says that --utterances exists."""
+@pytest.fixture(scope="module")
+def text_checkpoint(tmp_path_factory, small_model_config) -> Path:
+    """A random-initialised text-only model that reads two earlier utterances with each transcript."""
+    import dataclasses
+
+    import torch
+
+    from mmsa_ray.features import FeatureConfig
+    from mmsa_ray.model import MultimodalSentimentModel
+
+    torch.manual_seed(1)
+    config = dataclasses.replace(small_model_config, modalities=("text",), features=FeatureConfig(context_turns=2))
+    path = tmp_path_factory.mktemp("checkpoint") / "text_ctx"
+    MultimodalSentimentModel(config).save(str(path))
+    return path
+
+
+def test_auto_follows_the_checkpoint(ray_local, tmp_path, speech_dir, tiny_checkpoint, text_checkpoint, capsys):
+    """--utterances auto (the default): a checkpoint that also uses audio and video labels one
+    row per file and the summary points at --utterances; a text-only one transcribes, and
+    each utterance is labeled with the file's earlier ones as context."""
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(speech_dir / "question.wav", src / "question.wav")
+    shutil.copy(speech_dir / "talk.mp4", src / "talk.mp4")
     out = tmp_path / "labels"
     assert label.main([str(src), "--checkpoint", str(tiny_checkpoint), "--output", str(out), *FAST]) == 0
     printed = capsys.readouterr().out
-    assert "labeled 1, failed 0, skipped 0" in printed
-    assert "note: the checkpoint uses text, but 1 of 1 items have no transcript: --utterances transcribes" in printed
-    assert list(read(out, label.LABEL_SCHEMA)) == ["question.wav"]
+    assert "labeled 2, failed 0, skipped 0" in printed
+    assert "note: the checkpoint uses text, but 2 of 2 items have no transcript: --utterances transcribes" in printed
+    assert sorted(read(out, label.LABEL_SCHEMA)) == ["question.wav", "talk.mp4"]
     assert not (out / utterances.SPEECH_DIR).exists()
+
+    out = tmp_path / "labels_text"
+    assert label.main([str(src), "--checkpoint", str(text_checkpoint), "--output", str(out), *FAST]) == 0
+    assert "labeled 3, failed 0, skipped 0 (already in output) of 3 items" in capsys.readouterr().out
+    rows = sorted(read(out, label.LABEL_SCHEMA).values(), key=lambda r: (r["uri"], r["start"]))
+    assert [r["modalities"] for r in rows] == [["text"]] * 3 and all(r["speech"] == "found" for r in rows)
+
+    from mmsa_ray.features import collate
+    from mmsa_ray.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(text_checkpoint, device="cpu")
+    assert predictor.uses_context
+    second = rows[-1]  # talk.mp4's second sentence: the first is its context
+    assert second["uri"].endswith("talk.mp4") and second["start"] > rows[-2]["start"]
+    want = predictor.predict_batch(collate([predictor.preprocess(second["uri"], second["transcript"],
+                                                                 context=[rows[-2]["transcript"]])]))[0]
+    without = predictor.predict_batch(collate([predictor.preprocess(second["uri"], second["transcript"])]))[0]
+    np.testing.assert_allclose(second["emotion_probs"], want["emotion_probs"], atol=1e-5)
+    assert np.abs(np.subtract(want["emotion_probs"], without["emotion_probs"])).max() > 1e-4  # context counts
 
 
 def test_kill_driver_during_speech_stage_then_rerun(ray_local, tmp_path, speech_dir, tiny_checkpoint):
