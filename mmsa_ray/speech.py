@@ -16,7 +16,8 @@ faster-whisper only ever sees one chunk plus a carried tail.
 Chunk borders. Each chunk is cut at a pause rather than at a fixed sample, so that no
 word is split between two Whisper calls: Silero VAD (the one faster-whisper bundles) is run
 on the last `_CUT_SEARCH_S` seconds of the buffer and the buffer is cut in the middle of the
-longest silence there; what follows the cut is carried into the next chunk. The
+latest pause of at least `_CLEAR_PAUSE_S` there (else the longest shorter one); what
+follows the cut is carried into the next chunk. The
 alternative, overlapping chunks and de-duplicating the words transcribed twice, costs
 the overlap in Whisper time and must match words across two transcriptions whose timings
 differ by tenths of a second (a word on the seam can come back twice or not at all).
@@ -39,9 +40,14 @@ from typing import Any, BinaryIO, Iterable, Iterator
 import numpy as np
 
 SAMPLE_RATE = 16000  # Hz: what Whisper takes
-_CUT_SEARCH_S = 30.0  # a chunk is cut at the longest silence within its last this many seconds
+_CUT_SEARCH_S = 10.0  # a chunk is cut in a silence within its last this many seconds
+_CLEAR_PAUSE_S = 0.3  # ... the latest silence at least this long, else the longest
 _PROMPT_WORDS = 60  # words of earlier text given to the next chunk as its initial prompt
-_TRIM_DB = 35.0  # at a run's edges, frames this far below its loud frames are silence (see _trim_edges)
+# utterance edges (see _snap_edges): frames this far below a run's loud level are silence,
+# frames within _EXTEND_DB of it speech, which an edge may move out across by _EXTEND_S at most
+_TRIM_DB = 35.0
+_EXTEND_DB = 20.0
+_EXTEND_S = 0.5
 _SENTENCE_END = (".", "?", "!")
 _SENTENCE_BONUS_S = 0.3  # when splitting a long utterance, a gap after a sentence end counts this much longer
 
@@ -179,11 +185,11 @@ class SpeechRecognizer:
         words = []
         for seg in segments:
             for w in seg.words or ():
-                if not w.word.strip():
-                    continue
+                if not any(ch.isalnum() for ch in w.word):
+                    continue  # whitespace, or punctuation alone ("...", which Whisper writes for mumbling)
                 words.append(_TimedWord(offset + float(w.start), offset + float(w.end), w.word,
                                         float(w.probability), float(seg.avg_logprob), float(seg.no_speech_prob)))
-        _trim_edges(words, audio, offset, c.pause_s)
+        _snap_edges(words, audio, offset, c.pause_s)
         return words
 
 
@@ -222,8 +228,9 @@ def _open_source(source):
 
 
 def _silent_cut(audio: np.ndarray, vad: bool) -> int:
-    """Where to end this piece (a sample index into audio): the middle of the longest
-    silence in its last _CUT_SEARCH_S seconds by Silero VAD, or, when that window is
+    """Where to end this piece (a sample index into audio): the middle of the latest
+    silence of >= _CLEAR_PAUSE_S (else the longest one >= 0.1 s) in its last _CUT_SEARCH_S
+    seconds by Silero VAD, or, when that window is
     speech throughout (or vad is off), its quietest 20 ms; the end when it has no speech."""
     n = len(audio)
     lo = max(0, n - int(_CUT_SEARCH_S * SAMPLE_RATE))
@@ -238,23 +245,31 @@ def _silent_cut(audio: np.ndarray, vad: bool) -> int:
         gaps = [(edges[i + 1] - edges[i], edges[i]) for i in range(0, len(edges), 2) if edges[i + 1] > edges[i]]
         # a silence touching the window's start may continue before it: fine to cut in; the
         # one at the end is the piece's end and may run into the next chunk's speech
-        if gaps:
+        # the latest clear pause (keeps pieces near chunk_s), else the longest short one
+        clear = [(at, length) for length, at in gaps if length >= _CLEAR_PAUSE_S * SAMPLE_RATE]
+        if clear:
+            at, length = max(clear)
+            return lo + at + length // 2
+        if gaps and max(gaps)[0] >= 0.1 * SAMPLE_RATE:
             length, at = max(gaps)
-            if length >= 0.1 * SAMPLE_RATE:
-                return lo + at + length // 2
+            return lo + at + length // 2
     frame = SAMPLE_RATE // 50  # 20 ms
     m = len(tail) // frame
     energy = np.square(tail[:m * frame].reshape(m, frame)).sum(axis=1)
     return lo + int(np.argmin(energy)) * frame + frame // 2
 
 
-def _trim_edges(words: list[_TimedWord], audio: np.ndarray, offset: float, pause_s: float) -> None:
-    """Move the outer edges of each run of words (runs split at pauses >= pause_s) inward
-    past near-silence, in place. Whisper's word times are coarse at the edges of speech:
-    the first word of a VAD chunk starts where the chunk (padded 0.4 s by the VAD) starts,
-    and a last word often ends in the silence after it. A 20 ms frame more than
-    _TRIM_DB below the run's loud frames (95th percentile) is not speech; the edges only
-    ever move inward, so in noisy audio (noise above that level) Whisper's times stay."""
+def _snap_edges(words: list[_TimedWord], audio: np.ndarray, offset: float, pause_s: float) -> None:
+    """Snap the outer edges of each run of words (runs split at pauses >= pause_s) to the
+    speech in `audio` (float32 [N] 16 kHz, starting `offset` s into the file), in place.
+
+    Whisper's word times are coarse at the edges of speech: the first word of a VAD chunk
+    starts where the chunk (padded 0.4 s by the VAD) starts, a last word often ends in the
+    silence after it, and the alignment can also put an edge a few tenths of a second inside
+    the word. On 20 ms frames: an edge moves inward past frames more than _TRIM_DB below the
+    run's loud level (its 95th percentile: silence), or outward, by at most _EXTEND_S and
+    never into a neighbouring run, across frames within _EXTEND_DB of it (clearly speech).
+    Moderate background noise lies between the two levels and leaves Whisper's times alone."""
     if not words:
         return
     frame = SAMPLE_RATE // 50  # 20 ms
@@ -262,27 +277,34 @@ def _trim_edges(words: list[_TimedWord], audio: np.ndarray, offset: float, pause
     if m == 0:
         return
     db = 10 * np.log10(np.square(audio[:m * frame].reshape(m, frame)).mean(axis=1) + 1e-12)  # [m] frame level
-
-    def frames(t0: float, t1: float) -> tuple[int, int]:
-        a = int(np.clip(math.floor((t0 - offset) * SAMPLE_RATE / frame), 0, m))
-        return a, int(np.clip(math.ceil((t1 - offset) * SAMPLE_RATE / frame), a, m))
+    to_frame = lambda t: int(np.clip(round((t - offset) * SAMPLE_RATE / frame), 0, m))  # noqa: E731
+    to_time = lambda k: offset + k * frame / SAMPLE_RATE  # noqa: E731
+    reach = int(round(_EXTEND_S * 50))
 
     runs, i = [], 0
     for k in range(1, len(words) + 1):
         if k == len(words) or words[k].start - words[k - 1].end >= pause_s:
             runs.append((i, k - 1))
             i = k
-    for i, j in runs:
+    for r, (i, j) in enumerate(runs):
         first, last = words[i], words[j]
-        a, b = frames(first.start, last.end)
+        a, b = to_frame(first.start), to_frame(last.end)  # frames [a, b) of the run
         if b - a < 2:
             continue
-        loud = np.flatnonzero(db[a:b] >= np.percentile(db[a:b], 95) - _TRIM_DB)
-        start = offset + (a + loud[0]) * frame / SAMPLE_RATE
-        end = offset + (a + loud[-1] + 1) * frame / SAMPLE_RATE
-        # never past the first word's end / the last word's start (a word keeps some length)
-        first.start = float(round(max(first.start, min(start, first.end - 0.02)), 3))
-        last.end = float(round(min(last.end, max(end, last.start + 0.02)), 3))
+        ref = np.percentile(db[a:b], 95)
+        loud = np.flatnonzero(db[a:b] >= ref - _TRIM_DB)
+        a2, b2 = a + loud[0], a + loud[-1] + 1
+        lo = max(a - reach, to_frame(words[runs[r - 1][1]].end) if r else 0)
+        hi = min(b + reach, to_frame(words[runs[r + 1][0]].start) if r + 1 < len(runs) else m)
+        while a2 == a and a2 > lo and db[a2 - 1] >= ref - _EXTEND_DB:
+            a -= 1
+            a2 -= 1
+        while b2 == b and b2 < hi and db[b2] >= ref - _EXTEND_DB:
+            b += 1
+            b2 += 1
+        # a word keeps some length: never past the first word's end / the last word's start
+        first.start = float(round(min(to_time(a2), first.end - 0.02), 3))
+        last.end = float(round(max(to_time(b2), last.start + 0.02), 3))
 
 
 def build_utterances(words: Iterable[_TimedWord], config: SpeechConfig) -> list[Utterance]:

@@ -212,62 +212,94 @@ def test_stream_audio_chunks_are_decode_clip_audio(speech):
     np.testing.assert_allclose(np.concatenate([w for _, w in chunks]), part, atol=1e-6)
 
 
+# distinct sentences for the long files (Whisper conditions on earlier text: a repeated
+# passage invites it to "continue" the repetition, which no real recording asks of it)
+STORY = [
+    "My grandmother grew tomatoes behind the old stone barn.",
+    "Every summer the river flooded the lower fields.",
+    "We walked to the market on Saturday mornings.",
+    "The baker sold warm bread and small apple pies.",
+    "Our teacher read stories about sailors and whales.",
+    "In winter the lake froze and children skated for hours.",
+    "My brother built a wooden boat with his friends.",
+    "The library closed early because of the storm.",
+    "Nobody expected the train to arrive so late.",
+    "She painted the kitchen door a bright yellow.",
+    "The museum opened a new exhibition about volcanoes.",
+    "After dinner we played cards until midnight.",
+]
+
+
+def _story(tmp, rate: int, gap_s: float) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """STORY spoken with gap_s of silence after each sentence: (float32 [N] at rate, spans)."""
+    parts, spans, t = [np.zeros(int(0.5 * rate), np.float32)], [], 0.5
+    for s in STORY:
+        x = _resample(_espeak(s, tmp), rate) * 0.8
+        parts += [x, np.zeros(int(gap_s * rate), np.float32)]
+        spans.append((t, t + len(x) / rate))
+        t += (len(x) + int(gap_s * rate)) / rate
+    return np.concatenate(parts), spans
+
+
 @pytest.mark.slow
-def test_chunk_borders_cut_in_silence(speech, recognizer, tmp_path):
-    """Sentences every ~4 s for 2.5 minutes, chunked by 60 s: the borders fall inside
-    speech, the cuts move into silence, every sentence comes back once."""
-    wave = speech["wave"]
-    n = 0
-    parts = []
-    while sum(len(p) for p in parts) < 150 * ESPEAK_RATE:
-        parts.append(wave)
-        n += 1
-    path = mediagen.write_audio(tmp_path / "long.wav", rate=ESPEAK_RATE, channels=1,
-                                samples=np.concatenate(parts)[None])
-    chunker = SpeechRecognizer.__new__(SpeechRecognizer)
-    chunker.config, chunker.model = SpeechConfig(chunk_s=60.0), recognizer.model
-    pieces = list(speech_chunks(str(path), None, None, 60.0))
-    assert len(pieces) == 3
+def test_chunk_borders_cut_in_silence(recognizer, tmp_path):
+    """Chunks of 20 s over a minute of speech with 1 s pauses: every border falls within
+    10 s of a pause, the pieces are cut in those pauses, and every sentence comes back
+    once with its times."""
+    wave, spans = _story(tmp_path, ESPEAK_RATE, 1.0)
+    path = mediagen.write_audio(tmp_path / "story.mp3", rate=ESPEAK_RATE, channels=1, samples=wave[None])
+    pieces = list(speech_chunks(str(path), None, None, 20.0))
+    assert len(pieces) >= 3
+    for (t, audio), (t_next, _) in zip(pieces, pieces[1:]):
+        cut = t + len(audio) / 16000
+        assert cut == pytest.approx(t_next)
+        assert not any(s + 0.05 < cut < e - 0.05 for s, e in spans), (cut, spans)  # never inside a sentence
+    chunker = SpeechRecognizer.__new__(SpeechRecognizer)  # the loaded model, another config
+    chunker.config, chunker.model = SpeechConfig(chunk_s=20.0), recognizer.model
     utts = chunker.transcribe(path)
-    assert len(utts) == n * len(SENTENCES), [u.text for u in utts]
-    assert _wer(utts, SENTENCES * n) <= 0.1
-    period = len(wave) / ESPEAK_RATE
-    for i, u in enumerate(utts):
-        start, end = speech["spans"][i % len(SENTENCES)]
-        offset = (i // len(SENTENCES)) * period
-        assert abs(u.start - start - offset) <= 0.3 and abs(u.end - end - offset) <= 0.3
+    assert _wer(utts, STORY) <= 0.1, [u.text for u in utts]
+    assert len(utts) == len(STORY), [u.text for u in utts]
+    for u, (start, end) in zip(utts, spans):
+        assert abs(u.start - start) <= 0.3 and abs(u.end - end) <= 0.3, (u.start, u.end, start, end, u.text)
 
 
 @pytest.mark.slow
-def test_long_file_in_bounded_memory(speech, recognizer, tmp_path):
-    """20 minutes (low noise with a sentence every 5 minutes): the peak of Python-visible
-    memory (numpy buffers included) while transcribing stays far below the decoded audio."""
-    rate = 16000
+def test_long_file_in_bounded_memory(recognizer, tmp_path):
+    """20 minutes (low noise with a sentence every 100 s): the peak of Python-visible
+    memory (numpy buffers included) while transcribing in 60 s chunks stays far below the
+    decoded audio, and the sentences come back at their times."""
+    rate = ESPEAK_RATE  # written at espeak's rate: our decoder resamples it to 16 kHz
     minutes = 20
-    one = _resample(speech["wave"], rate)
+    said = [(_espeak(s, tmp_path) * 0.8, s) for s in STORY]
     path = tmp_path / "talk.wav"
     rng = np.random.default_rng(1)
+    expect = []
     with av.open(str(path), "w") as c:  # written in pieces: the test itself stays small too
         s = c.add_stream("pcm_s16le", rate=rate)
         s.layout = "mono"
-        for k in range(minutes):
-            block = (rng.standard_normal(60 * rate) * 0.002).astype(np.float32)
-            if k % 5 == 2:
-                block[10 * rate:10 * rate + len(one)] += one
+        for k in range(minutes * 6):  # 10 s blocks
+            block = (rng.standard_normal(10 * rate) * 0.002).astype(np.float32)
+            if k % 10 == 5:
+                x, text = said[(k // 10) % len(said)]
+                block[rate:rate + len(x)] += x
+                expect.append((k * 10 + 1, text))
             frame = av.AudioFrame.from_ndarray(block[None], format="flt", layout="mono")
-            frame.sample_rate, frame.pts = rate, k * 60 * rate
+            frame.sample_rate, frame.pts = rate, k * 10 * rate
             for p in s.encode(frame):
                 c.mux(p)
         for p in s.encode(None):
             c.mux(p)
-    whole = minutes * 60 * rate * 4  # bytes of float32 at 16 kHz
+    whole = minutes * 60 * 16000 * 4  # bytes of the decoded audio (float32, 16 kHz)
+    chunker = SpeechRecognizer.__new__(SpeechRecognizer)
+    chunker.config, chunker.model = SpeechConfig(chunk_s=60.0), recognizer.model
     tracemalloc.start()
     try:
-        utts = recognizer.transcribe(path)
+        utts = chunker.transcribe(path)
         _, peak = tracemalloc.get_traced_memory()
     finally:
         tracemalloc.stop()
     assert peak < whole / 3, (peak, whole)
-    expect = [k * 60 + 10 + s for k in range(minutes) if k % 5 == 2 for s, _ in speech["spans"]]
     assert len(utts) == len(expect), [(u.start, u.text) for u in utts]
-    assert [u.start for u in utts] == pytest.approx(expect, abs=0.3)
+    assert [u.start for u in utts] == pytest.approx([t for t, _ in expect], abs=0.3)
+    # isolated sentences in noise, no neighbouring context: tiny.en mishears one of the twelve
+    assert _wer(utts, [text for _, text in expect]) <= 0.2, [u.text for u in utts]
