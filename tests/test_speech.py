@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import math
 import shutil
-import subprocess
 import sys
 import tracemalloc
 from pathlib import Path
@@ -30,19 +29,9 @@ SENTENCES = [
 ]
 GAP_S = 1.5  # silence between sentences
 LEAD_S, TAIL_S = 0.7, 0.8  # silence before the first and after the last
-ESPEAK_RATE = 22050  # Hz, what espeak-ng writes
+ESPEAK_RATE = mediagen.ESPEAK_RATE
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
-
-
-def _espeak(text: str, tmp) -> np.ndarray:
-    """espeak-ng's speech of `text`, trimmed of its own leading/trailing silence: float32 [N] at 22050 Hz."""
-    path = tmp / "say.wav"
-    subprocess.run(["espeak-ng", "-w", str(path), text], check=True)
-    with av.open(str(path)) as c:
-        x = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)]).astype(np.float32) / 32768
-    loud = np.flatnonzero(np.abs(x) > 0.02)
-    return x[loud[0]:loud[-1] + 1]
 
 
 def _resample(x: np.ndarray, rate: int) -> np.ndarray:
@@ -59,7 +48,7 @@ def speech(tmp_path_factory):
     d = tmp_path_factory.mktemp("speech")
     parts, spans, t = [np.zeros(int(LEAD_S * ESPEAK_RATE), np.float32)], [], LEAD_S
     for i, s in enumerate(SENTENCES):
-        x = _espeak(s, d)
+        x = mediagen.espeak(s, d)
         parts.append(x)
         spans.append((t, t + len(x) / ESPEAK_RATE))
         t += len(x) / ESPEAK_RATE
@@ -234,7 +223,7 @@ def _story(tmp, rate: int, gap_s: float) -> tuple[np.ndarray, list[tuple[float, 
     """STORY spoken with gap_s of silence after each sentence: (float32 [N] at rate, spans)."""
     parts, spans, t = [np.zeros(int(0.5 * rate), np.float32)], [], 0.5
     for s in STORY:
-        x = _resample(_espeak(s, tmp), rate) * 0.8
+        x = _resample(mediagen.espeak(s, tmp), rate) * 0.8
         parts += [x, np.zeros(int(gap_s * rate), np.float32)]
         spans.append((t, t + len(x) / rate))
         t += (len(x) + int(gap_s * rate)) / rate
@@ -270,7 +259,7 @@ def test_long_file_in_bounded_memory(recognizer, tmp_path):
     decoded audio, and the sentences come back at their times."""
     rate = ESPEAK_RATE  # written at espeak's rate: our decoder resamples it to 16 kHz
     minutes = 20
-    said = [(_espeak(s, tmp_path) * 0.8, s) for s in STORY]
+    said = [(mediagen.espeak(s, tmp_path) * 0.8, s) for s in STORY]
     path = tmp_path / "talk.wav"
     rng = np.random.default_rng(1)
     expect = []

@@ -1,0 +1,156 @@
+"""The speech stage's speed: ours against faster-whisper called directly, in one run.
+
+    python benchmarks/speech.py [--file FILE] [--rounds 2] [--minutes 6] [--asr-model default ...]
+
+Per round, on the same file and the same loaded WhisperModel (tiny.en int8 by default):
+  ours    mmsa_ray.speech.SpeechRecognizer.transcribe: PyAV audio in chunks of chunk_s cut
+          in silence, Silero VAD, word timestamps, utterances
+  direct  faster_whisper.WhisperModel.transcribe(FILE, vad_filter=True, word_timestamps=True)
+          with the segments consumed (faster-whisper decodes the whole file into memory)
+and prints each one's real-time factor (seconds of audio per wall second; CPU seconds too,
+steadier on a shared machine), ours/direct cost (target <= 1.2) and the word error rate
+between the two transcripts (the issue's acceptance: <= 10%).
+
+The two run interleaved, round after round, so load from other processes hits them alike;
+min and median over --rounds are reported. Without --file, a talk of --minutes minutes is
+generated with espeak-ng (sentences with pauses of 0.3-1.5 s, in an mp4 with a small
+video track), longer than one chunk so that chunking is part of what is measured.
+
+Sections: `stage` (this comparison). The `label --utterances` pipeline rate (utterances/s)
+belongs in a second section function beside it, called from main().
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "tests"))
+
+TEXT = """My grandmother grew tomatoes behind the old stone barn. Every summer the river flooded the
+lower fields. We walked to the market on Saturday mornings. The baker sold warm bread and small
+apple pies. Our teacher read stories about sailors and whales. In winter the lake froze and
+children skated for hours. My brother built a wooden boat with his friends. The library closed
+early because of the storm. Nobody expected the train to arrive so late. She painted the kitchen
+door a bright yellow. The museum opened a new exhibition about volcanoes. After dinner we played
+cards until midnight. The mayor promised to repair the bridge before autumn. A small dog followed
+us all the way home. The farmers worried about the dry weather. Our neighbours planted apple trees
+along the road. The concert started an hour later than planned. He forgot his umbrella on the bus
+again. The children collected shells on the beach. I think the new restaurant is too expensive.
+The doctor told him to rest for a week. We could hear thunder far away in the hills. The old
+clock in the hall stopped at noon. Please remember to close the windows before you leave."""
+
+
+def make_talk(path: Path, minutes: float, seed: int = 0) -> float:
+    """An espeak-ng talk of about `minutes` minutes in an mp4 with video -> its duration (s)."""
+    import av
+    import mediagen
+
+    rng = np.random.default_rng(seed)
+    sentences = [s.strip() + "." for s in " ".join(TEXT.split()).split(".") if s.strip()]
+    rate = 22050
+    said = []
+    with tempfile.TemporaryDirectory() as d:
+        for i, s in enumerate(sentences):
+            wav = Path(d) / f"{i}.wav"
+            subprocess.run(["espeak-ng", "-s", str(int(rng.integers(150, 190))), "-w", str(wav), s], check=True)
+            with av.open(str(wav)) as c:
+                said.append(np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)]) / 32768)
+    parts, n = [], 0
+    while n < minutes * 60 * rate:
+        x = said[int(rng.integers(len(said)))].astype(np.float32) * 0.8
+        pause = np.zeros(int(rng.uniform(0.3, 1.5) * rate), np.float32)
+        parts += [x, pause]
+        n += len(x) + len(pause)
+    wave = np.concatenate(parts)
+    seconds = len(wave) / rate
+    wave44 = np.interp(np.arange(round(seconds * 44100)) / 44100, np.arange(len(wave)) / rate, wave).astype(np.float32)
+    mediagen.write_video(path, seconds=seconds, width=64, height=48, fps=5, audio=(44100, 1, "aac"),
+                         audio_samples=wave44[None])
+    return seconds
+
+
+def _timed(fn):
+    w0, c0 = time.perf_counter(), time.process_time()
+    out = fn()
+    return out, time.perf_counter() - w0, time.process_time() - c0
+
+
+def stage(args) -> None:
+    """Ours against WhisperModel.transcribe on the same file, interleaved rounds."""
+    import jiwer
+
+    from mmsa_ray.media import probe_duration
+    from mmsa_ray.speech import SpeechConfig, SpeechRecognizer
+
+    with tempfile.TemporaryDirectory() as d:
+        if args.file:
+            path = Path(args.file)
+        else:
+            if shutil.which("espeak-ng") is None:
+                sys.exit("espeak-ng is not installed: pass --file")
+            path = Path(d) / "talk.mp4"
+            make_talk(path, args.minutes)
+        seconds = probe_duration(str(path))
+        config = SpeechConfig(model=args.asr_model, device=args.asr_device, compute_type=args.asr_compute_type,
+                              cpu_threads=args.asr_threads)
+        t0 = time.perf_counter()
+        ours = SpeechRecognizer(config)
+        print(f"file: {path.name}, {seconds:.1f} s of audio; model {config.model} on {config.resolved_device()} "
+              f"({config.resolved_compute_type()}), loaded in {time.perf_counter() - t0:.1f} s")
+
+        def direct():
+            segments, _ = ours.model.transcribe(str(path), language=config.language, vad_filter=True,
+                                                word_timestamps=True)
+            return " ".join(s.text.strip() for s in segments)
+
+        times = {"ours": [], "direct": []}
+        texts = {}
+        for r in range(args.rounds):
+            for name, fn in (("ours", lambda: " ".join(u.text for u in ours.transcribe(str(path)))),
+                             ("direct", direct)):
+                texts[name], wall, cpu = _timed(fn)
+                times[name].append((wall, cpu))
+                print(f"  round {r + 1} {name:6s} wall {wall:6.1f} s (RTF {seconds / wall:5.1f}x)  "
+                      f"cpu {cpu:6.1f} s (RTF {seconds / cpu:5.1f}x)")
+        norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
+                              jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
+        wer = jiwer.wer(texts["direct"], texts["ours"], reference_transform=norm, hypothesis_transform=norm)
+        print(f"{'':8s}{'RTF wall min/median':>22s}{'RTF cpu min/median':>22s}")
+        for name, ts in times.items():
+            walls, cpus = [t[0] for t in ts], [t[1] for t in ts]
+            print(f"{name:8s}{seconds / min(walls):10.1f}x /{seconds / statistics.median(walls):6.1f}x"
+                  f"{seconds / min(cpus):14.1f}x /{seconds / statistics.median(cpus):6.1f}x")
+        wall_ratio = min(t[0] for t in times["ours"]) / min(t[0] for t in times["direct"])
+        cpu_ratio = min(t[1] for t in times["ours"]) / min(t[1] for t in times["direct"])
+        print(f"ours/direct cost: wall {wall_ratio:.2f}x, cpu {cpu_ratio:.2f}x (target <= 1.2)")
+        print(f"WER of ours against direct: {wer:.3f} ({len(texts['direct'].split())} words; target <= 0.10)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    from mmsa_ray.speech import SpeechConfig
+
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--file", help="a media file to transcribe (default: a generated espeak-ng talk)")
+    p.add_argument("--minutes", type=float, default=6.0, help="length of the generated talk (default: %(default)s)")
+    p.add_argument("--rounds", type=int, default=2, help="interleaved rounds (default: %(default)s)")
+    p.add_argument("--asr-model", default=SpeechConfig.model, help="as `mmsa-ray transcribe --asr-model`")
+    p.add_argument("--asr-device", default=SpeechConfig.device)
+    p.add_argument("--asr-compute-type", default=None)
+    p.add_argument("--asr-threads", type=int, default=0, help="CTranslate2 CPU threads (0: its default)")
+    args = p.parse_args(argv)
+    stage(args)
+
+
+if __name__ == "__main__":
+    main()
