@@ -74,7 +74,7 @@ import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -95,6 +95,9 @@ UTTERANCE_MODES = ("auto", "on", "off")
 
 FEATURE_KEYS = ("video", "audio", "input_ids", "attention_mask", "mask")
 SPEECH_COLUMNS = ("asr_confidence", "words", "speech")  # what the speech stage adds to a labeled row
+
+if TYPE_CHECKING:
+    from mmsa_ray.speech import SpeechConfig
 
 FILES_DIR = "_files"  # with --segment / --utterances: the listed files, before they become items
 
@@ -154,7 +157,7 @@ class LabelConfig:
     # one row per spoken utterance (mmsa_ray.utterances): "on", "off", or "auto" = on when the
     # checkpoint uses text alone (without a transcript it would see nothing), else off
     utterances: str = "auto"
-    speech: Any = field(default_factory=_default_speech)  # mmsa_ray.speech.SpeechConfig
+    speech: SpeechConfig = field(default_factory=_default_speech)  # what the speech stage runs
     asr: SpeechStageConfig = field(default_factory=SpeechStageConfig)  # the speech actor pool
 
     def __post_init__(self) -> None:

@@ -21,6 +21,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from typing import TYPE_CHECKING
 
 import pyarrow as pa
 
@@ -29,6 +30,9 @@ from mmsa_ray.sink import ordered_parquet_datasink
 from mmsa_ray.sources import MEDIA_EXTENSIONS, list_sources, resolve
 from mmsa_ray.staging import CHECKPOINT_DIR, committed_ids, nothing_to_restore, remove_inprogress, stage_sources
 from mmsa_ray.utterances import UTTERANCE_SCHEMA, SpeechStageConfig, cache_uri, rows_before, speech_stage
+
+if TYPE_CHECKING:
+    from mmsa_ray.speech import SpeechConfig
 
 FILES_DIR = "_files"
 
@@ -45,7 +49,7 @@ class TranscribeConfig:
 
     input: str  # directory, glob, or manifest (.csv/.parquet/.jsonl); local or cloud URI
     output: str  # output directory (local or cloud URI); re-runs skip ids already in it
-    speech: object = field(default_factory=_default_speech)  # mmsa_ray.speech.SpeechConfig
+    speech: SpeechConfig = field(default_factory=_default_speech)  # what the speech stage runs
     stage: SpeechStageConfig = field(default_factory=SpeechStageConfig)
     max_attempts: int = 3  # worker deaths while transcribing one file before it is an error row
     rows_per_file: int = 256  # rows per output Parquet file (the unit of commit)
