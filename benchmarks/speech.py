@@ -150,6 +150,7 @@ def pipeline(args) -> None:
     from mmsa_ray.features import collate
     from mmsa_ray.predict import Predictor
     from mmsa_ray.speech import SpeechConfig, SpeechRecognizer
+    from mmsa_ray.utterances import SpeechStageConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="mmsa-bench-utterances-"))
     src = tmp / "talks"
@@ -185,7 +186,8 @@ def pipeline(args) -> None:
     try:
         def config(input_dir: Path, output: Path) -> label.LabelConfig:
             return label.LabelConfig(input=str(input_dir), checkpoint=str(checkpoint), output=str(output),
-                                     utterances="on", speech=speech, cpus_per_actor=0.5, decode_cpus=0.5)
+                                     utterances="on", speech=speech, cpus_per_actor=0.5, decode_cpus=0.5,
+                                     asr=SpeechStageConfig(cpus_per_actor=0.5))  # + 1 CPU for read tasks: 2
 
         warm = tmp / "warmup"  # worker processes import Whisper/torch/PyAV once, as the loop's has
         warm.mkdir()

@@ -549,16 +549,17 @@ def _run_pipeline(config: LabelConfig, checkpoint: str, out_uri: str, attempts_u
 
 def _fit_asr(config: LabelConfig) -> SpeechStageConfig:
     """The speech actors' CPU reservation, lowered where the cluster cannot also hold the model
-    actors and one decode task (a 2-CPU laptop): Ray Data would wait for a CPU forever."""
+    actors and one task beside them (a 2-CPU laptop): Ray Data would wait for a CPU forever.
+    That task takes at least 1 CPU: read_parquet lists and reads the staged files in 1-CPU tasks."""
     import ray
 
     asr, total = config.asr, ray.cluster_resources().get("CPU", 0.0)
-    others = config.actors[0] * config.cpus_per_actor + config.decode_cpus
+    others = config.actors[0] * config.cpus_per_actor + max(config.decode_cpus, 1.0)
     need = asr.actors[0] * asr.cpus_per_actor
     if asr.gpus_per_actor > 0 or others + need <= total:
         return asr
     cpus = max(0.0, (total - others) / asr.actors[0])
-    print(f"note: {total:g} CPUs cannot hold the speech actors ({need:g}), the model actors and a decode task "
+    print(f"note: {total:g} CPUs cannot hold the speech actors ({need:g}), the model actors and a task "
           f"({others:g}): each speech actor reserves {cpus:g} CPUs", file=sys.stderr)
     return dataclasses.replace(asr, cpus_per_actor=cpus)
 

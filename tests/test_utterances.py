@@ -151,6 +151,19 @@ def test_cli_flags():
 # ----------------------------------------------------------------------------- Ray
 
 
+def test_speech_actors_fit_beside_the_model_and_a_task(ray_local, capsys):
+    """On a cluster too small for speech actors + model actors + a 1-CPU task, the speech
+    actors reserve less, so Ray Data never waits forever (ray_local has 4 CPUs)."""
+    cfg = label.LabelConfig("in", "c", "o", cpus_per_actor=2.0, decode_cpus=0.5)
+    assert label._fit_asr(cfg) == cfg.asr and capsys.readouterr().err == ""  # 2 + 1 + 1 fits
+    cfg = label.LabelConfig("in", "c", "o", cpus_per_actor=2.5)
+    assert label._fit_asr(cfg).cpus_per_actor == 0.5
+    assert "each speech actor reserves 0.5 CPUs" in capsys.readouterr().err
+    gpu = label.LabelConfig("in", "c", "o", cpus_per_actor=4, asr=utterances.SpeechStageConfig(gpus_per_actor=1))
+    assert label._fit_asr(gpu) == gpu.asr  # GPU actors are placed by their GPUs
+
+
+
 def test_label_utterances_parity_rerun_and_transcribe(ray_local, tmp_path, speech_dir, tiny_checkpoint, capsys):
     out = tmp_path / "labels"
     args = [str(speech_dir), "--checkpoint", str(tiny_checkpoint), "--output", str(out), "--utterances", *FAST]
