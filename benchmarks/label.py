@@ -9,6 +9,10 @@ local Ray with num_cpus=2: decode tasks plus --actors model actors, with --decod
 --cpus-per-actor splitting the 2 logical CPUs. Prints clips/s of each, the ratio (target
 >= 1.6), the loop's per-stage seconds per clip, and Ray Data's per-operator stats.
 
+--starter compares, in the same process, the plain loop with the shipped starter checkpoint
+(text only: nothing decoded, no r3d_18) against the full model (all three modalities) on the
+same clips and transcripts, and prints clips/s of both and their ratio.
+
 Without --checkpoint a random-initialised model (decode --frames x --size x --size) is
 saved to a temporary directory; clips are synthetic MELD-like sample clips (128x96,
 15 fps, about 2-4 s, H.264 + AAC). Timings on a shared machine are noisy: compare the
@@ -50,7 +54,7 @@ def make_checkpoint(path: Path, frames: int, size: int) -> Path:
     return path
 
 
-def baseline(checkpoint: Path, clips: list[Path], batch_size: int) -> dict[str, float]:
+def baseline(checkpoint: Path, clips: list[Path], batch_size: int, transcripts: list[str] | None = None) -> dict[str, float]:
     """Single process, one torch thread: decode + features, then the model, batch by batch."""
     import torch
 
@@ -64,7 +68,8 @@ def baseline(checkpoint: Path, clips: list[Path], batch_size: int) -> dict[str, 
     t0 = time.perf_counter()
     for i in range(0, len(clips), batch_size):
         a = time.perf_counter()
-        feats = [predictor.preprocess(str(p)) for p in clips[i:i + batch_size]]
+        feats = [predictor.preprocess(str(p), transcripts[j] if transcripts else None)
+                 for j, p in enumerate(clips[i:i + batch_size], start=i)]
         b = time.perf_counter()
         predictor.predict_batch(collate(feats))
         t_pre, t_model = t_pre + b - a, t_model + time.perf_counter() - b
@@ -94,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-cpus", type=float, default=0.5, help="logical CPUs per decode task (default 0.5)")
     p.add_argument("--decode-batch-size", type=int, default=4, help="clips per decode task (default 4, as label)")
     p.add_argument("--warmup", type=int, default=4, help="clips labeled once before the timed Ray run (default 4)")
+    p.add_argument("--starter", action="store_true", help="compare the shipped starter checkpoint with the full model (loop only)")
     args = p.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -102,6 +108,8 @@ def main(argv: list[str] | None = None) -> int:
     checkpoint = Path(args.checkpoint) if args.checkpoint else make_checkpoint(tmp / "checkpoint", args.frames, args.size)
     print(f"{len(clips)} clips, checkpoint {checkpoint}, batch {args.batch_size}", flush=True)
 
+    if args.starter:
+        return compare_starter(checkpoint, clips, args.batch_size)
     base = baseline(checkpoint, clips, args.batch_size)
     print(f"loop (1 CPU): {base['clips_per_s']:.2f} clips/s ({base['seconds']:.1f} s); per clip: "
           f"decode+features {base['preprocess_s'] / len(clips) * 1e3:.0f} ms, model {base['model_s'] / len(clips) * 1e3:.0f} ms",
@@ -143,6 +151,24 @@ def main(argv: list[str] | None = None) -> int:
     print(f"ray steady state: {steady:.2f} clips/s (rows after the first model batch / time between first and last batch)")
     print(f"ratio ray / loop: {ray_rate / base['clips_per_s']:.2f} end to end, {steady / base['clips_per_s']:.2f} steady state "
           "(target >= 1.6)")
+    return 0
+
+
+def compare_starter(full: Path, clips: list[Path], batch_size: int) -> int:
+    """The plain loop with the starter checkpoint vs the full model, same clips and transcripts."""
+    from mmsa_ray.meld import read_meld
+    from mmsa_ray.pretrained import default_checkpoint
+
+    text = {Path(r.path).name: r.transcript for r in read_meld(clips[0].parent.parent, "test").records if r.path}
+    transcripts = [text[c.name] for c in clips]
+    rates = {}
+    for name, ckpt in (("full model (text+audio+video)", full), ("starter (text only)", default_checkpoint())):
+        r = baseline(ckpt, clips, batch_size, transcripts)
+        rates[name] = r["clips_per_s"]
+        print(f"{name}: {r['clips_per_s']:.2f} clips/s; per clip: decode+features {r['preprocess_s'] / len(clips) * 1e3:.0f} ms, "
+              f"model {r['model_s'] / len(clips) * 1e3:.0f} ms", flush=True)
+    a, b = rates.values()
+    print(f"ratio starter / full: {b / a:.1f}")
     return 0
 
 

@@ -19,7 +19,8 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("mmsa_ray.evaluate", "metrics, confusion matrices and a report for a checkpoint"),
     "transcribe": ("mmsa_ray.transcribe", "transcribe speech into timed utterances as Parquet (Ray Data)"),
     "label": ("mmsa_ray.label", "label a video archive into Parquet (Ray Data)"),
-    "serve": ("mmsa_ray.serve", "serve the model over HTTP (Ray Serve)"),
+    "serve": ("mmsa_ray.serve", "serve the model over HTTP (Ray Serve), with an upload page at /"),
+    "report": ("mmsa_ray.report", "an offline HTML report (timelines, player) and subtitles of a label output"),
 }
 
 

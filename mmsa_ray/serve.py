@@ -2,7 +2,8 @@
 
 One application, three deployments, each scaling on its own::
 
-    HTTP ─► Ingress       FastAPI: upload limits (streamed), form validation, errors as JSON
+    HTTP ─► Ingress       FastAPI: upload limits (streamed), form validation, errors as JSON;
+              │           GET / is an upload page (serve_page.py) over the same API
               │ file bytes + transcript (+ optional start/end seconds)
               ▼
             Preprocessor  CPU: predict.Preprocessing (PyAV decode + features) in a thread pool
@@ -46,7 +47,7 @@ from typing import Any
 
 import numpy as np
 from fastapi import FastAPI, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import HTMLResponse, JSONResponse
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve import Application
@@ -568,6 +569,14 @@ class Ingress:
             raise
         return upload, transcript, start, end
 
+    @api.get("/", include_in_schema=False)
+    async def page(self, request: Request) -> HTMLResponse:
+        """The upload page (mmsa_ray/serve_page.py): a form over POST /v1/predict that
+        shows the result on the report's timeline."""
+        from mmsa_ray.serve_page import page_html
+
+        return HTMLResponse(page_html(request.scope.get("root_path", "")))
+
     @api.get("/healthz", summary="Liveness and model readiness")
     async def healthz(self) -> JSONResponse:
         """200 while the app can serve (a busy model counts as up); 503 when the model
@@ -657,7 +666,8 @@ def run_serve(config: ServeConfig) -> None:
     serve.start(http_options=http_options(config))
     serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix)
     base = f"http://{config.host}:{config.port}{config.route_prefix.rstrip('/')}"
-    print(f"mmsa-ray serve: POST {base}/v1/predict  GET {base}/healthz  docs {base}/docs  (Ctrl-C stops)", flush=True)
+    print(f"mmsa-ray serve: page {base}/  POST {base}/v1/predict  GET {base}/healthz  docs {base}/docs  (Ctrl-C stops)",
+          flush=True)
     try:
         while True:
             time.sleep(3600)

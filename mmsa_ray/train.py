@@ -568,8 +568,10 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
         dataset_config=DataConfig(datasets_to_split=["train"], execution_options=ingest),
     )
     t_fit = time.time()
+    info["before_fit_s"] = t_fit - t_start
     result = trainer.fit()
     info["fit_s"] = time.time() - t_fit
+    history = _history(result.checkpoint) or []
     best = result.get_best_checkpoint(SCORE, "max") or result.checkpoint
     if best is None:
         raise RuntimeError(f"training produced no checkpoint (run dir {run_dir})")
@@ -589,7 +591,7 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
         MultimodalSentimentModel.load(out).save(out, compact=True)
     (out.parent / f"{out.name}.train.json").write_text(json.dumps(
         {"best_checkpoint": best.path, "best_metrics": best_metrics, "train_config": asdict(cfg), "job": asdict(job),
-         "info": info, "history": _history(result.checkpoint)}, indent=1, default=str))
+         "info": info, "history": history}, indent=1, default=str))
 
     # the report: the best model on dev, through the cached featurization of its own encoders
     from mmsa_ray.model import MultimodalSentimentModel
@@ -604,7 +606,19 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
     report_dir = Path(job.report_dir or out.parent / f"{out.name}_report")
     evaluate.write_report(report, report_dir, f"dev report of {out.name}")
     info["total_s"] = time.time() - t_start
-    return {"result": result, "best_metrics": best_metrics, "report": report, "report_dir": str(report_dir), "output": str(out), "info": info}
+    info["report_s"] = info["total_s"] - info["fit_s"] - info["before_fit_s"]
+    return {"result": result, "history": history, "best_metrics": best_metrics, "report": report, "report_dir": str(report_dir), "output": str(out), "info": info}
+
+
+def time_summary(info: dict, history: list[dict]) -> str:
+    """Where a run's wall time went: set-up, each epoch's parts (rank 0), Ray Train's own share, the report."""
+    parts = {k: sum(h.get(f"{k}_s", 0.0) for h in history) for k in ("data", "forward", "backward", "dev")}
+    epochs = sum(h.get("epoch_time_s", 0.0) for h in history)
+    return (f"time {info['total_s']:.0f} s: set-up {info['before_fit_s']:.0f} s (Ray start, featurize) | "
+            f"training {info['fit_s']:.0f} s = {len(history)} epochs {epochs:.0f} s (waiting for data {parts['data']:.0f} s: "
+            f"Ray Data read + tokenize; forward {parts['forward']:.0f} s; backward + step {parts['backward']:.0f} s; "
+            f"dev {parts['dev']:.0f} s) + Ray Train start-up, checkpoints and reports {info['fit_s'] - epochs:.0f} s | "
+            f"best model + dev report {info['report_s']:.0f} s")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -693,6 +707,7 @@ def main(argv: list[str] | None = None) -> int:
     r = res["report"]
     print(f"[train] best epoch {res['best_metrics'].get('epoch')}; model -> {res['output']}; report -> {res['report_dir']}/report.md")
     print(f"[train] dev: {summary_line(r)}")
+    print(f"[train] {time_summary(res['info'], res['history'])}")
     print(f"dev weighted F1: emotion {r['heads']['emotion']['weighted_f1']:.4f}, sentiment {r['heads']['sentiment']['weighted_f1']:.4f}")
     return 0
 

@@ -1,0 +1,55 @@
+// The timeline component (see mmsa_ray/timeline.py): a Vega-Lite spec made by altair,
+// filled with rows here. Needs the Vega bundle (window.vegaEmbed) and the spec element
+// #mmsa-timeline-spec on the page.
+(function () {
+  "use strict";
+  const SPEC = JSON.parse(document.getElementById("mmsa-timeline-spec").textContent);
+  const COLOURS = {};  // "emotion:joy" -> colour, from the spec's own scales
+  SPEC.vconcat.forEach(function (v) {
+    const sc = v.encoding.color.scale;
+    sc.domain.forEach(function (c, j) { COLOURS[v.encoding.color.field + ":" + c] = sc.range[j]; });
+  });
+  window.mmsaColour = function (field, value) { return COLOURS[field + ":" + value] || "#777"; };
+  const top = (probs) => (probs && probs.length ? Math.max.apply(null, probs) : null);
+
+  // A label row (report row or the API's JSON) -> a timeline row (fields in timeline.py).
+  window.mmsaTimelineRow = function (r, i) {
+    const failed = !!r.error || !r.emotion || r.emotion === "failed";
+    const ec = failed ? 1 : (r.ec != null ? r.ec : top(r.emotion_probs));
+    const sc = failed ? 1 : (r.sc != null ? r.sc : top(r.sentiment_probs));
+    const t0 = r.t0 != null ? r.t0 : (r.start || 0);
+    let t1 = r.t1 != null ? r.t1 : r.end;
+    if (t1 == null || !(t1 > t0)) t1 = t0 + 1;
+    return {
+      i: r.i != null ? r.i : i, t0: t0, t1: t1,
+      emotion: failed ? "failed" : r.emotion, ec: ec,
+      sentiment: failed ? "failed" : r.sentiment, sc: sc,
+      label: failed ? "failed: " + (r.error || "no prediction")
+        : r.emotion + " " + (ec == null ? "" : ec.toFixed(2)) + " · " + r.sentiment,
+      transcript: r.transcript || r.text || "",
+      text_emotion: r.text_emotion || "absent", audio_emotion: r.audio_emotion || "absent",
+      video_emotion: r.video_emotion || "absent",
+    };
+  };
+
+  // Draw `rows` (timeline rows) into `el`; opts.onSelect(i) on a click on a mark.
+  // Resolves to the Vega view. SVG up to 2000 rows (one <path> per mark), canvas beyond.
+  window.mmsaTimeline = function (el, rows, opts) {
+    opts = opts || {};
+    const spec = JSON.parse(JSON.stringify(SPEC));
+    const width = Math.max(160, (el.clientWidth || 640) - 20);
+    spec.vconcat.forEach(function (v) { v.width = width; });
+    spec.datasets = Object.assign({}, spec.datasets || {});
+    spec.datasets.rows = rows;
+    if (el._mmsaView) { el._mmsaView.finalize(); el._mmsaView = null; }
+    const renderer = opts.renderer || (rows.length > 2000 ? "canvas" : "svg");
+    return vegaEmbed(el, spec, { actions: false, renderer: renderer }).then(function (res) {
+      el._mmsaView = res.view;
+      el.dataset.marks = String(rows.length);
+      res.view.addEventListener("click", function (event, item) {
+        if (item && item.datum && item.datum.i != null && opts.onSelect) opts.onSelect(item.datum.i);
+      });
+      return res.view;
+    });
+  };
+})();
