@@ -89,7 +89,7 @@ from mmsa_ray.staging import (CHECKPOINT_DIR, STAGING_DIR, STAGING_SCHEMA, nothi
 from mmsa_ray.staging import committed_ids as _committed_ids
 from mmsa_ray.staging import str_or_none as _str_or_none
 from mmsa_ray.sources import MEDIA_EXTENSIONS, float_or_none, list_sources, resolve
-from mmsa_ray.utterances import WORD_TYPE, SpeechStageConfig, cache_uri, rows_before, speech_stage
+from mmsa_ray.utterances import WORD_TYPE, SpeechStageConfig, rows_before, speech_stage
 
 UTTERANCE_MODES = ("auto", "on", "off")
 
@@ -525,7 +525,7 @@ def _run_pipeline(config: LabelConfig, checkpoint: str, out_uri: str, attempts_u
         ds = ray.data.read_parquet(f"{out_uri}/{STAGING_DIR}")
     else:
         ds = speech_stage(ray.data.read_parquet(f"{out_uri}/{FILES_DIR}"), config.speech, _fit_asr(config),
-                          cache_uri(out_uri, config.speech), attempts_uri, config.max_decode_attempts,
+                          out_uri, attempts_uri, config.max_decode_attempts,
                           done=items["done"], keep_transcripts=True, context_turns=items["context_turns"],
                           segment_s=config.segment_s, probe_timeout_s=2.0 * items["timeout_s"] + 10.0)
     ds = _item_tasks(ds, decode_batch, config, checkpoint=checkpoint,

@@ -29,7 +29,7 @@ from mmsa_ray.attempts import ATTEMPTS_DIR
 from mmsa_ray.sink import ordered_parquet_datasink
 from mmsa_ray.sources import MEDIA_EXTENSIONS, list_sources, resolve
 from mmsa_ray.staging import CHECKPOINT_DIR, committed_ids, nothing_to_restore, remove_inprogress, stage_sources
-from mmsa_ray.utterances import UTTERANCE_SCHEMA, SpeechStageConfig, cache_uri, rows_before, speech_stage
+from mmsa_ray.utterances import UTTERANCE_SCHEMA, SpeechStageConfig, actor_speech_config, rows_before, speech_stage
 
 if TYPE_CHECKING:
     from mmsa_ray.speech import SpeechConfig
@@ -120,9 +120,8 @@ def transcribe(config: TranscribeConfig) -> TranscribeSummary:
         ctx.checkpoint_config = ckpt
         if staged:
             ds = speech_stage(ray.data.read_parquet(f"{out_uri}/{FILES_DIR}"), config.speech, config.stage,
-                              cache_uri(out_uri, config.speech), f"{out_uri}/{ATTEMPTS_DIR}", config.max_attempts,
-                              done=done)
-            asr_model = f"{config.speech.model}@{config.speech.cache_key()}"
+                              out_uri, f"{out_uri}/{ATTEMPTS_DIR}", config.max_attempts, done=done)
+            asr_model = f"{config.speech.model}@{actor_speech_config(config.speech, config.stage).cache_key()}"
             ds = ds.map_batches(_to_utterance_rows, fn_kwargs={"asr_model": asr_model}, batch_format="pyarrow",
                                 batch_size=None)
             ds.write_datasink(ordered_parquet_datasink(out_uri, config.rows_per_file, schema=UTTERANCE_SCHEMA))

@@ -249,15 +249,17 @@ def _with_context(items: list[dict[str, Any]], turns: int) -> list[dict[str, Any
     return items
 
 
-def speech_stage(ds, speech, stage: SpeechStageConfig, cache: str, attempts_uri: str, max_attempts: int,
+def speech_stage(ds, speech, stage: SpeechStageConfig, out_uri: str, attempts_uri: str, max_attempts: int,
                  **stage_kwargs):
-    """ds (staged file rows) -> ds of items: the SpeechStage actor pool, one file per call.
+    """ds (staged file rows) -> ds of items: the SpeechStage actor pool, one file per call,
+    caching under OUT (`out_uri`) by the settings the actors run with (actor_speech_config).
     `max_attempts`: worker deaths while transcribing one file before it is an error item."""
     from ray.data import ActorPoolStrategy
 
+    speech = actor_speech_config(speech, stage)
     return ds.repartition(target_num_rows_per_block=1).map_batches(
         SpeechStage,
-        fn_constructor_kwargs={"speech": actor_speech_config(speech, stage), "cache": cache,
+        fn_constructor_kwargs={"speech": speech, "cache": cache_uri(out_uri, speech),
                                "attempts_uri": attempts_uri, "max_attempts": max_attempts, **stage_kwargs},
         compute=ActorPoolStrategy(min_size=stage.actors[0], max_size=stage.actors[1]),
         batch_size=1,
