@@ -17,8 +17,10 @@ min and median over --rounds are reported. Without --file, a talk of --minutes m
 generated with espeak-ng (sentences with pauses of 0.3-1.5 s, in an mp4 with a small
 video track), longer than one chunk so that chunking is part of what is measured.
 
-Sections: `stage` (this comparison). The `label --utterances` pipeline rate (utterances/s)
-belongs in a second section function beside it, called from main().
+Sections (--section): `stage` (this comparison) and `pipeline`: `label --utterances` end to
+end in utterances per second, the Ray Data pipeline (a speech actor, decode tasks and a
+model actor on a local Ray of 2 CPUs) beside a plain loop in this process doing the same
+work on the same --pipeline-files generated talks (ratio ray / loop).
 """
 
 from __future__ import annotations
@@ -145,6 +147,89 @@ def stage(args) -> None:
                 for name in ("ours", "direct")))
 
 
+def pipeline(args) -> None:
+    """`label --utterances` end to end in utterances/s: the Ray Data pipeline (speech actor,
+    decode tasks, model actor on a local Ray of 2 CPUs) against a plain loop in this process
+    doing the same work (SpeechRecognizer.transcribe, then Predictor.preprocess with the
+    transcript and context and predict_batch per utterance), on the same files."""
+    import ray
+
+    from mmsa_ray import label
+    from mmsa_ray.features import collate
+    from mmsa_ray.predict import Predictor
+    from mmsa_ray.speech import SpeechConfig, SpeechRecognizer
+    from mmsa_ray.utterances import SpeechStageConfig
+
+    tmp = Path(tempfile.mkdtemp(prefix="mmsa-bench-utterances-"))
+    src = tmp / "talks"
+    src.mkdir()
+    audio_s = sum(make_talk(src / f"talk{i}.mp4", args.pipeline_minutes, seed=i) for i in range(args.pipeline_files))
+    checkpoint = _checkpoint(args, tmp)
+    speech = SpeechConfig(model=args.asr_model, device=args.asr_device, compute_type=args.asr_compute_type,
+                          cpu_threads=1)
+    print(f"\npipeline: {args.pipeline_files} talks, {audio_s:.0f} s of audio; checkpoint {checkpoint}", flush=True)
+
+    # the loop: one process, one thread for Whisper and torch alike
+    import torch
+
+    torch.set_num_threads(1)
+    recognizer, predictor = SpeechRecognizer(speech), Predictor.from_checkpoint(checkpoint, device="cpu")
+    turns = predictor.feature_config.context_turns if predictor.uses_context else 0
+    t0 = time.perf_counter()
+    n = 0
+    for path in sorted(src.iterdir()):
+        utts = recognizer.transcribe(str(path))
+        feats = [predictor.preprocess(str(path), u.text, u.start, u.end,
+                                      context=[v.text for v in utts[max(0, i - turns):i]] if turns else None)
+                 for i, u in enumerate(utts)]
+        for i in range(0, len(feats), 16):
+            predictor.predict_batch(collate(feats[i:i + 16]))
+        n += len(utts)
+    loop_s = time.perf_counter() - t0
+    print(f"loop (1 CPU): {n} utterances in {loop_s:.1f} s: {n / loop_s:.2f} utterances/s, "
+          f"RTF {audio_s / loop_s:.1f}x", flush=True)
+
+    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
+             runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
+    try:
+        def config(input_dir: Path, output: Path) -> label.LabelConfig:
+            return label.LabelConfig(input=str(input_dir), checkpoint=str(checkpoint), output=str(output),
+                                     utterances="on", speech=speech, cpus_per_actor=0.5, decode_cpus=0.5,
+                                     asr=SpeechStageConfig(cpus_per_actor=0.5))  # + 1 CPU for read tasks: 2
+
+        warm = tmp / "warmup"  # worker processes import Whisper/torch/PyAV once, as the loop's has
+        warm.mkdir()
+        (warm / "talk.mp4").symlink_to(sorted(src.iterdir())[0])
+        label.label(config(warm, tmp / "warmup_labels"))
+        summary = label.label(config(src, tmp / "labels"))
+    finally:
+        ray.shutdown()
+    rate = summary.labeled / summary.seconds
+    print(summary.stats)
+    print(f"ray (2 CPUs): {summary.labeled} utterances in {summary.seconds:.1f} s: {rate:.2f} utterances/s, "
+          f"RTF {audio_s / summary.seconds:.1f}x (listing, planning and actor start-up included)")
+    print(f"ratio ray / loop: {rate / (n / loop_s):.2f} (utterances: ray {summary.labeled}, loop {n})")
+
+
+def _checkpoint(args, tmp: Path) -> Path:
+    """--checkpoint, else the shipped starter, else a random-initialised text-only model in its
+    place (the same work: the starter uses text alone, so no media is decoded for the model)."""
+    if args.checkpoint:
+        return Path(args.checkpoint)
+    try:
+        from mmsa_ray.pretrained import default_checkpoint
+
+        return default_checkpoint()
+    except FileNotFoundError:
+        import torch
+
+        from mmsa_ray.model import ModelConfig, MultimodalSentimentModel
+
+        torch.manual_seed(0)
+        MultimodalSentimentModel(ModelConfig(modalities=("text",))).save(str(tmp / "checkpoint"))
+        return tmp / "checkpoint"
+
+
 def main(argv: list[str] | None = None) -> None:
     from mmsa_ray.speech import SpeechConfig
 
@@ -156,8 +241,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--asr-device", default=SpeechConfig.device)
     p.add_argument("--asr-compute-type", default=None)
     p.add_argument("--asr-threads", type=int, default=0, help="CTranslate2 CPU threads (0: its default)")
+    p.add_argument("--section", choices=("stage", "pipeline", "all"), default="all",
+                   help="stage: ours against faster-whisper; pipeline: label --utterances in utterances/s (default: all)")
+    p.add_argument("--pipeline-files", type=int, default=3, help="talks labeled by the pipeline section (default: %(default)s)")
+    p.add_argument("--pipeline-minutes", type=float, default=1.0, help="length of each of those (default: %(default)s)")
+    p.add_argument("--checkpoint", help="pipeline section's model (default: the starter checkpoint, else a "
+                   "random-initialised text-only model)")
     args = p.parse_args(argv)
-    stage(args)
+    if args.section in ("stage", "all"):
+        stage(args)
+    if args.section in ("pipeline", "all"):
+        pipeline(args)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "featurize": ("mmsa_ray.featurize", "cache frozen-encoder features of clips as Parquet (Ray Data)"),
     "train": ("mmsa_ray.train", "train the model data-parallel (Ray Train)"),
     "evaluate": ("mmsa_ray.evaluate", "metrics, confusion matrices and a report for a checkpoint"),
+    "transcribe": ("mmsa_ray.transcribe", "transcribe speech into timed utterances as Parquet (Ray Data)"),
     "label": ("mmsa_ray.label", "label a video archive into Parquet (Ray Data)"),
     "serve": ("mmsa_ray.serve", "serve the model over HTTP (Ray Serve), with an upload page at /"),
     "report": ("mmsa_ray.report", "an offline HTML report (timelines, player) and subtitles of a label output"),

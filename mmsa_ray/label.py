@@ -1,10 +1,11 @@
-"""`mmsa-ray label INPUT --checkpoint DIR --output OUT`: label a video archive into Parquet.
+"""`mmsa-ray label INPUT [--checkpoint DIR] --output OUT`: label a video archive into Parquet.
 
 The Ray Data pipeline, streaming end to end (nothing is materialized, nothing but the
 final counts comes back to the driver):
 
     list sources ─► [--segment: cut files into windows] ─► [skip ids done in OUT]
       ─► OUT/_staging/*.parquet ─► read_parquet
+      [--utterances: OUT/_files/*.parquet ─► read_parquet ─► speech stage (actor pool) ─► utterances]
       ─► repartition(decode_batch_size rows) ─► decode + features   (CPU tasks)
       ─► LabelPredictor                        (actor pool, CPU or GPU)
       ─► Parquet files in OUT (sink.py)        (fixed LABEL_SCHEMA, atomic files)
@@ -25,39 +26,40 @@ listed to OUT/_files/ first; Ray tasks read each one's duration from its headers
 stages those not yet in OUT. A file whose duration cannot be read stays one item, whose
 decode then records why.
 
+Utterances (`--utterances`; default `auto`: on when the checkpoint uses text alone)
+---------------------------------------------------------------------------------
+The listed files go to OUT/_files/ and the pipeline starts with the speech stage
+(mmsa_ray.utterances, an actor pool that loads the Whisper model once per actor): each file
+becomes one item per spoken utterance (id `<file id>#t=<start>,<end>`, its transcript, words
+and ASR confidence, and the file's earlier transcripts as the model's dialogue context),
+one item without transcript (speech = "none") when it has no speech (its `--segment`
+windows with --segment), or an error item when its audio cannot be read. Decode, speech
+and the model each scale on their own. Items that carry a transcript (a manifest's) are
+labeled as given. The speech stage caches each file's recognition under OUT/_speech/, so
+no file is transcribed twice, and drops the items already committed.
+
 Exactly once, across kills and re-runs
 --------------------------------------
-Ray Data's own checkpointing (`ray.data.checkpoint.CheckpointConfig`, Ray 2.60) does the
-bookkeeping: the write runs a two-phase commit per output file (a `<file>.pending.parquet`
-id list is written before the data file and renamed to `<file>.parquet` after it). On
-start-up the driver runs Ray's checkpoint manager: it deletes any data file whose pending
-id list was never committed and loads the committed ids, and only ids not among them are
-staged. So a job killed at any point (driver or worker, kill -9) and run again leaves
-every input id in OUT exactly once. (Ray's planner would otherwise filter the read with
-an actor pool of its own, 1 CPU per actor; beside the model actor and a decode task that
-is 3 CPUs, and on a 2-CPU machine every re-run deadlocked. The planner is handed a
-manager that reports nothing left to restore.)
-`delete_checkpoint_on_success` is off: the committed id lists are what make a later
-re-run skip finished work. Each data file is written to a hidden `.<name>.inprogress`
-file and renamed when complete, so a partially written file never looks like output
-(readers such as pyarrow.dataset and pandas skip names starting with '.' or '_').
+Ray Data's own checkpointing does the bookkeeping (see mmsa_ray.staging): on start-up the
+driver deletes the data files of uncommitted writes and loads the committed ids; only ids
+not among them are staged (or, with --utterances, passed on by the speech stage). So a job
+killed at any point (driver or worker, kill -9) and run again leaves every input id in OUT
+exactly once. `delete_checkpoint_on_success` is off: the committed id lists are what make a
+later re-run skip finished work. Each data file is written to a hidden
+`.<name>.inprogress` file and renamed when complete, so a partially written file never
+looks like output (readers such as pyarrow.dataset and pandas skip names starting with '.'
+or '_').
 
 Crashing and hanging decoders
 -----------------------------
-PyAV can SIGSEGV or block on hostile input. Decoding runs in Ray tasks (not in the model
-actors), so a crash is a dead worker and Ray retries the task. To keep a file that crashes
-the decoder every time from being retried forever, each item's decode is bracketed by an
-attempt record, OUT/_attempts/<sha1(id)>.json (attempt count, Ray job id, pid, host):
-written before decoding, deleted as soon as decode returns or raises. A record that
-survives therefore means "the process died while decoding this item". When a retried task
-of the same job meets an item whose record shows `max_decode_attempts` deaths, it does not
-decode it again: the item becomes an error row ("the decoding worker died N times...").
-Records of another job do not count: a killed driver takes its decodes down with it, and
-that says nothing about the files. Task retries are bounded accordingly
-(`max_decode_attempts * decode_batch_size + 2`). A decoder that blocks is bounded twice:
-DecodeConfig.timeout_s inside decode_clip (raises MediaError), and a watchdog thread here
-that gives up on a decode still running after `2 * timeout_s + 10` s (the stuck thread is
-abandoned; its worker process is reused, one thread short).
+Decoding runs in Ray tasks (not in the model actors), so a PyAV crash is a dead worker and
+Ray retries the task; each item's decode is bracketed by an attempt record
+(mmsa_ray.attempts), so an item that killed its worker `max_decode_attempts` times in one
+job becomes an error row ("the decoding worker died N times...") instead of being retried
+forever. Task retries are bounded accordingly (`max_decode_attempts * decode_batch_size + 2`).
+A decoder that blocks is bounded twice: DecodeConfig.timeout_s inside decode_clip (raises
+MediaError), and a watchdog that gives up on a decode still running after
+`2 * timeout_s + 10` s.
 """
 
 from __future__ import annotations
@@ -65,42 +67,39 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import functools
-import hashlib
 import itertools
-import json
 import os
-import posixpath
-import socket
 import sys
-import threading
 import time
 import warnings
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, Iterable, Iterator
+from typing import TYPE_CHECKING, Any, Iterator
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from mmsa_ray.attempts import ATTEMPTS_DIR, AttemptLog, DecodeHung, current_job  # noqa: F401 - label.DecodeHung
+from mmsa_ray.attempts import call_with_deadline as _call_with_deadline
+from mmsa_ray.attempts import open_source as _open_source
 from mmsa_ray.sink import ordered_parquet_datasink
+from mmsa_ray.staging import (CHECKPOINT_DIR, STAGING_DIR, STAGING_SCHEMA, nothing_to_restore, remove_inprogress,
+                              stage_sources)
+from mmsa_ray.staging import committed_ids as _committed_ids
+from mmsa_ray.staging import str_or_none as _str_or_none
 from mmsa_ray.sources import MEDIA_EXTENSIONS, float_or_none, list_sources, resolve
+from mmsa_ray.utterances import WORD_TYPE, SpeechStageConfig, rows_before, speech_stage
+
+UTTERANCE_MODES = ("auto", "on", "off")
 
 FEATURE_KEYS = ("video", "audio", "input_ids", "attention_mask", "mask")
+SPEECH_COLUMNS = ("asr_confidence", "words", "speech")  # what the speech stage adds to a labeled row
 
-STAGING_DIR = "_staging"  # the listed sources, read back by read_parquet
-FILES_DIR = "_files"  # with --segment: the listed files, before they are cut into windows
-CHECKPOINT_DIR = "_checkpoint"  # Ray Data's committed / pending id lists
-ATTEMPTS_DIR = "_attempts"  # per-item decode attempt records (see module docstring)
-STAGING_ROWS_PER_FILE = 4096
+if TYPE_CHECKING:
+    from mmsa_ray.speech import SpeechConfig
 
-STAGING_SCHEMA = pa.schema([
-    ("id", pa.string()),
-    ("uri", pa.string()),
-    ("transcript", pa.string()),
-    ("start", pa.float64()),
-    ("end", pa.float64()),
-])
+FILES_DIR = "_files"  # with --segment / --utterances: the listed files, before they become items
 
 # One row per input item. Probabilities follow labels.EMOTIONS (7) and labels.SENTIMENTS (3);
 # every prediction column is null on error rows.
@@ -109,7 +108,10 @@ LABEL_SCHEMA = pa.schema([
     ("uri", pa.string()),  # local path or cloud URI of the media
     ("start", pa.float64()),  # window start, seconds (null: from the beginning)
     ("end", pa.float64()),  # window end, seconds (null: to the end; longer than max_duration_s is an error)
-    ("transcript", pa.string()),  # from the manifest; null when none was given
+    ("transcript", pa.string()),  # from the manifest or speech recognition (--utterances); null when none
+    ("asr_confidence", pa.float64()),  # --utterances: exp(mean token log-probability) of the transcript, 0..1
+    ("words", pa.list_(WORD_TYPE)),  # --utterances: {start, end, word, probability}, seconds in the file's time
+    ("speech", pa.string()),  # --utterances: "found", or "none" (no speech in the file); null otherwise
     ("emotion", pa.string()),
     ("emotion_probs", pa.list_(pa.float32())),  # 7, labels.EMOTIONS order
     ("sentiment", pa.string()),
@@ -124,12 +126,18 @@ LABEL_SCHEMA = pa.schema([
 ])
 
 
+def _default_speech():
+    from mmsa_ray.speech import SpeechConfig
+
+    return SpeechConfig()
+
+
 @dataclass
 class LabelConfig:
     """One labeling job; `mmsa-ray label` flags map one to one onto these fields."""
 
     input: str  # directory, glob, or manifest (.csv/.parquet/.jsonl); local or cloud URI
-    checkpoint: str  # model checkpoint directory (readable on every node)
+    checkpoint: str | None  # model checkpoint directory (readable on every node); None: the shipped starter
     output: str  # output directory (local or cloud URI); re-runs skip ids already in it
     actors: tuple[int, int] = (1, 1)  # model actor pool (min, max)
     gpus_per_actor: float = 0.0  # 0 = CPU model actors; 1 on GPU nodes
@@ -146,8 +154,15 @@ class LabelConfig:
     # cut each file without a window into windows of about this many seconds, one row each
     # (see segment_windows); None: one row per file
     segment_s: float | None = None
+    # one row per spoken utterance (mmsa_ray.utterances): "on", "off", or "auto" = on when the
+    # checkpoint uses text alone (without a transcript it would see nothing), else off
+    utterances: str = "auto"
+    speech: SpeechConfig = field(default_factory=_default_speech)  # what the speech stage runs
+    asr: SpeechStageConfig = field(default_factory=SpeechStageConfig)  # the speech actor pool
 
     def __post_init__(self) -> None:
+        if self.utterances not in UTTERANCE_MODES:
+            raise ValueError(f"utterances must be one of {', '.join(UTTERANCE_MODES)}, got {self.utterances!r}")
         lo, hi = self.actors
         if not (1 <= lo <= hi):
             raise ValueError(f"actors must be MIN,MAX with 1 <= MIN <= MAX, got {self.actors}")
@@ -174,6 +189,7 @@ class LabelSummary:
     errors: list[tuple[str, str]] = field(default_factory=list)  # a few (id, error) of this run
     stats: str = ""  # Ray Data's per-operator stats of this run
     other_model_rows: int = 0  # rows in OUT labeled by a model other than this run's checkpoint
+    notes: list[str] = field(default_factory=list)  # hints for the user, printed last
 
     def __str__(self) -> str:
         lines = [
@@ -184,72 +200,11 @@ class LabelSummary:
         if self.other_model_rows:
             lines.append(f"  note: {self.other_model_rows} rows in {self.output} come from another model (see "
                          "model_id); ids already there are never relabeled: give a new --output to relabel them")
+        lines += [f"  note: {n}" for n in self.notes]
         return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- staging
-
-
-def _str_or_none(v: Any) -> str | None:
-    """A string cell from a numpy batch: None (or NaN, numpy's null) -> None."""
-    return None if v is None or (isinstance(v, float) and np.isnan(v)) else str(v)
-
-
-def stage_sources(rows: Iterable[dict[str, Any]], fs: pafs.FileSystem, staging: str,
-                  done: np.ndarray | None = None) -> tuple[int, int]:
-    """Write rows as Parquet files of STAGING_ROWS_PER_FILE rows under `staging` (replaced),
-    leaving out those whose id is in `done` (sorted ids already in the output).
-    Returns (rows listed, rows staged)."""
-    import pyarrow.parquet as pq
-
-    fs.delete_dir_contents(staging, missing_dir_ok=True)
-    fs.create_dir(staging, recursive=True)
-    done = np.asarray([] if done is None else done, dtype=object)  # object: no fixed-width truncation
-    listed = staged = part = 0
-    buf: list[dict[str, Any]] = []
-
-    def flush():
-        nonlocal part, buf, staged
-        if done.size and buf:
-            ids = np.asarray([r["id"] for r in buf], dtype=object)
-            at = np.minimum(np.searchsorted(done, ids), done.size - 1)
-            buf = [r for r, seen in zip(buf, done[at] == ids) if not seen]
-        if buf:
-            table = pa.Table.from_pylist(buf, schema=STAGING_SCHEMA)
-            pq.write_table(table, f"{staging}/part-{part:05d}.parquet", filesystem=fs)
-            part, staged = part + 1, staged + len(buf)
-        buf = []
-
-    for row in rows:
-        buf.append(row)
-        listed += 1
-        if len(buf) >= STAGING_ROWS_PER_FILE:
-            flush()
-    flush()
-    return listed, staged
-
-
-def _committed_ids(ckpt, ctx, out_uri: str, out_fs: pafs.FileSystem) -> np.ndarray | None:
-    """Ray's restore step, run on the driver: delete data files of uncommitted writes,
-    then load the committed ids (sorted), or None when there are none."""
-    import ray
-    from ray.data.checkpoint.checkpoint_filter import IdColumnCheckpointManager
-
-    ref, _ = IdColumnCheckpointManager(checkpoint_config=ckpt, data_context=ctx).load_checkpoint(out_uri, out_fs)
-    return None if ref is None else ray.get(ref)
-
-
-@functools.cache
-def _nothing_to_restore():
-    """A checkpoint manager class for Ray's planner once the driver has restored (see the
-    module docstring): no filter operator is planned."""
-    from ray.data.checkpoint.checkpoint_filter import IdColumnCheckpointManager
-
-    class NothingToRestore(IdColumnCheckpointManager):
-        def load_checkpoint(self, data_file_dir=None, data_file_filesystem=None):
-            return None, 0
-
-    return NothingToRestore
 
 
 # ----------------------------------------------------------------------------- segments
@@ -277,7 +232,7 @@ def split_into_segments(batch: pa.Table, segment_s: float, timeout_s: float, att
     from mmsa_ray.media import DecodeConfig, probe_duration
 
     fs, attempts_dir = resolve(attempts_uri)
-    log = _AttemptLog(fs, attempts_dir, current_job())
+    log = AttemptLog(fs, attempts_dir, current_job())
     config = DecodeConfig(timeout_s=timeout_s)
     out = []
     for row in batch.select(STAGING_SCHEMA.names).cast(STAGING_SCHEMA).to_pylist():
@@ -347,79 +302,6 @@ def _preprocessing(checkpoint: str, decode_timeout_s: float | None):
     return prep, zeros
 
 
-class _AttemptLog:
-    """OUT/_attempts/<sha1(id)>.json: exists only while an item is being decoded, or after
-    the process decoding it died. Deaths count within one Ray job: a record left by an
-    earlier job (its driver was killed, taking the decode with it) does not count."""
-
-    def __init__(self, fs: pafs.FileSystem, directory: str, job: str):
-        self.fs, self.dir, self.job = fs, directory, job
-
-    def _path(self, id_: str) -> str:
-        return f"{self.dir}/{hashlib.sha1(id_.encode()).hexdigest()}.json"
-
-    def deaths(self, id_: str) -> int:
-        try:
-            with self.fs.open_input_stream(self._path(id_)) as f:
-                record = json.loads(f.read())
-        except FileNotFoundError:
-            return 0
-        except (ValueError, OSError):
-            return 1  # a record cut short by the death it records
-        return int(record.get("attempts", 1)) if record.get("job") == self.job else 0
-
-    def begin(self, id_: str, attempts: int) -> None:
-        record = {"id": id_, "attempts": attempts, "job": self.job, "pid": os.getpid(), "host": socket.gethostname(),
-                  "time": time.time()}
-        with self.fs.open_output_stream(self._path(id_)) as f:
-            f.write(json.dumps(record).encode())
-
-    def end(self, id_: str) -> None:
-        try:
-            self.fs.delete_file(self._path(id_))
-        except FileNotFoundError:
-            pass
-
-
-def current_job() -> str:
-    """The Ray job id of this process ("local" outside Ray)."""
-    import ray
-
-    return ray.get_runtime_context().get_job_id() if ray.is_initialized() else "local"
-
-
-class DecodeHung(Exception):
-    pass
-
-
-def _call_with_deadline(fn, deadline_s: float, *args, **kwargs):
-    """fn(*args) in a daemon thread; DecodeHung if it has not returned after deadline_s."""
-    out: dict[str, Any] = {}
-
-    def run():
-        try:
-            out["value"] = fn(*args, **kwargs)
-        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
-            out["error"] = e
-
-    t = threading.Thread(target=run, daemon=True, name="mmsa-decode")
-    t.start()
-    t.join(deadline_s)
-    if t.is_alive():
-        raise DecodeHung(f"decoder still running after {deadline_s:g} s (hung); gave up on it")
-    if "error" in out:
-        raise out["error"]
-    return out["value"]
-
-
-def _open_source(uri: str):
-    """Local paths go to the decoder as paths; remote URIs as pyarrow random-access files."""
-    if "://" in uri and not uri.startswith("file://"):
-        fs, path = pafs.FileSystem.from_uri(uri)
-        return fs.open_input_file(path)
-    return uri[len("file://"):] if uri.startswith("file://") else uri
-
-
 def decode_batch(
     batch: pa.Table,
     checkpoint: str,
@@ -429,6 +311,8 @@ def decode_batch(
 ) -> pa.Table:
     """Staging rows (STAGING_SCHEMA) -> the same rows + `error` (string, null when fine)
     + one tensor column per feature key (mmsa_ray.features shapes; zeros on error rows).
+    Speech-stage items (utterances.ITEM_SCHEMA) are decoded with their `context`; an item
+    that comes with an error is not decoded; SPEECH_COLUMNS pass through.
 
     Never raises for one bad item: MediaError and any other exception become that row's
     `error` ("<uri>: <cause>"). Columns are typed explicitly: a batch whose errors are all
@@ -439,14 +323,20 @@ def decode_batch(
 
     prep, zeros = _preprocessing(checkpoint, decode_timeout_s)
     fs, attempts_dir = resolve(attempts_uri)
-    log = _AttemptLog(fs, attempts_dir, current_job())
+    log = AttemptLog(fs, attempts_dir, current_job())
     deadline = 2.0 * prep.decode_config.timeout_s + 10.0
     rows = batch.select(STAGING_SCHEMA.names).cast(STAGING_SCHEMA).to_pylist()
+    given = {k: batch.column(k).to_pylist() for k in ("error", "context") if k in batch.column_names}
     errors: list[str | None] = []
     feats: list[dict[str, np.ndarray]] = []
-    for row in rows:
+    for i, row in enumerate(rows):
         id_, uri, transcript, start, end = (row[k] for k in STAGING_SCHEMA.names)
         uri = uri or ""
+        if given.get("error", [None] * (i + 1))[i] is not None:  # the speech stage could not read the file
+            errors.append(given["error"][i])
+            feats.append(zeros)
+            continue
+        context = given.get("context", [None] * (i + 1))[i]
         deaths = log.deaths(id_)
         if deaths >= max_decode_attempts:
             errors.append(f"{uri}: the decoding worker died {deaths} times on this file (crash or kill); not retried")
@@ -460,7 +350,8 @@ def decode_batch(
         source = None
         try:
             source = _open_source(uri)
-            f = _call_with_deadline(prep, deadline, source, transcript=transcript, start=start, end=end)
+            f = _call_with_deadline(prep, deadline, source, transcript=transcript, start=start, end=end,
+                                    context=context)
             errors.append(None)
             feats.append(f)
         except MediaError as e:
@@ -475,6 +366,7 @@ def decode_batch(
             log.end(id_)
     columns = {k: pa.array([r[k] for r in rows], STAGING_SCHEMA.field(k).type) for k in STAGING_SCHEMA.names}
     columns["error"] = pa.array(errors, pa.string())
+    columns.update({k: batch.column(k) for k in SPEECH_COLUMNS if k in batch.column_names})
     for k in FEATURE_KEYS:
         columns[k] = ArrowTensorArray.from_numpy(np.stack([f[k] for f in feats]))
     return pa.table(columns)
@@ -513,6 +405,10 @@ class LabelPredictor:
             columns["start"].append(float_or_none(batch["start"][i]))
             columns["end"].append(float_or_none(batch["end"][i]))
             columns["transcript"].append(_str_or_none(batch["transcript"][i]))
+            speech = {k: batch[k][i] if k in batch else None for k in SPEECH_COLUMNS}
+            columns["asr_confidence"].append(float_or_none(speech["asr_confidence"]))
+            columns["words"].append(None if speech["words"] is None else [dict(w) for w in speech["words"]])
+            columns["speech"].append(_str_or_none(speech["speech"]))
             for k in ("emotion", "emotion_probs", "sentiment", "sentiment_probs", "modalities",
                       "text_emotion", "audio_emotion", "video_emotion"):
                 columns[k].append(p.get(k))
@@ -537,8 +433,16 @@ def label(config: LabelConfig) -> LabelSummary:
 
     # A local or shared-file-system directory (every node reads it); checked up front:
     # missing, unfinished or foreign checkpoints fail here, not in every actor.
-    checkpoint = os.path.abspath(config.checkpoint)
-    decode = ModelConfig.from_dict(read_checkpoint_config(checkpoint)["model"]).decode
+    if config.checkpoint is None:
+        from mmsa_ray.pretrained import default_checkpoint
+
+        checkpoint = str(default_checkpoint())
+    else:
+        checkpoint = os.path.abspath(config.checkpoint)
+    model_config = ModelConfig.from_dict(read_checkpoint_config(checkpoint)["model"])
+    decode = model_config.decode
+    modalities = tuple(model_config.modalities)
+    speech = config.utterances == "on" or (config.utterances == "auto" and modalities == ("text",))
     if config.segment_s is not None and config.segment_s > decode.max_duration_s / 1.5:
         raise ValueError(f"segment_s={config.segment_s:g}: windows may run to 1.5x that, over the checkpoint's "
                          f"max_duration_s={decode.max_duration_s:g}; use at most {decode.max_duration_s / 1.5:g}")
@@ -547,8 +451,20 @@ def label(config: LabelConfig) -> LabelSummary:
     sources = list_sources(config.input, config.extensions)
     first = next(sources, None)  # a wrong INPUT fails here, before Ray starts
     sources = itertools.chain([] if first is None else [first], sources)
+    listed_ids: set[str] = set()  # --utterances: the summary counts earlier rows of these files
+    untranscribed = 0  # items without a transcript, for the hint when text is left out
+
+    def counted(rows):
+        nonlocal untranscribed
+        for row in rows:
+            untranscribed += row["transcript"] is None
+            if speech:
+                listed_ids.add(row["id"])
+            yield row
+
+    sources = counted(sources)
     out_fs.create_dir(out_path, recursive=True)
-    _remove_inprogress(out_fs, out_path)
+    remove_inprogress(out_fs, out_path)
     attempts_uri = f"{out_uri}/{ATTEMPTS_DIR}"
     out_fs.create_dir(f"{out_path}/{ATTEMPTS_DIR}", recursive=True)
 
@@ -562,34 +478,57 @@ def label(config: LabelConfig) -> LabelSummary:
     try:
         ckpt = CheckpointConfig(id_column="id", checkpoint_path=f"{out_uri}/{CHECKPOINT_DIR}", delete_checkpoint_on_success=False)
         done = _committed_ids(ckpt, ctx, out_uri, out_fs)
-        if config.segment_s is not None:
+        if speech:  # the speech stage turns files into utterance items inside the pipeline
+            listed, staged = stage_sources(sources, out_fs, f"{out_path}/{FILES_DIR}", done)
+        elif config.segment_s is not None:
             files, _ = stage_sources(sources, out_fs, f"{out_path}/{FILES_DIR}")
             timeout_s = config.decode_timeout_s or decode.timeout_s
             sources = segment_sources(f"{out_uri}/{FILES_DIR}", config, attempts_uri, timeout_s) if files else iter(())
-        listed, staged = stage_sources(sources, out_fs, f"{out_path}/{STAGING_DIR}", done)
-        ckpt.checkpoint_manager_cls = _nothing_to_restore()
+        if not speech:
+            listed, staged = stage_sources(sources, out_fs, f"{out_path}/{STAGING_DIR}", done)
+        ckpt.checkpoint_manager_cls = nothing_to_restore()
         ctx.checkpoint_config = ckpt
         if staged:
-            stats = _run_pipeline(config, checkpoint, out_uri, attempts_uri)
+            items = None
+            if speech:
+                items = dict(done=done, context_turns=model_config.features.context_turns if "text" in modalities else 0,
+                             timeout_s=config.decode_timeout_s or decode.timeout_s)
+            stats = _run_pipeline(config, checkpoint, out_uri, attempts_uri, items)
     finally:
         ctx.checkpoint_config = previous
         if started_ray:
             ray.shutdown()
     out_fs.delete_dir_contents(f"{out_path}/{ATTEMPTS_DIR}", missing_dir_ok=True)
     summary = summarize(out_fs, out_path, run_start, listed, config.output, model_id(checkpoint))
+    if speech:  # items are utterances: those of this run's files that earlier runs wrote were skipped
+        summary.skipped = rows_before(out_fs, out_path, LABEL_SCHEMA, "labeled_at", run_start, listed_ids)
+        summary.staged = summary.labeled + summary.failed + summary.skipped
+    elif "text" in modalities and untranscribed:
+        summary.notes.append(f"the checkpoint uses text, but {untranscribed} of {listed} items have no transcript: "
+                             "--utterances transcribes their speech and labels one row per utterance")
     summary.seconds = time.time() - t0
     summary.stats = stats
     return summary
 
 
-def _run_pipeline(config: LabelConfig, checkpoint: str, out_uri: str, attempts_uri: str) -> str:
+def _run_pipeline(config: LabelConfig, checkpoint: str, out_uri: str, attempts_uri: str,
+                  items: dict[str, Any] | None = None) -> str:
     """staged rows -> decode -> LabelPredictor -> OUT (under the checkpoint config already set);
-    returns Ray Data's stats."""
+    returns Ray Data's stats. `items` (--utterances): the staged rows are files, and the
+    speech stage (mmsa_ray.utterances) turns them into utterance items first; its keys are
+    `done` (committed ids), `context_turns` and `timeout_s` (a duration read's limit)."""
     import ray
     from ray.data import ActorPoolStrategy
 
     device = config.device or ("cuda" if config.gpus_per_actor > 0 else "cpu")
-    ds = _item_tasks(ray.data.read_parquet(f"{out_uri}/{STAGING_DIR}"), decode_batch, config, checkpoint=checkpoint,
+    if items is None:
+        ds = ray.data.read_parquet(f"{out_uri}/{STAGING_DIR}")
+    else:
+        ds = speech_stage(ray.data.read_parquet(f"{out_uri}/{FILES_DIR}"), config.speech, _fit_asr(config),
+                          out_uri, attempts_uri, config.max_decode_attempts,
+                          done=items["done"], keep_transcripts=True, context_turns=items["context_turns"],
+                          segment_s=config.segment_s, probe_timeout_s=2.0 * items["timeout_s"] + 10.0)
+    ds = _item_tasks(ds, decode_batch, config, checkpoint=checkpoint,
                      attempts_uri=attempts_uri, max_decode_attempts=config.max_decode_attempts,
                      decode_timeout_s=config.decode_timeout_s)
     ds = ds.map_batches(
@@ -608,12 +547,21 @@ def _run_pipeline(config: LabelConfig, checkpoint: str, out_uri: str, attempts_u
         return f"(no stats: {e})"
 
 
-def _remove_inprogress(fs: pafs.FileSystem, path: str) -> None:
-    """Delete `.<name>.inprogress` files left by a killed run (never visible as output)."""
-    for info in fs.get_file_info(pafs.FileSelector(path, recursive=False)):
-        name = posixpath.basename(info.path)
-        if info.type == pafs.FileType.File and name.startswith(".") and name.endswith(".inprogress"):
-            fs.delete_file(info.path)
+def _fit_asr(config: LabelConfig) -> SpeechStageConfig:
+    """The speech actors' CPU reservation, lowered where the cluster cannot also hold the model
+    actors and one task beside them (a 2-CPU laptop): Ray Data would wait for a CPU forever.
+    That task takes at least 1 CPU: read_parquet lists and reads the staged files in 1-CPU tasks."""
+    import ray
+
+    asr, total = config.asr, ray.cluster_resources().get("CPU", 0.0)
+    others = config.actors[0] * config.cpus_per_actor + max(config.decode_cpus, 1.0)
+    need = asr.actors[0] * asr.cpus_per_actor
+    if asr.gpus_per_actor > 0 or others + need <= total:
+        return asr
+    cpus = max(0.0, (total - others) / asr.actors[0])
+    print(f"note: {total:g} CPUs cannot hold the speech actors ({need:g}), the model actors and a task "
+          f"({others:g}): each speech actor reserves {cpus:g} CPUs", file=sys.stderr)
+    return dataclasses.replace(asr, cpus_per_actor=cpus)
 
 
 def summarize(fs: pafs.FileSystem, path: str, run_start: datetime, staged: int, output: str,
@@ -655,6 +603,9 @@ def _min_max(s: str) -> tuple[int, int]:
 
 
 def parse_args(argv: list[str] | None = None) -> LabelConfig:
+    from mmsa_ray.speech import add_speech_args, speech_config_from_args
+    from mmsa_ray.utterances import add_stage_args
+
     d = LabelConfig(input="", checkpoint="", output="")
     p = argparse.ArgumentParser(
         prog="mmsa-ray label",
@@ -664,7 +615,10 @@ def parse_args(argv: list[str] | None = None) -> LabelConfig:
     p.add_argument("input", help="a directory (searched recursively for media), a glob, or a manifest "
                    ".csv/.parquet/.jsonl with a `path` column and optional id, transcript, start, end; "
                    "local paths or cloud URIs (s3://, gs://)")
-    p.add_argument("--checkpoint", required=True, help="model checkpoint directory (config.json + model.safetensors)")
+    p.add_argument("--checkpoint", default=None,
+                   help="model checkpoint directory (config.json + model.safetensors); default: the starter "
+                   "checkpoint shipped in the package (text only, trained on MELD: labels need transcripts, so "
+                   "--utterances is on by default with it)")
     p.add_argument("--output", required=True, help="output directory for the Parquet files (local or cloud URI)")
     p.add_argument("--actors", type=_min_max, default=d.actors, metavar="MIN,MAX",
                    help=f"model actor pool size (default {d.actors[0]},{d.actors[1]})")
@@ -691,6 +645,13 @@ def parse_args(argv: list[str] | None = None) -> LabelConfig:
                    "carry no transcript); default: one row per file")
     p.add_argument("--extensions", default=",".join(d.extensions),
                    help="comma-separated media suffixes for directory/glob inputs (default: common video and audio types)")
+    p.add_argument("--utterances", nargs="?", const="on", default=d.utterances, choices=UTTERANCE_MODES,
+                   help="transcribe each file's speech (faster-whisper) and label one row per spoken utterance "
+                   "(id <file id>#t=<start>,<end>, with its transcript, words and the file's earlier utterances as "
+                   "context); items that already have a transcript are labeled as given. --utterances alone = on; "
+                   "auto (default): on when the checkpoint uses text alone, else off")
+    add_speech_args(p)
+    add_stage_args(p, d.asr, _min_max)
     a = p.parse_args(argv)
     exts = tuple(e if e.startswith(".") else f".{e}" for e in (s.strip() for s in a.extensions.split(",")) if e)
     try:
@@ -699,7 +660,9 @@ def parse_args(argv: list[str] | None = None) -> LabelConfig:
             cpus_per_actor=a.cpus_per_actor, batch_size=a.batch_size, decode_batch_size=a.decode_batch_size,
             decode_cpus=a.decode_cpus, decode_timeout_s=a.decode_timeout_s, max_decode_attempts=a.max_decode_attempts,
             rows_per_file=a.rows_per_file, device=a.device, ray_address=a.ray_address, extensions=exts,
-            segment_s=a.segment_s,
+            segment_s=a.segment_s, utterances=a.utterances, speech=speech_config_from_args(a),
+            asr=SpeechStageConfig(actors=a.asr_actors, cpus_per_actor=a.asr_cpus_per_actor,
+                                  gpus_per_actor=a.asr_gpus_per_actor),
         )
     except ValueError as e:
         p.error(str(e))

@@ -250,6 +250,28 @@ def espeak(text: str, directory: str | os.PathLike) -> np.ndarray:
     return x[loud[0]:loud[-1] + 1]
 
 
+def spoken(sentences: list[str], rate: int = 16000, lead_s: float = 0.7, gap_s: float = 1.5,
+           tail_s: float = 0.8) -> tuple[np.ndarray, list[tuple[float, float]]]:
+    """espeak-ng saying `sentences` with `gap_s` of silence between them (and lead_s before,
+    tail_s after) -> (float32 [N] mono at `rate`, [(start, end)] seconds of each sentence)."""
+    import tempfile
+
+    parts, spans, t = [np.zeros(round(lead_s * ESPEAK_RATE), np.float32)], [], lead_s
+    for i, s in enumerate(sentences):
+        with tempfile.TemporaryDirectory() as tmp:
+            x = espeak(s, tmp)
+        parts.append(x)
+        spans.append((t, t + len(x) / ESPEAK_RATE))
+        gap = round((gap_s if i + 1 < len(sentences) else tail_s) * ESPEAK_RATE)
+        parts.append(np.zeros(gap, np.float32))
+        t += (len(x) + gap) / ESPEAK_RATE
+    wave = np.concatenate(parts) * 0.8
+    if rate != ESPEAK_RATE:
+        wave = np.interp(np.arange(round(len(wave) * rate / ESPEAK_RATE)) / rate,
+                         np.arange(len(wave)) / ESPEAK_RATE, wave).astype(np.float32)
+    return wave, spans
+
+
 def clips(directory: str | os.PathLike) -> dict[str, Path]:
     """Everyday clips: {"av": mp4 H.264 + AAC 44.1 kHz mono, 2 s, 160x120, 15 fps, 440 Hz tone,
     colour-coded frames; "video_only": same without audio; "audio_only": 1 s wav}."""
@@ -338,4 +360,3 @@ def mutate(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
     else:
         raise ValueError(f"unknown mutation {kind!r}; one of {MUTATIONS}")
     return bytes(b)
-
