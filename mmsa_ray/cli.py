@@ -8,6 +8,7 @@ runs: `mmsa-ray --help` stays fast and needs neither torch nor Ray.
 from __future__ import annotations
 
 import importlib
+import signal
 import sys
 
 # command -> (module, one-line summary)
@@ -48,16 +49,35 @@ def run(command: str, argv: list[str]) -> int:
     file that is the whole input, an output that must not be replaced -- ends with one
     line on stderr and exit status 2, as a bad flag does. The library reports those as
     OSError subclasses, ValueError (MeldFormatError among them) and MediaError; any
-    other exception keeps its traceback.
+    other exception keeps its traceback. Ctrl-C ends with one line and exit status 130.
     """
-    module = importlib.import_module(COMMANDS[command][0])
     try:
+        module = importlib.import_module(COMMANDS[command][0])
         return int(module.main(argv) or 0)
+    except KeyboardInterrupt:
+        return _interrupted(command)
     except Exception as e:
         if not _wrong_input(e):
             raise
         print(f"mmsa-ray {command}: error: {e}", file=sys.stderr)
         return 2
+
+
+def _interrupted(command: str) -> int:
+    """Ctrl-C: one line, Ray (and Serve) shut down, exit status 130 (128 + SIGINT) as shells
+    expect. A second Ctrl-C while shutting down is ignored, so it cannot end in a traceback.
+    The commands' own `finally` blocks have already run: files are left complete or absent."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    print(f"\nmmsa-ray {command}: interrupted", file=sys.stderr, flush=True)
+    ray = sys.modules.get("ray")
+    if ray is not None and ray.is_initialized():
+        try:
+            if "ray.serve" in sys.modules:
+                sys.modules["ray.serve"].shutdown()
+            ray.shutdown()
+        except Exception:  # noqa: BLE001 - shutting down after an interrupt: nothing left to report
+            pass
+    return 130
 
 
 def _wrong_input(e: Exception) -> bool:

@@ -343,7 +343,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--batch-size", type=int, default=256, help="clips per forward pass (default 256)")
     p.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     p.add_argument("--output", required=True, help="directory for report.json, report.md and the confusion_<head>[_normalized].png charts")
+    from mmsa_ray import console
+
+    console.add_verbose_arg(p)
     args = p.parse_args(argv)
+    console.setup(args.verbose)
 
     import torch
 
@@ -366,11 +370,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.features:
         data_path, errors_src = args.features, args.features
     else:
+        import ray
+
         from mmsa_ray import featurize
 
-        res = featurize.featurize_meld(
-            meld_dir, args.split, model, modalities=modalities, cache_dir=args.cache_dir, limit=args.limit,
-        )
+        started = console.init_ray()  # a reused cache needs no Ray, but starting it is quick next to featurizing
+        try:
+            res = featurize.featurize_meld(
+                meld_dir, args.split, model, modalities=modalities, cache_dir=args.cache_dir, limit=args.limit,
+            )
+        finally:
+            if started:
+                ray.shutdown()
         data_path, errors_src = res.path, res.path
     data, errors = load_features(data_path, modalities, mel_shape=model.config.features.mel_shape)
     result = evaluate(model, data, args.batch_size, device)

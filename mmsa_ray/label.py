@@ -83,6 +83,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from mmsa_ray import console
 from mmsa_ray.sink import ordered_parquet_datasink
 from mmsa_ray.sources import MEDIA_EXTENSIONS, float_or_none, list_sources, resolve
 
@@ -552,10 +553,7 @@ def label(config: LabelConfig) -> LabelSummary:
     attempts_uri = f"{out_uri}/{ATTEMPTS_DIR}"
     out_fs.create_dir(f"{out_path}/{ATTEMPTS_DIR}", recursive=True)
 
-    started_ray = False
-    if not ray.is_initialized():
-        ray.init(address=config.ray_address, log_to_driver=True)
-        started_ray = True
+    started_ray = console.init_ray(address=config.ray_address)
     ctx = DataContext.get_current()
     previous = ctx.checkpoint_config
     stats = "(nothing to label)"
@@ -570,7 +568,8 @@ def label(config: LabelConfig) -> LabelSummary:
         ckpt.checkpoint_manager_cls = _nothing_to_restore()
         ctx.checkpoint_config = ckpt
         if staged:
-            stats = _run_pipeline(config, checkpoint, out_uri, attempts_uri)
+            with console.progress("label", staged):
+                stats = _run_pipeline(config, checkpoint, out_uri, attempts_uri)
     finally:
         ctx.checkpoint_config = previous
         if started_ray:
@@ -691,7 +690,9 @@ def parse_args(argv: list[str] | None = None) -> LabelConfig:
                    "carry no transcript); default: one row per file")
     p.add_argument("--extensions", default=",".join(d.extensions),
                    help="comma-separated media suffixes for directory/glob inputs (default: common video and audio types)")
+    console.add_verbose_arg(p)
     a = p.parse_args(argv)
+    console.setup(a.verbose)
     exts = tuple(e if e.startswith(".") else f".{e}" for e in (s.strip() for s in a.extensions.split(",")) if e)
     try:
         return LabelConfig(
