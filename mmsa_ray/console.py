@@ -16,8 +16,8 @@ Quiet (the default) hides, in the driver and in every worker of the job:
 
 Warnings and errors of Ray stay visible (its C++ core's error lines too: lowering
 RAY_BACKEND_LOG_LEVEL makes every process print a line saying so), and every full log
-stays in Ray's session directory (/tmp/ray/session_latest/logs). `--verbose` leaves Ray's defaults alone.
-Environment variables reach workers through `runtime_env` (so a cluster's workers are quiet
+stays in Ray's session directory (/tmp/ray/session_latest/logs). `--verbose` leaves Ray's
+defaults alone. Environment variables reach workers through `runtime_env` (so a cluster's workers are quiet
 too) and `worker_process_setup_hook` applies the rest in each worker process.
 """
 
@@ -58,10 +58,6 @@ def add_verbose_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show everything Ray logs (INFO lines, its progress bars, every worker line); "
                         "default: our own lines, one progress line, Ray's warnings and errors")
-
-
-def verbose() -> bool:
-    return _state["verbose"]
 
 
 def setup(verbose: bool = False) -> None:
