@@ -156,8 +156,9 @@ class Progress:
     """One line: `label [#####-----] done/total unit (pct) · rate · ETA · elapsed`.
 
     On a terminal the line is redrawn in place (at most `redraw_s` apart); elsewhere (a
-    log file, a pipe, CI) a new line is printed every `interval_s` seconds while work runs,
-    and a last one by `close()`. `update(done)` takes the absolute count and may be
+    log file, a pipe, CI) a new line is printed at most every `interval_s` seconds when the
+    count moved, and, while it stands still (start-up, a long first batch), after 1, 2, 4,
+    ... times `interval_s` (at most 5 minutes apart); `close()` prints the last one. `update(done)` takes the absolute count and may be
     called from any thread, as often as wanted.
     """
 
@@ -172,7 +173,8 @@ class Progress:
         self.start = time.monotonic()
         self._first: tuple[float, int] | None = None  # (time, count) when work first showed: rate leaves start-up out
         self._last_draw = self.start
-        self._drawn: int | None = None  # the count on the last line printed
+        self._drawn = 0  # the count on the last line printed (0: none yet)
+        self._quiet_gap = self.interval_s  # log mode: seconds before the next line while the count stands still
         self._lock = threading.Lock()
         self._closed = False
 
@@ -185,8 +187,16 @@ class Progress:
                 self.done = done
                 if self._first is None:
                     self._first = (now, done)
-            if now - self._last_draw >= self.interval_s:  # also while nothing is done yet: the clock runs
+            if self.tty:
+                if now - self._last_draw >= self.interval_s:
+                    self._draw(now)
+            elif self.done != self._drawn:
+                if now - self._last_draw >= self.interval_s:
+                    self._draw(now)
+                    self._quiet_gap = self.interval_s
+            elif now - self._last_draw >= self._quiet_gap:  # nothing new: a heartbeat, ever less often
                 self._draw(now)
+                self._quiet_gap = min(2 * self._quiet_gap, 300.0)
 
     def rate(self, now: float | None = None, overall: bool = False) -> float | None:
         """Units per second: since the first count came (start-up left out) once that spans

@@ -66,6 +66,18 @@ def test_progress_lines_in_a_log_and_on_a_terminal(monkeypatch):
     assert out.rstrip("\n").split("\r")[-1] == (
         "featurize train [####################] 4/4 clips (100%) · 2.00 clips/s · 0:02 elapsed\x1b[K")
 
+    stalled = _Stream(tty=False)  # a count that stands still prints ever less often
+    bar = console.Progress("featurize train", 84, "clips", stream=stalled, interval_s=10)
+    for _ in range(80):
+        clock[0] += 1
+        bar.update(0)
+    assert [line.split(" · ")[-1] for line in stalled.getvalue().splitlines()] == [
+        "0:10 elapsed", "0:30 elapsed", "1:10 elapsed"]  # 10 s, then 20, then 40 later
+    clock[0] += 1
+    bar.update(84)  # moved, but less than interval_s after the last line: printed by close()
+    bar.close()
+    assert stalled.getvalue().splitlines()[-1].startswith("featurize train [####################] 84/84 clips (100%)")
+
     unknown = _Stream(tty=False)
     bar = console.Progress("read", None, stream=unknown)
     clock[0] += 2
