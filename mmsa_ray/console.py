@@ -50,6 +50,10 @@ QUIET_ENV = {
 # ExecutionOptions field set by Ray Train): nothing a user of this tool can act on.
 _RAY_MODULES = r"ray(\..*)?$"
 
+# Ray modules whose logger is named by file path (`logging.getLogger(__file__)`), so that no
+# "ray.*" level reaches it: Ray Train's "Reporting training result ..." line per worker and epoch.
+_RAY_FILE_LOGGERS = ("train/v2/_internal/execution/context.py",)
+
 # Warnings we cause on purpose: Ray Data's progress bars are off because `progress` draws one line.
 _RAY_LOG_ONCE_KEYS = ("ray_data_progress_manager_disabled",)
 
@@ -80,9 +84,12 @@ def _quiet_this_process() -> None:
 
         transformers.utils.logging.disable_progress_bar()
     try:
+        import ray
         from ray.util.debug import log_once
     except ImportError:  # pragma: no cover - Ray is a dependency
         return
+    for path in _RAY_FILE_LOGGERS:
+        logging.getLogger(os.path.join(os.path.dirname(ray.__file__), *path.split("/"))).setLevel(logging.WARNING)
     for key in _RAY_LOG_ONCE_KEYS:
         log_once(key)  # marks it as logged
 
