@@ -666,7 +666,7 @@ def run_serve(config: ServeConfig) -> None:
     try:
         while True:
             time.sleep(3600)
-    finally:  # Ctrl-C: cli.run prints one line and exits 130
+    finally:  # Ctrl-C: cli.run has printed its one line; it exits 130
         serve.shutdown()
         if started:
             ray.shutdown()
