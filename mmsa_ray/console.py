@@ -18,7 +18,7 @@ Warnings and errors of Ray stay visible (its C++ core's error lines too: lowerin
 RAY_BACKEND_LOG_LEVEL makes every process print a line saying so), and every full log
 stays in Ray's session directory (/tmp/ray/session_latest/logs). `--verbose` leaves Ray's
 defaults alone. Environment variables reach workers through `runtime_env` (so a cluster's workers are quiet
-too) and `worker_process_setup_hook` applies the rest in each worker process.
+too) and `worker_process_setup_hook` (`setup_worker`) applies the rest in each worker process.
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ PASSTHROUGH_ENV = ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE")
 
 # Set in the driver and in every worker when quiet (see the module docstring).
 QUIET_ENV = {
+    "MMSA_RAY_QUIET": "1",  # read by setup_worker
     "RAY_DATA_LOG_LEVEL": "WARNING",
     "RAY_TRAIN_ENABLE_PRINT_PATCH": "0",
     "HF_HUB_DISABLE_PROGRESS_BARS": "1",  # transformers' tqdm follows huggingface_hub's switch
@@ -94,9 +95,23 @@ def _quiet_this_process() -> None:
         log_once(key)  # marks it as logged
 
 
-def quiet_worker() -> None:
-    """Ray `worker_process_setup_hook` of quiet jobs: runs once in each worker process."""
-    _quiet_this_process()
+def setup_worker() -> None:
+    """Ray `worker_process_setup_hook` of the jobs `init_ray` starts: runs once in each worker
+    process, before any task. Never raises (a failing hook would end the worker)."""
+    try:
+        import ray
+
+        # Ray's state API in workers (Ray Train's PlacementGroupCleaner) looks the cluster up
+        # when no address is set, and on a machine running several Rays it fails with a
+        # traceback ("Found multiple active Ray instances"): name this worker's own cluster.
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    except Exception:  # noqa: BLE001 - only a better address for Ray's own lookups
+        pass
+    if os.environ.get("MMSA_RAY_QUIET") == "1":
+        try:
+            _quiet_this_process()
+        except Exception:  # noqa: BLE001 - output settings must not stop a worker
+            pass
 
 
 def ray_init_kwargs(verbose: bool | None = None, runtime_env: dict | None = None, **kwargs: Any) -> dict:
@@ -105,9 +120,9 @@ def ray_init_kwargs(verbose: bool | None = None, runtime_env: dict | None = None
     verbose = _state["verbose"] if verbose is None else verbose
     env = {k: os.environ[k] for k in PASSTHROUGH_ENV if k in os.environ}
     renv = dict(runtime_env or {})
+    renv.setdefault("worker_process_setup_hook", f"{__name__}.setup_worker")
     if not verbose:
         env.update(QUIET_ENV)
-        renv.setdefault("worker_process_setup_hook", f"{__name__}.quiet_worker")
     env.update(renv.get("env_vars") or {})
     if env:
         renv["env_vars"] = env

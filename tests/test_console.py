@@ -94,9 +94,11 @@ def test_ray_init_kwargs_quiet_and_verbose(monkeypatch):
     env = quiet["runtime_env"]["env_vars"]
     assert env["X"] == "1" and env["HF_HUB_OFFLINE"] == "1"
     assert env["RAY_DATA_LOG_LEVEL"] == "WARNING" and env["RAY_TRAIN_ENABLE_PRINT_PATCH"] == "0"
-    assert quiet["runtime_env"]["worker_process_setup_hook"] == "mmsa_ray.console.quiet_worker"
+    assert quiet["runtime_env"]["worker_process_setup_hook"] == "mmsa_ray.console.setup_worker"
+    assert env["MMSA_RAY_QUIET"] == "1"
     verbose = console.ray_init_kwargs(verbose=True)
-    assert verbose == {"log_to_driver": True, "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"}}}
+    assert verbose == {"log_to_driver": True, "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"},
+                                                              "worker_process_setup_hook": "mmsa_ray.console.setup_worker"}}
 
 
 def _run_label(args: list[str], log: Path) -> str:
