@@ -1,20 +1,27 @@
 """Metrics and the evaluation report: accuracy, weighted/macro F1, per-class precision,
-recall and F1, confusion matrices (PNG), as JSON + Markdown.
+recall and F1, confusion matrices (counts and row-normalised PNGs), as JSON + Markdown.
 
-Metrics are plain numpy (no sklearn), defined as sklearn defines them:
+Metrics come from scikit-learn (`confusion_matrix`, `classification_report`,
+`f1_score`, `accuracy_score`) with `zero_division=0`:
 
 - confusion matrix C [K, K]: C[i, j] = clips of true class i predicted as j;
-- precision_k = C[k,k] / sum_i C[i,k], recall_k = C[k,k] / sum_j C[k,j],
-  F1_k = 2 P R / (P + R); 0 where a denominator is 0 (sklearn's zero_division=0);
-- weighted F1 = sum_k support_k F1_k / sum_k support_k (support = true count);
-- macro F1 = mean of F1_k over the classes that occur in y_true or y_pred.
+- per class precision, recall, F1 and support over all K classes (0 where undefined);
+- weighted F1 = sum_k support_k F1_k / sum_k support_k;
+- macro F1 = mean of F1_k over the classes that occur in y_true or y_pred (sklearn's
+  default label set).
+
+Training all-reduces confusion matrices across workers rather than labels, so
+`metrics_from_confusion` hands a matrix to the same sklearn calls as (true, predicted)
+pairs weighted by their counts (`sample_weight`): one definition of every number.
 
 `evaluate` runs a checkpoint over featurized clips (the Parquet that `featurize`
 writes: cached encoder outputs, so evaluation is one cheap forward of the trainable
-parts) and `write_report` writes ``report.json``, ``report.md`` and
-``confusion_<head>.png`` into a directory. `main` is ``mmsa-ray evaluate``: it takes a
-checkpoint and either a MELD split (featurized on the way, with Ray Data, reusing the
-feature cache) or a featurized Parquet directory.
+parts) and `write_report` writes ``report.json``, ``report.md``,
+``confusion_<head>.png`` (counts) and ``confusion_<head>_normalized.png`` (each row
+divided by its total) into a directory; the charts are Vega-Lite (altair) rendered to
+PNG by vl-convert, offline. `main` is ``mmsa-ray evaluate``: it takes a checkpoint and
+either a MELD split (featurized on the way, with Ray Data, reusing the feature cache)
+or a featurized Parquet directory.
 """
 
 from __future__ import annotations
@@ -38,51 +45,66 @@ HEADS: dict[str, tuple[str, ...]] = {"emotion": EMOTIONS, "sentiment": SENTIMENT
 # ---------------------------------------------------------------------------- metrics
 
 
-def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
-    """int64 [K, K], rows = true class, columns = predicted class. Labels must be in [0, K)."""
+def _labels(y_true, y_pred, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    """int64 [N] arrays, checked: same length, every label in [0, K)."""
     t = np.asarray(y_true, dtype=np.int64).ravel()
     p = np.asarray(y_pred, dtype=np.int64).ravel()
     if t.shape != p.shape:
         raise ValueError(f"y_true has {t.size} labels, y_pred {p.size}")
     for name, a in (("y_true", t), ("y_pred", p)):
-        if a.size and (a.min() < 0 or a.max() >= num_classes):
+        if a.size and (a.min() < 0 or a.max() >= num_classes):  # sklearn would drop them silently
             raise ValueError(f"{name} holds labels outside [0, {num_classes}): {sorted(set(a.tolist()))[:10]}")
-    return np.bincount(t * num_classes + p, minlength=num_classes * num_classes).reshape(num_classes, num_classes)
+    return t, p
 
 
-def _div(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    a = np.asarray(a, dtype=np.float64)
-    b = np.asarray(b, dtype=np.float64)
-    return np.divide(a, b, out=np.zeros_like(a), where=b > 0)
+def confusion_matrix(y_true, y_pred, num_classes: int) -> np.ndarray:
+    """int64 [K, K], rows = true class, columns = predicted class. Labels must be in [0, K)."""
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    t, p = _labels(y_true, y_pred, num_classes)
+    return sk_confusion_matrix(t, p, labels=np.arange(num_classes)).astype(np.int64)
 
 
-def metrics_from_confusion(cm: np.ndarray) -> dict:
-    """Accuracy, per-class precision/recall/F1/support, weighted and macro F1 of a confusion matrix."""
-    cm = np.asarray(cm, dtype=np.int64)
-    tp = np.diag(cm).astype(np.float64)
-    support = cm.sum(axis=1)
-    predicted = cm.sum(axis=0)
-    precision = _div(tp, predicted)
-    recall = _div(tp, support)
-    f1 = _div(2 * precision * recall, precision + recall)
-    total = cm.sum()
-    present = (support + predicted) > 0
+def classification_metrics(y_true, y_pred, num_classes: int, sample_weight=None) -> dict:
+    """Accuracy, per-class precision/recall/F1/support, weighted and macro F1 and the
+    confusion matrix of integer labels [N] (sklearn; `sample_weight` [N] counts per pair)."""
+    from sklearn.metrics import accuracy_score, classification_report, f1_score
+    from sklearn.metrics import confusion_matrix as sk_confusion_matrix
+
+    t, p = _labels(y_true, y_pred, num_classes)
+    w = None if sample_weight is None else np.asarray(sample_weight, dtype=np.int64).ravel()
+    labels = list(range(num_classes))
+    n = int(t.size if w is None else w.sum())
+    if n == 0:  # nothing to score (e.g. an empty shard): sklearn would warn and return nan
+        zeros = [0.0] * num_classes
+        return {"n": 0, "accuracy": 0.0, "weighted_f1": 0.0, "macro_f1": 0.0, "precision": zeros, "recall": zeros,
+                "f1": zeros, "support": [0] * num_classes, "confusion": np.zeros((num_classes, num_classes), np.int64).tolist()}
+    report = classification_report(t, p, labels=labels, sample_weight=w, output_dict=True, zero_division=0)
+    per_class = [report[str(k)] for k in labels]
     return {
-        "n": int(total),
-        "accuracy": float(tp.sum() / total) if total else 0.0,
-        "weighted_f1": float((f1 * support).sum() / support.sum()) if support.sum() else 0.0,
-        "macro_f1": float(f1[present].mean()) if present.any() else 0.0,
-        "precision": precision.tolist(),
-        "recall": recall.tolist(),
-        "f1": f1.tolist(),
-        "support": support.tolist(),
-        "confusion": cm.tolist(),
+        "n": n,
+        "accuracy": float(accuracy_score(t, p, sample_weight=w)),
+        "weighted_f1": float(f1_score(t, p, labels=labels, average="weighted", sample_weight=w, zero_division=0)),
+        # no `labels`: sklearn averages over the classes present in y_true or y_pred
+        "macro_f1": float(f1_score(t, p, average="macro", sample_weight=w, zero_division=0)),
+        "precision": [float(c["precision"]) for c in per_class],
+        "recall": [float(c["recall"]) for c in per_class],
+        "f1": [float(c["f1-score"]) for c in per_class],
+        "support": [int(round(c["support"])) for c in per_class],
+        "confusion": sk_confusion_matrix(t, p, labels=labels, sample_weight=w).astype(np.int64).tolist(),
     }
 
 
-def classification_metrics(y_true, y_pred, num_classes: int) -> dict:
-    """`metrics_from_confusion(confusion_matrix(...))`."""
-    return metrics_from_confusion(confusion_matrix(y_true, y_pred, num_classes))
+def metrics_from_confusion(cm) -> dict:
+    """`classification_metrics` of a confusion matrix int [K, K] (rows true, columns
+    predicted): each non-zero cell (i, j) is the pair (true i, predicted j) weighted by its
+    count. Zero cells are left out, so a class absent from both rows and columns stays out
+    of the macro average, as it would with the raw labels."""
+    cm = np.asarray(cm, dtype=np.int64)
+    if cm.ndim != 2 or cm.shape[0] != cm.shape[1] or (cm < 0).any():
+        raise ValueError(f"a confusion matrix is a square array of counts >= 0, got shape {cm.shape}")
+    true, pred = np.nonzero(cm)
+    return classification_metrics(true, pred, cm.shape[0], sample_weight=cm[true, pred])
 
 
 def head_metrics(logits: dict[str, np.ndarray], labels: dict[str, np.ndarray]) -> dict[str, dict]:
@@ -205,37 +227,46 @@ def evaluate(model, data: FeatureArrays, batch_size: int = 256, device: str = "c
 # ---------------------------------------------------------------------------- report
 
 
-def confusion_png(cm, class_names, path: str | os.PathLike, title: str = "") -> Path:
-    """Write a confusion matrix as a PNG heatmap with counts (PIL; rows true, columns predicted).
-
-    Cell shade = count / row total (recall per cell), so rare classes are readable.
-    """
-    from PIL import Image, ImageDraw, ImageFont
+def confusion_chart(cm, class_names, title: str = "", normalize: bool = False):
+    """A confusion matrix int [K, K] (rows true, columns predicted) as an altair heatmap with
+    the value in each cell: counts, or with `normalize` each row divided by its total (the
+    share of a true class predicted as each class; rows with no clips stay 0)."""
+    import altair as alt
 
     cm = np.asarray(cm, dtype=np.int64)
-    k = cm.shape[0]
-    cell, left, top = 56, 96, 40 + 80
-    w, h = left + k * cell + 16, top + k * cell + 40
-    img = Image.new("RGB", (w, h), "white")
-    d = ImageDraw.Draw(img)
-    font = ImageFont.load_default()
-    d.text((8, 8), title or "confusion matrix", fill="black", font=font)
-    d.text((left, 24), "predicted ->", fill="black", font=font)
-    row_tot = cm.sum(axis=1, keepdims=True)
-    frac = _div(cm, np.broadcast_to(row_tot, cm.shape))
-    for j, name in enumerate(class_names):  # column labels, written vertically-ish (truncated)
-        d.text((left + j * cell + 4, 44 + (j % 2) * 14), name[:8], fill="black", font=font)
-    for i, name in enumerate(class_names):
-        d.text((4, top + i * cell + cell // 2 - 6), name[:12], fill="black", font=font)
-        for j in range(k):
-            v = float(frac[i, j])
-            shade = int(255 * (1 - 0.85 * v))
-            x0, y0 = left + j * cell, top + i * cell
-            d.rectangle([x0, y0, x0 + cell - 1, y0 + cell - 1], fill=(shade, shade, 255), outline=(200, 200, 200))
-            d.text((x0 + 6, y0 + cell // 2 - 6), str(int(cm[i, j])), fill="white" if v > 0.6 else "black", font=font)
-    d.text((4, h - 24), "rows: true class; shade: share of the row", fill="black", font=font)
+    names = [str(n) for n in class_names]
+    totals = cm.sum(axis=1)
+    cells = []
+    for i, true in enumerate(names):
+        for j, pred in enumerate(names):
+            share = float(cm[i, j] / totals[i]) if totals[i] else 0.0
+            cells.append({"true": true, "predicted": pred, "count": int(cm[i, j]), "share": share,
+                          "label": f"{share:.2f}" if normalize else str(int(cm[i, j]))})
+    base = alt.Chart(alt.Data(values=cells)).encode(
+        x=alt.X("predicted:N", sort=names, title="predicted", axis=alt.Axis(labelAngle=-40)),
+        y=alt.Y("true:N", sort=names, title="true"),
+    )
+    # Colour always follows the row share, so rare classes are as readable as common ones;
+    # the text says the count (or the share).
+    heat = base.mark_rect(stroke="#ddd").encode(
+        color=alt.Color("share:Q", scale=alt.Scale(scheme="blues", domain=[0, 1]), title="share of the row"),
+        tooltip=["true:N", "predicted:N", "count:Q", alt.Tooltip("share:Q", format=".2f")],
+    )
+    text = base.mark_text(fontSize=12).encode(
+        text="label:N",
+        color=alt.condition(alt.datum.share > 0.6, alt.value("white"), alt.value("black")),
+    )
+    cell = 44 if len(names) > 3 else 64
+    return (heat + text).properties(
+        title=title or ("confusion matrix, row-normalised" if normalize else "confusion matrix"),
+        width=cell * len(names), height=cell * len(names),
+    )
+
+
+def confusion_png(cm, class_names, path: str | os.PathLike, title: str = "", normalize: bool = False) -> Path:
+    """Write `confusion_chart(...)` as a PNG (vl-convert, no browser, no network); returns the path."""
     path = Path(path)
-    img.save(path, format="PNG")
+    confusion_chart(cm, class_names, title, normalize).save(str(path), format="png", scale_factor=2)
     return path
 
 
@@ -251,7 +282,8 @@ def markdown_report(result: dict, title: str = "Evaluation") -> str:
         lines.append(f"| {head} | {m['accuracy']:.4f} | {m['weighted_f1']:.4f} | {m['macro_f1']:.4f} |")
     for head, m in result["heads"].items():
         names = HEADS[head]
-        lines += ["", f"## {head}", "", f"![confusion matrix](confusion_{head}.png)", "",
+        lines += ["", f"## {head}", "", f"![confusion matrix](confusion_{head}.png)",
+                  f"![confusion matrix, row-normalised](confusion_{head}_normalized.png)", "",
                   "| class | precision | recall | F1 | support |", "| --- | --- | --- | --- | --- |"]
         for c, name in enumerate(names):
             lines.append(f"| {name} | {m['precision'][c]:.4f} | {m['recall'][c]:.4f} | {m['f1'][c]:.4f} | {m['support'][c]} |")
@@ -274,11 +306,14 @@ def markdown_report(result: dict, title: str = "Evaluation") -> str:
 
 
 def write_report(result: dict, out_dir: str | os.PathLike, title: str = "Evaluation") -> Path:
-    """Write report.json, report.md and confusion_<head>.png into out_dir; returns out_dir."""
+    """Write report.json, report.md, confusion_<head>.png (counts) and
+    confusion_<head>_normalized.png (row shares) into out_dir; returns out_dir."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     for head, m in result["heads"].items():
         confusion_png(m["confusion"], HEADS[head], out / f"confusion_{head}.png", f"{title}: {head}")
+        confusion_png(m["confusion"], HEADS[head], out / f"confusion_{head}_normalized.png",
+                      f"{title}: {head}, row-normalised", normalize=True)
     result = {**result, "labels": {h: list(v) for h, v in HEADS.items()}}
     (out / "report.json").write_text(json.dumps(result, indent=2))
     (out / "report.md").write_text(markdown_report(result, title))
@@ -307,8 +342,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache-dir", default=None, help="feature cache root (with --meld-dir; default <storage>/features, see featurize)")
     p.add_argument("--batch-size", type=int, default=256, help="clips per forward pass (default 256)")
     p.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
-    p.add_argument("--output", required=True, help="directory for report.json, report.md and confusion_<head>.png")
+    p.add_argument("--output", required=True, help="directory for report.json, report.md and the confusion_<head>[_normalized].png charts")
+    from mmsa_ray import console
+
+    console.add_verbose_arg(p)
     args = p.parse_args(argv)
+    console.setup(args.verbose)
 
     import torch
 
@@ -331,11 +370,18 @@ def main(argv: list[str] | None = None) -> int:
     if args.features:
         data_path, errors_src = args.features, args.features
     else:
+        import ray
+
         from mmsa_ray import featurize
 
-        res = featurize.featurize_meld(
-            meld_dir, args.split, model, modalities=modalities, cache_dir=args.cache_dir, limit=args.limit,
-        )
+        started = console.init_ray()  # a reused cache needs no Ray, but starting it is quick next to featurizing
+        try:
+            res = featurize.featurize_meld(
+                meld_dir, args.split, model, modalities=modalities, cache_dir=args.cache_dir, limit=args.limit,
+            )
+        finally:
+            if started:
+                ray.shutdown()
         data_path, errors_src = res.path, res.path
     data, errors = load_features(data_path, modalities, mel_shape=model.config.features.mel_shape)
     result = evaluate(model, data, args.batch_size, device)

@@ -352,6 +352,8 @@ def featurize_records(records, model, split: str, *, modalities=MODALITIES, cach
         info = json.loads(marker.read_text())
         return FeaturizeResult(str(out), key, split, info["rows"], info["errors"], reused=True)
 
+    from mmsa_ray import console
+
     t0 = time.time()
     model_dir = base / MODEL_DIR
     if not (model_dir / "config.json").is_file():
@@ -371,7 +373,8 @@ def featurize_records(records, model, split: str, *, modalities=MODALITIES, cach
     ds.context.execution_options.preserve_order = True
     tmp = base / f".{split}.tmp-{uuid.uuid4().hex[:8]}"
     try:
-        ds.write_datasink(ordered_parquet_datasink(str(tmp), CACHE_ROWS_PER_FILE, row_group_rows=CACHE_ROW_GROUP_ROWS))
+        with console.progress(f"featurize {split}", len(records), "clips", dataset=ds):
+            ds.write_datasink(ordered_parquet_datasink(str(tmp), CACHE_ROWS_PER_FILE, row_group_rows=CACHE_ROW_GROUP_ROWS))
         import pyarrow.dataset as pads
 
         table = pads.dataset(str(tmp), format="parquet").to_table(columns=["id", "error"])
@@ -459,7 +462,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="GPUs per encoder actor (default 0: CPU)")
     p.add_argument("--batch-size", type=int, default=32, help="clips per encoder batch (default 32)")
     p.add_argument("--decode-batch-size", type=int, default=8, help="clips per CPU decode task batch (default 8)")
+    from mmsa_ray import console
+
+    console.add_verbose_arg(p)
     args = p.parse_args(argv)
+    console.setup(args.verbose)
 
     import ray
 
@@ -482,9 +489,7 @@ def main(argv: list[str] | None = None) -> int:
         model = MultimodalSentimentModel.load(args.checkpoint)
     else:
         model = build_model(model_config_from_args(args), args.init_seed)
-    started = not ray.is_initialized()
-    if started:
-        ray.init()
+    started = console.init_ray()
     try:
         for split, recs in jobs.items():
             res = featurize_records(recs, model, split, modalities=args.modalities, cache_dir=args.cache_dir, actors=args.actors,

@@ -80,6 +80,7 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+from mmsa_ray import console
 from mmsa_ray.attempts import ATTEMPTS_DIR, AttemptLog, DecodeHung, current_job  # noqa: F401 - label.DecodeHung
 from mmsa_ray.attempts import call_with_deadline as _call_with_deadline
 from mmsa_ray.attempts import open_source as _open_source
@@ -468,10 +469,7 @@ def label(config: LabelConfig) -> LabelSummary:
     attempts_uri = f"{out_uri}/{ATTEMPTS_DIR}"
     out_fs.create_dir(f"{out_path}/{ATTEMPTS_DIR}", recursive=True)
 
-    started_ray = False
-    if not ray.is_initialized():
-        ray.init(address=config.ray_address, log_to_driver=True)
-        started_ray = True
+    started_ray = console.init_ray(address=config.ray_address)
     ctx = DataContext.get_current()
     previous = ctx.checkpoint_config
     stats = "(nothing to label)"
@@ -493,7 +491,9 @@ def label(config: LabelConfig) -> LabelSummary:
             if speech:
                 items = dict(done=done, context_turns=model_config.features.context_turns if "text" in modalities else 0,
                              timeout_s=config.decode_timeout_s or decode.timeout_s)
-            stats = _run_pipeline(config, checkpoint, out_uri, attempts_uri, items)
+            # with --utterances the rows are not known until the files are transcribed: no total
+            with console.progress("label", None if speech else staged):
+                stats = _run_pipeline(config, checkpoint, out_uri, attempts_uri, items)
     finally:
         ctx.checkpoint_config = previous
         if started_ray:
@@ -652,7 +652,9 @@ def parse_args(argv: list[str] | None = None) -> LabelConfig:
                    "auto (default): on when the checkpoint uses text alone, else off")
     add_speech_args(p)
     add_stage_args(p, d.asr, _min_max)
+    console.add_verbose_arg(p)
     a = p.parse_args(argv)
+    console.setup(a.verbose)
     exts = tuple(e if e.startswith(".") else f".{e}" for e in (s.strip() for s in a.extensions.split(",")) if e)
     try:
         return LabelConfig(

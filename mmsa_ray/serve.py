@@ -479,16 +479,19 @@ _ERROR_SCHEMA = {"content": {"application/json": {"schema": {"type": "object", "
 _ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     400: {"description": "malformed multipart body or empty file", **_ERROR_SCHEMA},
     413: {"description": "upload larger than max_upload_mb", **_ERROR_SCHEMA},
-    415: {"description": "not multipart/form-data, or the file is not video/audio", **_ERROR_SCHEMA},
+    415: {"description": "not multipart/form-data, or the file is not video/audio (or an animated GIF)", **_ERROR_SCHEMA},
     422: {"description": "missing/invalid field, or media that cannot be decoded or exceeds a limit", **_ERROR_SCHEMA},
     503: {"description": "overloaded (queue full) or a worker is unavailable; retry later", **_ERROR_SCHEMA},
     504: {"description": "the request took longer than request_timeout_s", **_ERROR_SCHEMA},
 }
 _FORM_FIELDS = ("file", "transcript", "start", "end", "transcribe", "context")
 # Content types a client may declare for the file part. Anything else (text/plain,
-# image/png, application/json, ...) is refused before any decoding.
+# image/png, application/json, ...) is refused before any decoding. image/gif is taken:
+# `label` takes .gif files (an animated GIF is a video stream to FFmpeg), and an upload
+# must not be refused for what the batch job labels; still-image types stay refused.
 _MEDIA_TYPES = ("video/", "audio/")
-_GENERIC_TYPES = ("", "application/octet-stream", "application/mp4", "application/ogg", "application/x-matroska")
+_GENERIC_TYPES = ("", "application/octet-stream", "application/mp4", "application/ogg", "application/x-matroska",
+                  "image/gif")
 
 
 class RequestError(Exception):
@@ -699,7 +702,7 @@ class Ingress:
                 raise RequestError(422, "form field 'file' (a video or audio file upload) is required")
             declared_type = (upload.content_type or "").split(";")[0].strip().lower()
             if not (declared_type.startswith(_MEDIA_TYPES) or declared_type in _GENERIC_TYPES):
-                raise RequestError(415, f"unsupported file type {declared_type!r}; send video/*, audio/* or application/octet-stream")
+                raise RequestError(415, f"unsupported file type {declared_type!r}; send video/*, audio/*, image/gif or application/octet-stream")
             transcript = _text_field(form, "transcript")
             if transcript is not None and len(transcript) > self._max_transcript:
                 raise RequestError(422, f"transcript has {len(transcript)} characters; the limit is max_transcript_chars={self._max_transcript}")
@@ -822,20 +825,22 @@ def run_serve(config: ServeConfig) -> None:
 
     if not os.path.isfile(os.path.join(config.checkpoint, "config.json")):
         raise FileNotFoundError(f"no checkpoint at {config.checkpoint!r} (expected config.json and model.safetensors there)")
-    if not ray.is_initialized():
-        ray.init()
-    serve.start(http_options=http_options(config))
-    serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix)
+    from mmsa_ray import console
+
+    started = console.init_ray()
+    logging_config = console.serve_logging_config()
+    serve.start(http_options=http_options(config), logging_config=logging_config)
+    serve.run(build_app(config), name=config.app_name, route_prefix=config.route_prefix, logging_config=logging_config)
     base = f"http://{config.host}:{config.port}{config.route_prefix.rstrip('/')}"
     print(f"mmsa-ray serve: page {base}/  POST {base}/v1/predict  GET {base}/healthz  docs {base}/docs  (Ctrl-C stops)",
           flush=True)
     try:
         while True:
             time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
-    finally:
+    finally:  # Ctrl-C: cli.run has printed its one line; it exits 130
         serve.shutdown()
+        if started:
+            ray.shutdown()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -845,7 +850,11 @@ def main(argv: list[str] | None = None) -> int:
         description="Serve a checkpoint over HTTP: POST /v1/predict (multipart file + transcript), GET /healthz, /docs.",
     )
     add_serve_args(parser)
+    from mmsa_ray import console
+
+    console.add_verbose_arg(parser)
     args = parser.parse_args(argv)
+    console.setup(args.verbose)
     try:
         config = serve_config_from_args(args)
     except ValueError as e:

@@ -25,10 +25,12 @@ import numpy as np
 import pyarrow as pa
 import pyarrow.fs as pafs
 
+# What FFmpeg (PyAV) decodes as video or audio: video containers, animated GIF (frames and
+# their delays are a video stream to FFmpeg), audio files and audio books (.m4b is MP4 audio).
 MEDIA_EXTENSIONS: tuple[str, ...] = (
     ".mp4", ".m4v", ".mkv", ".webm", ".avi", ".mov", ".mpg", ".mpeg", ".ts", ".mts", ".m2ts", ".flv",
-    ".wmv", ".3gp", ".ogv",
-    ".m4a", ".wav", ".aif", ".aiff", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".aac", ".wma",
+    ".wmv", ".3gp", ".ogv", ".gif",
+    ".m4a", ".m4b", ".wav", ".aif", ".aiff", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".aac", ".wma",
 )
 MANIFEST_EXTENSIONS: tuple[str, ...] = (".csv", ".parquet", ".jsonl", ".ndjson")
 

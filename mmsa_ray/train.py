@@ -322,6 +322,7 @@ def train_loop(config: dict) -> None:
     collate = ToTensors(cfg.modalities, mel_shape)
     dev_batches = None  # the dev set is small and fixed: read it once, evaluate it every epoch
 
+    t_loop, first_epoch = time.time(), state["epoch"]
     for epoch in range(state["epoch"], cfg.epochs):
         t0 = time.time()
         model.train()
@@ -410,11 +411,13 @@ def train_loop(config: dict) -> None:
         metrics.update(best_dev_emotion_weighted_f1=state["best"], best_epoch=state["best_epoch"], early_stop=stop)
 
         if rank == 0:
-            print(f"[train] epoch {epoch + 1}/{cfg.epochs} loss {metrics['train_loss']:.4f} dev_loss {metrics['dev_loss']:.4f} | "
-                  + " | ".join(f"{h}: train acc {metrics[f'train_{h}_accuracy']:.3f} wF1 {metrics[f'train_{h}_weighted_f1']:.3f}, "
-                               f"dev acc {metrics[f'dev_{h}_accuracy']:.3f} wF1 {metrics[f'dev_{h}_weighted_f1']:.3f}" for h in HEADS)
-                  + f" | {metrics['epoch_time_s']:.1f} s (data {timing['data']:.0f} s, forward {timing['forward']:.0f} s, "
-                    f"backward {timing['backward']:.0f} s, dev {metrics['dev_time_s']:.0f} s)", flush=True)
+            # one short line per epoch (the rest is in TensorBoard and the checkpoint's metrics)
+            left = (cfg.epochs - epoch - 1) * (time.time() - t_loop) / (epoch + 1 - first_epoch)
+            print(f"[train] epoch {epoch + 1}/{cfg.epochs} loss {metrics['train_loss']:.3f} (dev {metrics['dev_loss']:.3f}) | dev wF1 "
+                  + " ".join(f"{h} {metrics[f'dev_{h}_weighted_f1']:.3f}" for h in HEADS)
+                  + f" | {metrics['epoch_time_s']:.1f} s (data {timing['data']:.0f}, forward {timing['forward']:.0f}, "
+                    f"backward {timing['backward']:.0f}, dev {metrics['dev_time_s']:.0f})"
+                  + (f", ETA {left:.0f} s" if epoch + 1 < cfg.epochs else ""), flush=True)
             for k, v in metrics.items():
                 if isinstance(v, (int, float)) and not isinstance(v, bool):
                     writer.add_scalar(k, v, epoch + 1)
@@ -502,7 +505,7 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
     from ray.train import CheckpointConfig, DataConfig, FailureConfig, RunConfig, ScalingConfig
     from ray.train.torch import TorchTrainer
 
-    from mmsa_ray import evaluate, featurize
+    from mmsa_ray import console, evaluate, featurize
 
     t_start = time.time()
     ray.data.DataContext.get_current().enable_progress_bars = False
@@ -562,6 +565,7 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
         run_config=RunConfig(
             name=name, storage_path=storage,
             failure_config=FailureConfig(max_failures=job.max_failures),
+            logging_config=console.train_logging_config(),
             checkpoint_config=CheckpointConfig(num_to_keep=job.num_to_keep, checkpoint_score_attribute=SCORE, checkpoint_score_order="max"),
         ),
         datasets=datasets,
@@ -658,7 +662,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--gpus-per-actor", type=float, default=0.0, help="featurize: GPUs per encoder actor (default 0)")
     p.add_argument("--featurize-batch-size", type=int, default=32, help="featurize: clips per encoder batch (default 32)")
     p.add_argument("--pid-dir", default=None, help=argparse.SUPPRESS)
+    from mmsa_ray import console
+
+    console.add_verbose_arg(p)
     args = p.parse_args(argv)
+    console.setup(args.verbose)
 
     if args.num_workers < 1:
         p.error(f"--num-workers must be >= 1, got {args.num_workers}")
@@ -694,9 +702,7 @@ def main(argv: list[str] | None = None) -> int:
                     compact=args.compact)
     import ray
 
-    started = not ray.is_initialized()
-    if started:
-        ray.init(runtime_env={"env_vars": {k: os.environ[k] for k in ("HF_HUB_OFFLINE", "TRANSFORMERS_OFFLINE") if k in os.environ}})
+    started = console.init_ray()
     try:
         res = run(job, cfg, model_config)
     finally:

@@ -28,8 +28,8 @@ _STEP = 16
 # container extension -> default audio codec that the container accepts
 _AUDIO_FOR = {"mp4": "aac", "mov": "aac", "m4a": "aac", "mkv": "aac", "webm": "libopus",
               "avi": "libmp3lame", "wav": "pcm_s16le", "mp3": "libmp3lame", "ogg": "libopus",
-              "opus": "libopus", "flac": "flac", "ts": "aac", "aac": "aac"}
-_PIX_FMT = {"mjpeg": "yuvj420p"}
+              "opus": "libopus", "flac": "flac", "ts": "aac", "aac": "aac", "m4b": "aac"}
+_PIX_FMT = {"mjpeg": "yuvj420p", "gif": "rgb8"}
 
 
 def index_colour(i: int) -> tuple[int, int, int]:
@@ -217,14 +217,15 @@ def write_audio(
     path: str | os.PathLike, seconds: float = 1.0, rate: int = 44100, channels: int = 2,
     codec: str | None = None, freq: float = 440.0, amplitude: float = 0.5, samples: np.ndarray | None = None,
 ) -> Path:
-    """Write an audio-only file (wav/m4a/mp3/opus/ogg/flac/aac (ADTS) by extension) with a
+    """Write an audio-only file (wav/m4a/m4b/mp3/opus/ogg/flac/aac (ADTS) by extension) with a
     `freq` Hz tone (amplitude 0: digital silence), or `samples` (float32 [channels, N] at
-    `rate`; `seconds` is then ignored)."""
+    `rate`; `seconds` is then ignored). m4b (an audio book) is MP4 audio, written by
+    FFmpeg's `ipod` muxer as Apple's tools write it."""
     import av
 
     path = Path(path)
     ext = path.suffix.lstrip(".").lower()
-    fmt = {"opus": "ogg", "m4a": "mp4", "aac": "adts"}.get(ext)
+    fmt = {"opus": "ogg", "m4a": "mp4", "m4b": "ipod", "aac": "adts"}.get(ext)
     with av.open(str(path), "w", format=fmt) as container:
         stream = container.add_stream(codec or _AUDIO_FOR[ext], rate=rate)
         stream.layout = "mono" if channels == 1 else "stereo"

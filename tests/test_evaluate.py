@@ -1,5 +1,5 @@
-"""Metrics against hand-computed values, the PNG/JSON/Markdown report, and `mmsa-ray evaluate`
-on a featurized Parquet directory (no Ray needed)."""
+"""Metrics (scikit-learn) against hand-computed values, the PNG/JSON/Markdown report, and
+`mmsa-ray evaluate` on a featurized Parquet directory (no Ray needed)."""
 
 from __future__ import annotations
 
@@ -44,34 +44,81 @@ def test_zero_division_and_absent_classes():
         evaluate.confusion_matrix([0, 1], [0], 3)
 
 
-def test_metrics_match_sklearn_on_random_labels():
+def _assert_same_metrics(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    for k in a:
+        assert a[k] == (b[k] if k in ("n", "support", "confusion") else pytest.approx(b[k])), k
+
+
+def test_metrics_from_confusion_equal_those_of_the_labels():
+    """Training all-reduces confusion matrices: the matrix path gives the labels' numbers."""
     sk = pytest.importorskip("sklearn.metrics")
     rng = np.random.default_rng(0)
     t, p = rng.integers(0, 7, 500), rng.integers(0, 7, 500)
     p[:200] = t[:200]
+    p[p == 6] = 0  # class 6 is never predicted: precision and recall 0, support kept
     m = evaluate.classification_metrics(t, p, 7)
-    assert m["accuracy"] == pytest.approx(sk.accuracy_score(t, p))
+    assert m["accuracy"] == pytest.approx(np.mean(t == p))
     assert m["weighted_f1"] == pytest.approx(sk.f1_score(t, p, average="weighted"))
     assert m["macro_f1"] == pytest.approx(sk.f1_score(t, p, average="macro"))
-    assert m["confusion"] == sk.confusion_matrix(t, p, labels=range(7)).tolist()
+    assert m["confusion"] == np.bincount(t * 7 + p, minlength=49).reshape(7, 7).tolist()
+    assert m["precision"][6] == 0.0 and m["recall"][6] == 0.0 and m["support"][6] == int((t == 6).sum())
+    _assert_same_metrics(evaluate.metrics_from_confusion(np.asarray(m["confusion"])), m)
+    # a class absent from both rows and columns stays out of the macro average
+    cm = np.zeros((3, 3), np.int64)
+    cm[0, 0], cm[1, 0] = 1, 2
+    _assert_same_metrics(evaluate.metrics_from_confusion(cm), evaluate.classification_metrics([0, 1, 1], [0, 0, 0], 3))
+    empty = evaluate.metrics_from_confusion(np.zeros((3, 3), np.int64))
+    assert empty["n"] == 0 and empty["weighted_f1"] == 0.0 and empty["support"] == [0, 0, 0]
+    with pytest.raises(ValueError, match="square"):
+        evaluate.metrics_from_confusion(np.zeros((3, 2)))
+
+
+def _png_size(path) -> tuple[int, int]:
+    """(width, height) of a PNG, after decoding it whole (a truncated file raises)."""
+    from PIL import Image
+
+    with Image.open(path) as img:
+        assert img.format == "PNG"
+        img.load()
+        return img.size
 
 
 def test_report_files(tmp_path):
-    from PIL import Image
-
     rng = np.random.default_rng(1)
     labels = {"emotion": rng.integers(0, 7, 40), "sentiment": rng.integers(0, 3, 40)}
     logits = {h: np.eye(len(evaluate.HEADS[h]))[labels[h]] * 5 for h in labels}  # perfect
     result = {"n": 40, "heads": evaluate.head_metrics(logits, labels), "per_modality": {}, "errors": [{"id": "x", "error": "MediaError: x: bad"}]}
     assert result["heads"]["emotion"]["accuracy"] == 1.0 and result["heads"]["sentiment"]["weighted_f1"] == 1.0
     out = evaluate.write_report(result, tmp_path / "r", "t")
-    for head, names in (("emotion", EMOTIONS), ("sentiment", SENTIMENTS)):
-        img = Image.open(out / f"confusion_{head}.png")
-        assert img.format == "PNG" and img.size[0] > 100
+    sizes = {}
+    for head in ("emotion", "sentiment"):
+        for kind in ("", "_normalized"):
+            png = out / f"confusion_{head}{kind}.png"
+            sizes[head, kind] = _png_size(png)
+            assert 20_000 < png.stat().st_size < 2_000_000, png
+    for (head, _), (w, h) in sizes.items():  # a cell per class pair, plus axes and legend
+        k = len(evaluate.HEADS[head])
+        assert 60 * k < w < 2000 and 60 * k < h < 2000, (head, w, h)
+    assert sizes["emotion", ""][0] > sizes["sentiment", ""][0]
     data = json.loads((out / "report.json").read_text())
-    assert data["labels"]["emotion"] == list(EMOTIONS)
+    assert data["labels"]["emotion"] == list(EMOTIONS) and data["labels"]["sentiment"] == list(SENTIMENTS)
+    assert data["heads"]["emotion"]["confusion"] == np.diag(np.bincount(labels["emotion"], minlength=7)).tolist()
     md = (out / "report.md").read_text()
     assert "| emotion | 1.0000 | 1.0000 |" in md and "failed to decode" in md and "confusion_sentiment.png" in md
+    assert "confusion_emotion_normalized.png" in md
+
+
+def test_confusion_chart_cells():
+    """The chart's data: one cell per (true, predicted) pair, the count or the row share as text."""
+    cm = np.array([[3, 1, 0], [0, 0, 0], [1, 1, 2]])
+    counts = evaluate.confusion_chart(cm, SENTIMENTS).to_dict()
+    shares = evaluate.confusion_chart(cm, SENTIMENTS, normalize=True).to_dict()
+    cells = {(c["true"], c["predicted"]): c for c in counts["data"]["values"]}
+    assert len(cells) == 9 and cells["negative", "negative"]["label"] == "3" and cells["positive", "positive"]["count"] == 2
+    norm = {(c["true"], c["predicted"]): c["label"] for c in shares["data"]["values"]}
+    assert norm["negative", "negative"] == "0.75" and norm["positive", "positive"] == "0.50"
+    assert norm["neutral", "neutral"] == "0.00"  # a row without clips: 0, not nan
 
 
 def _feature_dir(tmp_path, model, n=24):

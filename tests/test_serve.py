@@ -13,6 +13,7 @@ import pytest
 import requests
 import yaml
 
+from mmsa_ray.labels import EMOTIONS
 from mmsa_ray.serve import ServeConfig, add_serve_args, app, build_app, http_options, serve_config_from_args
 
 import mediagen
@@ -225,6 +226,15 @@ def test_hostile_uploads_get_4xx_with_reason_and_server_stays_healthy(server, cl
     health = requests.get(f"{server}/healthz", timeout=30)
     assert health.status_code == 200 and health.json()["status"] == "ok"
     assert _post(server, clips["av"], transcript="still fine?").status_code == 200
+
+
+def test_animated_gif_upload_is_labeled_like_label_does(server, tmp_path):
+    """`label` takes .gif (an animated GIF is a video stream to FFmpeg), so an upload declared
+    image/gif is decoded too; still-image types stay refused (the png case above)."""
+    gif = mediagen.write_video(tmp_path / "anim.gif", 2.0, 96, 72, 10, codec="gif")
+    r = _post(server, gif, name="anim.gif", content_type="image/gif")
+    assert r.status_code == 200, r.text
+    assert r.json()["modalities"] == ["video"] and r.json()["emotion"] in EMOTIONS
 
 
 def test_oversized_chunked_upload_is_cut_off_while_streaming(server):
