@@ -12,7 +12,6 @@ shows everything Ray logs.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import shutil
 from pathlib import Path
 
@@ -86,26 +85,15 @@ def row_line(row: dict) -> str:
     return f"{row['id']}{said} -> {row['emotion']} {emo:.2f} · {row['sentiment']} {sen:.2f} (each modality: {own})"
 
 
-def _has_report() -> bool:
-    """Whether this package has the report command (`mmsa_ray/report.py` beside this file: an
-    editable install elsewhere may resolve the name to another checkout's file)."""
-    spec = importlib.util.find_spec("mmsa_ray.report")
-    return spec is not None and spec.origin is not None and Path(spec.origin).parent == Path(__file__).parent
-
-
 def where_to_look(root: Path, labels: Path, checkpoint: Path) -> str:
-    """The demo's last lines: the report (made here when `mmsa_ray.report` is installed), the
-    dev evaluation, and how to serve the model just trained."""
+    """The demo's last lines: the report (made here), the dev evaluation, and how to serve
+    the model just trained."""
+    from mmsa_ray import report
+
     report_dir = root / "report"
     command = f"mmsa-ray report {labels} --output {report_dir}"
-    lines = ["where to look:"]
-    if _has_report():
-        from mmsa_ray import report
-
-        report.main([str(labels), "--output", str(report_dir)])
-        lines.append(f"  report     {report_dir / 'index.html'}  (open it in a browser; made by: {command})")
-    else:
-        lines.append(f"  report     {command}")
+    report.main([str(labels), "--output", str(report_dir)])
+    lines = ["where to look:", f"  report     {report_dir / 'index.html'}  (open it in a browser; made by: {command})"]
     lines.append(f"  evaluation {checkpoint.parent / (checkpoint.name + '_report')}/report.md  (dev metrics, confusion matrices)")
     lines.append(f"  serve      mmsa-ray serve --checkpoint {checkpoint}  (then POST a clip to http://127.0.0.1:8000/v1/predict)")
     return "\n".join(lines)

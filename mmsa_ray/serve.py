@@ -76,7 +76,8 @@ class ServeConfig:
     num_gpus. Units are in the names (`_s` seconds, `_mb` MiB).
     """
 
-    checkpoint: str = field(metadata={"help": "checkpoint directory (config.json + model.safetensors)"})
+    checkpoint: str = field(default="", metadata={"help": "checkpoint directory (config.json + model.safetensors); default: the "
+                                                  "starter checkpoint shipped in the package (MELD text, mmsa_ray/pretrained/meld-text)"})
     host: str = field(default="127.0.0.1", metadata={"help": "HTTP bind address; 0.0.0.0 exposes it beyond this machine"})
     port: int = field(default=8000, metadata={"help": "HTTP port"})
     app_name: str = field(default="mmsa", metadata={"help": "Serve application name"})
@@ -117,7 +118,9 @@ class ServeConfig:
 
     def __post_init__(self) -> None:
         if not str(self.checkpoint).strip():
-            raise ValueError("ServeConfig.checkpoint is required: a checkpoint directory")
+            from mmsa_ray.pretrained import default_checkpoint
+
+            self.checkpoint = str(default_checkpoint())
         positive = {
             "max_upload_mb": self.max_upload_mb,
             "max_duration_s": self.max_duration_s,
@@ -229,7 +232,7 @@ def add_serve_args(parser: argparse.ArgumentParser) -> None:
             parser.add_argument(flag, type=base, required=True, help=f.metadata["help"])
         else:
             # Optional fields describe their automatic default in their help.
-            suffix = "" if f.default is None else f" (default: {f.default})"
+            suffix = "" if f.default in (None, "") else f" (default: {f.default})"
             parser.add_argument(flag, type=base, default=f.default, help=f.metadata["help"] + suffix)
 
 

@@ -4,14 +4,13 @@ pieces of the text recipe (issue 16), on the bundled MiniLM and real Ray Train."
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
 from mmsa_ray import featurize, train
-from mmsa_ray.features import FeatureConfig, collate, tokenize
+from mmsa_ray.features import FeatureConfig, tokenize
 from mmsa_ray.meld import ClipRecord, dialogue_context, read_meld
 from mmsa_ray.model import ModelConfig, MultimodalSentimentModel, build_text_encoder
 
