@@ -276,20 +276,13 @@ def summary_charts(s: dict[str, Any]) -> dict[str, dict]:
     import altair as alt
 
     charts: dict[str, Any] = {}
-    emo = [{"emotion": e, "rows": s["emotions"].get(e, 0)} for e in EMOTIONS]
-    charts["chart-emotions"] = alt.Chart(alt.Data(values=emo), title="emotions").mark_bar().encode(
-        x=alt.X("emotion:N", sort=list(EMOTIONS), title=None),
-        y=alt.Y("rows:Q", title="rows"),
-        color=alt.Color("emotion:N", scale=alt.Scale(domain=list(EMOTIONS),
-                                                      range=[timeline.EMOTION_COLOURS[e] for e in EMOTIONS]), legend=None),
-        tooltip=["emotion:N", "rows:Q"])
-    sen = [{"sentiment": x, "rows": s["sentiments"].get(x, 0)} for x in SENTIMENTS]
-    charts["chart-sentiments"] = alt.Chart(alt.Data(values=sen), title="sentiments").mark_bar().encode(
-        x=alt.X("sentiment:N", sort=list(SENTIMENTS), title=None),
-        y=alt.Y("rows:Q", title="rows"),
-        color=alt.Color("sentiment:N", scale=alt.Scale(domain=list(SENTIMENTS),
-                                                        range=[timeline.SENTIMENT_COLOURS[x] for x in SENTIMENTS]), legend=None),
-        tooltip=["sentiment:N", "rows:Q"])
+    for head, classes, colours in (("emotion", EMOTIONS, timeline.EMOTION_COLOURS), ("sentiment", SENTIMENTS, timeline.SENTIMENT_COLOURS)):
+        counts = [{head: c, "rows": s[f"{head}s"].get(c, 0)} for c in classes]
+        charts[f"chart-{head}s"] = alt.Chart(alt.Data(values=counts), title=f"{head}s").mark_bar().encode(
+            x=alt.X(f"{head}:N", sort=list(classes), title=None),
+            y=alt.Y("rows:Q", title="rows"),
+            color=alt.Color(f"{head}:N", scale=alt.Scale(domain=list(classes), range=[colours[c] for c in classes]), legend=None),
+            tooltip=[f"{head}:N", "rows:Q"])
     bins = Counter(min(int(c / 0.05), 19) for c in s["confidences"])
     hist = [{"from": round(b * 0.05, 2), "to": round((b + 1) * 0.05, 2), "rows": bins.get(b, 0)} for b in range(20)]
     charts["chart-confidence"] = alt.Chart(alt.Data(values=hist), title="emotion confidence (top probability)").mark_bar().encode(
