@@ -65,7 +65,7 @@ class TrainConfig:
     end_to_end: bool = False  # stream raw clips (decode+features) instead of cached features
     finetune: tuple[str, ...] = ()  # encoders to unfreeze ("text", "video"); implies end_to_end
     shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer (0 = record order)
-    length_pool: int = 8  # raw text: batches read at once and regrouped by token count (less padding; 1 = off)
+    length_pool: int = 8  # fine-tuned text: batches read at once and regrouped by token count (less padding; 1 = off)
     deterministic: bool = False  # Ray Data preserves row order (reproducible runs; slower streaming)
     pid_dir: str | None = None  # where each worker writes rank<r>.pid (tests kill one)
 
@@ -328,7 +328,9 @@ def train_loop(config: dict) -> None:
         model.train()
         sums = torch.zeros(2, dtype=torch.float64)  # loss*n, n
         conf = {h: torch.zeros(len(HEADS[h]), len(HEADS[h]), dtype=torch.int64) for h in HEADS}
-        pool = max(1, cfg.length_pool) if cfg.end_to_end and "text" in cfg.modalities else 1  # cached rows have no tokens
+        # Only where the text encoder trains: frozen end-to-end runs must see the batches the
+        # cached mode sees (they train the same model), and cached rows have no tokens.
+        pool = max(1, cfg.length_pool) if "text" in cfg.finetune and "text" in cfg.modalities else 1
         batches = train_shard.iter_torch_batches(
             batch_size=cfg.batch_size * pool, collate_fn=collate, local_shuffle_buffer_size=cfg.shuffle_buffer or None,
             local_shuffle_seed=cfg.seed * 1000 + epoch if cfg.shuffle_buffer else None,

@@ -37,8 +37,9 @@ def test_config_from_strings_and_unknown_keys():
         ServeConfig.from_dict({"checkpoint": "ck", "max_batch_size": "4.5"})
     with pytest.raises(ValueError, match="max_ongoing_requests"):
         ServeConfig(checkpoint="ck", max_batch_size=8, max_ongoing_requests=4)
-    with pytest.raises(ValueError, match="checkpoint"):
-        ServeConfig(checkpoint="")
+    from mmsa_ray.pretrained import default_checkpoint
+
+    assert ServeConfig().checkpoint == ServeConfig(checkpoint=" ").checkpoint == str(default_checkpoint())  # the starter
     with pytest.raises(ValueError, match=r"max_batch_size=0 must be > 0"):
         ServeConfig(checkpoint="ck", max_batch_size=0)
 

@@ -139,7 +139,7 @@ def test_utterances_are_one_bar_each(request, tmp_path):
     if not hasattr(mediagen, "spoken"):
         pytest.skip("needs mediagen.spoken (espeak-ng speech), from the speech branch")
     server = request.getfixturevalue("server")  # started only when the test can run
-    samples, spans = mediagen.spoken(["I am so happy today.", "This is terrible news, I hate it."])
+    samples, spans = mediagen.spoken(["I am so happy to see you.", "This is terrible news."])  # as test_utterances
     path = tmp_path / "speech.wav"
     with wave.open(str(path), "wb") as w:
         w.setnchannels(1)
