@@ -65,7 +65,7 @@ def test_starter_is_text_only_and_says_so(starter):
     assert meta["model"]["modalities"] == ["text"] and meta["model"]["features"]["context_turns"] == 2
     assert starter.modalities == ("text",) and starter.uses_context and not starter.preprocessing.decodes_media
     # no media is opened: the source is not even read (a path that does not exist works)
-    row = _predict(starter, "Yay! We won!", context=None) | {}
+    row = _predict(starter, "Yay! We won!")
     assert row["modalities"] == ["text"] and row["audio_emotion"] is None and row["video_emotion"] is None
     f = starter.preprocess("/no/such/file.mp4", "Yay! We won!")
     assert f["video"].shape == (3, 1, 1, 1) and list(f["mask"]) == [1.0, 0.0, 0.0]
