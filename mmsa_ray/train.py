@@ -40,7 +40,8 @@ import numpy as np
 from mmsa_ray.features import DEFAULT_MEL_SHAPE
 from mmsa_ray.labels import EMOTIONS, MODALITIES, SENTIMENTS, parse_modalities
 
-SCORE = "dev_emotion_weighted_f1"
+SCORE = "dev_score"  # what selects the best epoch and early-stops: see TrainConfig.select_on
+SELECT_ON = ("emotion", "sentiment", "mean")
 HEADS = {"emotion": EMOTIONS, "sentiment": SENTIMENTS}
 
 
@@ -61,6 +62,7 @@ class TrainConfig:
     aux_weight: float = 0.5  # weight of the per-modality heads' loss
     modality_dropout: float = 0.2  # per sample, per present modality; never drops all (so a clip missing a modality still predicts well)
     patience: int = 3  # epochs without dev improvement before stopping (0 = never)
+    select_on: str = "mean"  # dev weighted F1 that picks the best epoch: "emotion", "sentiment" or "mean" of the two heads
     seed: int = 0
     end_to_end: bool = False  # stream raw clips (decode+features) instead of cached features
     finetune: tuple[str, ...] = ()  # encoders to unfreeze ("text", "video"); implies end_to_end
@@ -88,6 +90,13 @@ def class_weights(labels: np.ndarray, num_classes: int, mode: str = "inverse") -
     power = {"none": 0.0, "sqrt": 0.5, "inverse": 1.0}[mode]
     w = np.where(counts > 0, (counts.sum() / np.maximum(counts, 1)) ** power, 1.0)
     return (w / w[counts > 0].mean() if (counts > 0).any() else w).astype(np.float32)
+
+
+def selection_score(metrics: dict, select_on: str) -> float:
+    """The dev score of one epoch: a head's weighted F1, or the mean of both (MELD is scored on both)."""
+    if select_on == "mean":
+        return (metrics["dev_emotion_weighted_f1"] + metrics["dev_sentiment_weighted_f1"]) / 2
+    return metrics[f"dev_{select_on}_weighted_f1"]
 
 
 def lr_factor(step: int, total: int, warmup_frac: float) -> float:
@@ -398,7 +407,7 @@ def train_loop(config: dict) -> None:
                 metrics[f"{split}_{h}_weighted_f1"] = m["weighted_f1"]
                 if split == "dev":
                     metrics[f"dev_{h}_macro_f1"] = m["macro_f1"]
-        score = metrics[SCORE]
+        score = metrics[SCORE] = selection_score(metrics, cfg.select_on)
         if distributed:  # one decision for all ranks (rank 0's)
             t = torch.tensor([score], dtype=torch.float64)
             dist.broadcast(t, src=0)
@@ -410,7 +419,7 @@ def train_loop(config: dict) -> None:
         state["epoch"] = epoch + 1
         state["history"].append({k: v for k, v in metrics.items()})
         stop = cfg.patience > 0 and state["bad_epochs"] >= cfg.patience
-        metrics.update(best_dev_emotion_weighted_f1=state["best"], best_epoch=state["best_epoch"], early_stop=stop)
+        metrics.update(best_dev_score=state["best"], best_epoch=state["best_epoch"], early_stop=stop)
 
         if rank == 0:
             # one short line per epoch (the rest is in TensorBoard and the checkpoint's metrics)
@@ -509,6 +518,8 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
 
     from mmsa_ray import console, evaluate, featurize
 
+    if cfg.select_on not in SELECT_ON:  # here, not at the end of the first epoch
+        raise ValueError(f"select_on must be one of {list(SELECT_ON)}, got {cfg.select_on!r}")
     t_start = time.time()
     ray.data.DataContext.get_current().enable_progress_bars = False
     storage = os.path.abspath(os.path.expanduser(job.storage_path or "~/ray_results"))
@@ -648,7 +659,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--label-smoothing", type=float, default=d.label_smoothing, help=f"cross-entropy label smoothing (default {d.label_smoothing:g})")
     p.add_argument("--class-weighting", default=d.class_weighting, choices=list(CLASS_WEIGHTINGS), help=f"loss weights per class: none (serves weighted F1), sqrt or inverse frequency (serve macro F1) (default {d.class_weighting})")
     p.add_argument("--modality-dropout", type=float, default=d.modality_dropout, help=f"probability of hiding a present modality per sample, so that clips missing one still predict well (never all; default {d.modality_dropout:g})")
-    p.add_argument("--patience", type=int, default=d.patience, help=f"stop after this many epochs without dev weighted-F1 gain (0 = never; default {d.patience})")
+    p.add_argument("--patience", type=int, default=d.patience, help=f"stop after this many epochs without a gain in the --select-on score (0 = never; default {d.patience})")
+    p.add_argument("--select-on", default=d.select_on, choices=SELECT_ON, help=f"dev weighted F1 that picks the best epoch and early-stops: emotion, sentiment or the mean of both (default {d.select_on})")
     p.add_argument("--seed", type=int, default=d.seed, help=f"seed of the trainable parts' init, shuffling and dropout (default {d.seed})")
     p.add_argument("--end-to-end", action="store_true", help="stream raw clips (decode + features each epoch) instead of cached features")
     p.add_argument("--finetune", default="", help="encoders to unfreeze, comma separated: text,video (implies --end-to-end)")
@@ -694,7 +706,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = TrainConfig(
         modalities=parse_modalities(args.modalities), epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         encoder_lr=args.encoder_lr, backbone_lr=args.backbone_lr, weight_decay=args.weight_decay,
-        label_smoothing=args.label_smoothing, class_weighting=args.class_weighting, modality_dropout=args.modality_dropout, patience=args.patience, seed=args.seed,
+        label_smoothing=args.label_smoothing, class_weighting=args.class_weighting, modality_dropout=args.modality_dropout, patience=args.patience, select_on=args.select_on, seed=args.seed,
         end_to_end=args.end_to_end, finetune=finetune, pid_dir=args.pid_dir,
     )
     job = JobConfig(meld_dir=meld_dir, output=args.output, storage_path=args.storage_path, name=args.name,

@@ -60,6 +60,13 @@ def test_class_weights_modes():
         train.class_weights(labels, 2, "balanced")
 
 
+def test_selection_score_and_its_check():
+    m = {"dev_emotion_weighted_f1": 0.6, "dev_sentiment_weighted_f1": 0.7}
+    assert [train.selection_score(m, s) for s in train.SELECT_ON] == [0.6, 0.7, pytest.approx(0.65)]
+    with pytest.raises(ValueError, match=r"select_on must be one of \['emotion', 'sentiment', 'mean'\], got 'f1'"):
+        train.run(train.JobConfig(), train.TrainConfig(select_on="f1"), None)
+
+
 def test_length_bucketed_keeps_every_row_and_trims_padding():
     lengths = [3, 10, 1, 7, 2, 9, 4, 8]
     mask = torch.tensor([[1] * n + [0] * (12 - n) for n in lengths])
