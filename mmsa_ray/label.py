@@ -12,7 +12,8 @@ final counts comes back to the driver):
 
 INPUT is a directory (searched recursively for media extensions), a glob, or a manifest
 (.csv / .parquet / .jsonl with a `path` column and optional `id`, `transcript`, `start`,
-`end`); see mmsa_ray.sources. Paths may be local or cloud URIs (s3://, gs://, anything pyarrow.fs resolves);
+`end`, `context`); see mmsa_ray.sources. When the checkpoint reads dialogue context, a row
+with a transcript and no `context` of its own gets its file's earlier rows' transcripts. Paths may be local or cloud URIs (s3://, gs://, anything pyarrow.fs resolves);
 remote media is streamed through pyarrow, never copied to disk.
 
 One row per input item, always. A file that cannot be decoded (corrupt, empty,
@@ -89,7 +90,7 @@ from mmsa_ray.staging import (CHECKPOINT_DIR, STAGING_DIR, STAGING_SCHEMA, nothi
                               stage_sources)
 from mmsa_ray.staging import committed_ids as _committed_ids
 from mmsa_ray.staging import str_or_none as _str_or_none
-from mmsa_ray.sources import MEDIA_EXTENSIONS, float_or_none, list_sources, resolve
+from mmsa_ray.sources import MEDIA_EXTENSIONS, float_or_none, list_sources, resolve, with_file_context
 from mmsa_ray.utterances import WORD_TYPE, SpeechStageConfig, rows_before, speech_stage
 
 UTTERANCE_MODES = ("auto", "on", "off")
@@ -257,7 +258,7 @@ def split_into_segments(batch: pa.Table, segment_s: float, timeout_s: float, att
             if source is not None and not isinstance(source, str):
                 source.close()
             log.end(key)
-        out += [{**row, "id": f"{row['id']}#t={a:g},{b:g}", "transcript": None, "start": a, "end": b}
+        out += [{**row, "id": f"{row['id']}#t={a:g},{b:g}", "transcript": None, "start": a, "end": b, "context": None}
                 for a, b in segment_windows(duration, segment_s)]
     return pa.Table.from_pylist(out, schema=STAGING_SCHEMA)
 
@@ -327,17 +328,16 @@ def decode_batch(
     log = AttemptLog(fs, attempts_dir, current_job())
     deadline = 2.0 * prep.decode_config.timeout_s + 10.0
     rows = batch.select(STAGING_SCHEMA.names).cast(STAGING_SCHEMA).to_pylist()
-    given = {k: batch.column(k).to_pylist() for k in ("error", "context") if k in batch.column_names}
+    given_errors = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * len(rows)
     errors: list[str | None] = []
     feats: list[dict[str, np.ndarray]] = []
     for i, row in enumerate(rows):
-        id_, uri, transcript, start, end = (row[k] for k in STAGING_SCHEMA.names)
+        id_, uri, transcript, start, end, context = (row[k] for k in ("id", "uri", "transcript", "start", "end", "context"))
         uri = uri or ""
-        if given.get("error", [None] * (i + 1))[i] is not None:  # the speech stage could not read the file
-            errors.append(given["error"][i])
+        if given_errors[i] is not None:  # the speech stage could not read the file
+            errors.append(given_errors[i])
             feats.append(zeros)
             continue
-        context = given.get("context", [None] * (i + 1))[i]
         deaths = log.deaths(id_)
         if deaths >= max_decode_attempts:
             errors.append(f"{uri}: the decoding worker died {deaths} times on this file (crash or kill); not retried")
@@ -365,7 +365,7 @@ def decode_batch(
             if source is not None and not isinstance(source, str):
                 source.close()
             log.end(id_)
-    columns = {k: pa.array([r[k] for r in rows], STAGING_SCHEMA.field(k).type) for k in STAGING_SCHEMA.names}
+    columns = {k: pa.array([r[k] for r in rows], STAGING_SCHEMA.field(k).type) for k in STAGING_SCHEMA.names if k != "context"}
     columns["error"] = pa.array(errors, pa.string())
     columns.update({k: batch.column(k) for k in SPEECH_COLUMNS if k in batch.column_names})
     for k in FEATURE_KEYS:
@@ -452,6 +452,9 @@ def label(config: LabelConfig) -> LabelSummary:
     sources = list_sources(config.input, config.extensions)
     first = next(sources, None)  # a wrong INPUT fails here, before Ray starts
     sources = itertools.chain([] if first is None else [first], sources)
+    context_turns = model_config.features.context_turns if "text" in modalities else 0
+    if context_turns:  # rows of one file that come with transcripts: the earlier ones are each row's context
+        sources = with_file_context(sources, context_turns)
     listed_ids: set[str] = set()  # --utterances: the summary counts earlier rows of these files
     untranscribed = 0  # items without a transcript, for the hint when text is left out
 
@@ -489,7 +492,7 @@ def label(config: LabelConfig) -> LabelSummary:
         if staged:
             items = None
             if speech:
-                items = dict(done=done, context_turns=model_config.features.context_turns if "text" in modalities else 0,
+                items = dict(done=done, context_turns=context_turns,
                              timeout_s=config.decode_timeout_s or decode.timeout_s)
             # with --utterances the rows are not known until the files are transcribed: no total
             with console.progress("label", None if speech else staged):

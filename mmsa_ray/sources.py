@@ -17,9 +17,11 @@ is kept, to reject duplicates.
 from __future__ import annotations
 
 import fnmatch
+import json
+import math
 import os
 import posixpath
-from typing import Any, Iterator
+from typing import Any, Iterable, Iterator
 
 import numpy as np
 import pyarrow as pa
@@ -62,7 +64,7 @@ def _is_glob(s: str) -> bool:
 
 
 def list_sources(spec: str, extensions: tuple[str, ...] = MEDIA_EXTENSIONS) -> Iterator[dict[str, Any]]:
-    """INPUT -> staging rows {id, uri, transcript, start, end}, ids unique (ValueError otherwise).
+    """INPUT -> staging rows {id, uri, transcript, start, end, context}, ids unique (ValueError otherwise).
 
     directory: every file below it whose suffix is in `extensions`, id = relative path;
     glob: matching files (fnmatch; `*` also crosses '/'), id = path relative to the glob's
@@ -129,8 +131,36 @@ def _broken_links(directory: str) -> list[str]:
     ]
 
 
-def _row(id_: str, uri: str, transcript=None, start=None, end=None) -> dict[str, Any]:
-    return {"id": id_, "uri": uri, "transcript": transcript, "start": start, "end": end}
+def _row(id_: str, uri: str, transcript=None, start=None, end=None, context=None) -> dict[str, Any]:
+    return {"id": id_, "uri": uri, "transcript": transcript, "start": start, "end": end, "context": context}
+
+
+def earlier_transcripts(items: list[dict[str, Any]], turns: int) -> list[list[str]]:
+    """For each item (one file's utterances: "start", "end" in seconds, "transcript"), the
+    transcripts of up to `turns` items before it in time, oldest first; aligned with `items`."""
+    order = sorted(range(len(items)), key=lambda i: (items[i]["start"] or 0.0,
+                                                     math.inf if items[i]["end"] is None else items[i]["end"]))
+    out: list[list[str]] = [[] for _ in items]
+    for k, i in enumerate(order):
+        out[i] = [items[j]["transcript"] or "" for j in order[max(0, k - turns):k]] if turns > 0 else []
+    return out
+
+
+def with_file_context(rows: Iterable[dict[str, Any]], turns: int) -> Iterator[dict[str, Any]]:
+    """Listed rows -> the same rows, in the same order; each row with a transcript and no
+    `context` of its own gets the transcripts of the earlier rows of its file (same uri,
+    by start time; at most `turns`) as its dialogue context. A file's rows may be anywhere
+    in a manifest, so the listing is read whole first (as list_sources' id check does)."""
+    rows = list(rows)
+    by_file: dict[str, list[dict[str, Any]]] = {}
+    for row in rows:
+        if row["transcript"] is not None and row["uri"]:
+            by_file.setdefault(row["uri"], []).append(row)
+    for spoken in by_file.values():
+        for row, context in zip(spoken, earlier_transcripts(spoken, turns)):
+            if row.get("context") is None:
+                row["context"] = context
+    yield from rows
 
 
 def _manifest_batches(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[pa.RecordBatch]:
@@ -143,7 +173,8 @@ def _manifest_batches(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[pa.
         with fs.open_input_file(path) as f:
             yield from pq.ParquetFile(f).iter_batches(batch_size=8192)
     elif lower.endswith(".csv"):
-        types = {"path": pa.string(), "id": pa.string(), "transcript": pa.string(), "start": pa.float64(), "end": pa.float64()}
+        types = {"path": pa.string(), "id": pa.string(), "transcript": pa.string(), "start": pa.float64(), "end": pa.float64(),
+                 "context": pa.string()}
         with fs.open_input_stream(path) as f:
             yield from pacsv.open_csv(f, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True))
     else:  # jsonl
@@ -172,9 +203,26 @@ def _manifest_rows(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[dict[s
             transcript = data.get("transcript", [None] * (i + 1))[i]
             transcript = None if transcript is None or (isinstance(transcript, float) and np.isnan(transcript)) else str(transcript)
             id_ = _window_id(uri, start, end) if id_ is None or id_ == "" else str(id_)
-            yield _row(id_, uri, transcript, start, end)
+            context = _context_cell(spec, n, data.get("context", [None] * (i + 1))[i])
+            yield _row(id_, uri, transcript, start, end, context)
     if n == 0:
         raise ValueError(f"{spec}: manifest has no rows")
+
+
+def _context_cell(spec: str, n: int, cell: Any) -> list[str] | None:
+    """A manifest's `context` cell: a list of strings (Parquet, JSON lines) or, in CSV, that
+    list as JSON text; empty -> None."""
+    if cell is None or cell == "" or (isinstance(cell, float) and np.isnan(cell)):
+        return None
+    if isinstance(cell, str):
+        try:
+            cell = json.loads(cell)
+        except ValueError:
+            cell = None
+    if not isinstance(cell, list) or not all(isinstance(t, str) for t in cell):
+        raise ValueError(f"{spec}: row {n}: `context` must be a list of strings (earlier transcripts, oldest first; "
+                         'in CSV as JSON text, e.g. ["Hi.", "What happened?"])')
+    return cell
 
 
 def float_or_none(v: Any) -> float | None:

@@ -33,6 +33,10 @@ STAGING_SCHEMA = pa.schema([
     ("transcript", pa.string()),
     ("start", pa.float64()),
     ("end", pa.float64()),
+    # the transcripts of earlier utterances of the same file or dialogue, oldest first (the
+    # model's dialogue context; null: none). From the manifest's `context` column, or
+    # sources.with_file_context.
+    ("context", pa.list_(pa.string())),
 ])
 
 

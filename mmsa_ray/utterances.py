@@ -37,7 +37,7 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 
 from mmsa_ray.attempts import AttemptLog, call_with_deadline, current_job, open_source
-from mmsa_ray.sources import resolve
+from mmsa_ray.sources import earlier_transcripts, resolve
 from mmsa_ray.staging import STAGING_SCHEMA, is_done
 
 NO_AUDIO = "no audio stream"  # media.MediaError's cause for a file without audio: no speech, not an error
@@ -54,7 +54,6 @@ ITEM_SCHEMA = pa.schema([
     ("asr_confidence", pa.float64()),  # exp(mean token log-probability) of the utterance, 0..1
     ("no_speech_prob", pa.float64()),  # Whisper's probability that the segment holds no speech
     ("speech", pa.string()),  # "found" | "none" (no speech in the file) | null (not transcribed / error)
-    ("context", pa.list_(pa.string())),  # earlier transcripts of the same file, oldest first
     ("error", pa.string()),  # null when fine; otherwise "<uri>: <cause>"
 ])
 CACHE_SCHEMA = pa.schema([f for f in ITEM_SCHEMA if f.name != "context"])
@@ -243,9 +242,9 @@ def _with_context(items: list[dict[str, Any]], turns: int) -> list[dict[str, Any
     oldest first, at most `turns`); others get none."""
     if turns <= 0:
         return items
-    spoken = sorted((it for it in items if it["speech"] == "found"), key=lambda it: (it["start"], it["end"]))
-    for i, it in enumerate(spoken):
-        it["context"] = [s["transcript"] or "" for s in spoken[max(0, i - turns):i]]
+    spoken = [it for it in items if it["speech"] == "found"]
+    for it, context in zip(spoken, earlier_transcripts(spoken, turns)):
+        it["context"] = context
     return items
 
 

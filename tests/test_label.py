@@ -105,9 +105,9 @@ def test_list_sources_directory_glob_and_manifests(tmp_path, media_dir):
     for name in ("m.parquet", "m.jsonl", "m.csv"):
         got = list(sources.list_sources(str(tmp_path / name)))
         assert got == [
-            {"id": f"{a_uri}#t=0.5,1.5", "uri": a_uri, "transcript": "I am so happy!", "start": 0.5, "end": 1.5},
-            {"id": "b-id", "uri": str(tmp_path / "clips" / "b.mp4"), "transcript": None, "start": None, "end": None},
-            {"id": "/abs/c.wav", "uri": "/abs/c.wav", "transcript": "x", "start": None, "end": None},
+            {"id": f"{a_uri}#t=0.5,1.5", "uri": a_uri, "transcript": "I am so happy!", "start": 0.5, "end": 1.5, "context": None},
+            {"id": "b-id", "uri": str(tmp_path / "clips" / "b.mp4"), "transcript": None, "start": None, "end": None, "context": None},
+            {"id": "/abs/c.wav", "uri": "/abs/c.wav", "transcript": "x", "start": None, "end": None, "context": None},
         ], name
 
     with open(tmp_path / "dup.csv", "w") as f:
@@ -121,6 +121,33 @@ def test_list_sources_directory_glob_and_manifests(tmp_path, media_dir):
     assert [r["id"] for r in sources.list_sources(str(tmp_path / "clips"))] == ["gone.mp4"]
     with pytest.raises(MediaError, match="gone.mp4: broken symbolic link"):
         decode_clip(tmp_path / "clips" / "gone.mp4")
+
+
+def test_manifest_context_given_or_from_the_files_earlier_rows(tmp_path):
+    """A manifest's own `context` wins; otherwise each transcribed row of a file gets the
+    transcripts of that file's earlier rows by start time (not by manifest order)."""
+    rows = [
+        {"path": "a.mp4", "transcript": "second", "start": 2.0, "end": 3.0},
+        {"path": "a.mp4", "transcript": "first", "start": 0.0, "end": 1.0},
+        {"path": "a.mp4", "transcript": "third", "start": 4.0, "end": 5.0, "context": ["told"]},
+        {"path": "a.mp4", "transcript": "fourth", "start": 6.0, "end": 7.0},
+        {"path": "a.mp4", "start": 8.0, "end": 9.0},
+        {"path": "b.mp4", "transcript": "other file"},
+    ]
+    with open(tmp_path / "m.jsonl", "w") as f:
+        f.writelines(json.dumps(r) + "\n" for r in rows)
+    listed = list(sources.list_sources(str(tmp_path / "m.jsonl")))
+    assert [r["context"] for r in listed] == [None, None, ["told"], None, None, None]
+    got = [r["context"] for r in sources.with_file_context(listed, 2)]
+    assert got == [["first"], [], ["told"], ["second", "third"], None, []]
+
+    with open(tmp_path / "m.csv", "w") as f:
+        f.write('path,transcript,context\na.mp4,Great.,"[""We won!""]"\nb.mp4,Fine.,\n')
+    assert [r["context"] for r in sources.list_sources(str(tmp_path / "m.csv"))] == [["We won!"], None]
+    with open(tmp_path / "bad.csv", "w") as f:
+        f.write("path,transcript,context\na.mp4,Great.,We won!\n")
+    with pytest.raises(ValueError, match=r"bad.csv: row 1: `context` must be a list of strings"):
+        list(sources.list_sources(str(tmp_path / "bad.csv")))
 
 
 def test_decode_batch_timeout_attempt_records_and_watchdog(tmp_path, media_dir, tiny_checkpoint):

@@ -270,6 +270,31 @@ def test_auto_follows_the_checkpoint(ray_local, tmp_path, speech_dir, tiny_check
     assert np.abs(np.subtract(want["emotion_probs"], without["emotion_probs"])).max() > 1e-4  # context counts
 
 
+def test_label_manifest_rows_get_their_files_earlier_rows_as_context(ray_local, tmp_path, speech_dir, text_checkpoint):
+    """Without speech recognition, a manifest's transcribed rows of one file are labeled with
+    the file's earlier rows (by time) as context: the same numbers as the Predictor given them."""
+    talk = str(speech_dir / "talk.mp4")
+    lines = [("Great.", 2.0, 3.0), ("We lost the house.", 0.0, 1.0), ("Really?", 4.0, 5.0)]
+    pq.write_table(pa.Table.from_pylist([{"path": talk, "transcript": t, "start": a, "end": b} for t, a, b in lines]),
+                   tmp_path / "m.parquet")
+    out = tmp_path / "labels"
+    assert label.main([str(tmp_path / "m.parquet"), "--checkpoint", str(text_checkpoint), "--output", str(out),
+                       "--utterances", "off", *FAST]) == 0
+    rows = {r["transcript"]: r for r in read(out, label.LABEL_SCHEMA).values()}
+    assert sorted(rows) == sorted(t for t, _, _ in lines)
+
+    from mmsa_ray.features import collate
+    from mmsa_ray.predict import Predictor
+
+    predictor = Predictor.from_checkpoint(text_checkpoint, device="cpu")
+    contexts = {"We lost the house.": [], "Great.": ["We lost the house."], "Really?": ["We lost the house.", "Great."]}
+    for text, context in contexts.items():
+        want = predictor.predict_batch(collate([predictor.preprocess(None, text, context=context)]))[0]
+        np.testing.assert_allclose(rows[text]["emotion_probs"], want["emotion_probs"], atol=1e-5, err_msg=text)
+    alone = predictor.predict_batch(collate([predictor.preprocess(None, "Great.")]))[0]
+    assert np.abs(np.subtract(rows["Great."]["emotion_probs"], alone["emotion_probs"])).max() > 1e-4
+
+
 def test_kill_driver_during_speech_stage_then_rerun(ray_local, tmp_path, speech_dir, tiny_checkpoint):
     """kill -9 of the driver while files are being transcribed, then a re-run: every utterance
     in OUT exactly once, the files transcribed before the kill not transcribed again."""
