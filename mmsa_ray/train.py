@@ -589,10 +589,12 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
     result = trainer.fit()
     info["fit_s"] = time.time() - t_fit
     history = _history(result.checkpoint) or []
-    best = result.get_best_checkpoint(SCORE, "max") or result.checkpoint
+    # the checkpoint and its metrics from one pair (matching them by path could fall back to the
+    # last epoch's metrics and name the wrong best epoch)
+    kept = [(c, m) for c, m in (result.best_checkpoints or []) if SCORE in m]
+    best, best_metrics = max(kept, key=lambda cm: cm[1][SCORE]) if kept else (result.checkpoint, result.metrics)
     if best is None:
         raise RuntimeError(f"training produced no checkpoint (run dir {run_dir})")
-    best_metrics = next((m for c, m in (result.best_checkpoints or []) if c.path == best.path), result.metrics)
     from mmsa_ray.model import install_checkpoint, refuse_non_checkpoint
 
     out = Path(job.output).absolute()
@@ -629,7 +631,8 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
 
 def time_summary(info: dict, history: list[dict]) -> str:
     """Where a run's wall time went: set-up, each epoch's parts (rank 0), Ray Train's own share, the report."""
-    parts = {k: sum(h.get(f"{k}_s", 0.0) for h in history) for k in ("data", "forward", "backward", "dev")}
+    keys = {"data": "data_s", "forward": "forward_s", "backward": "backward_s", "dev": "dev_time_s"}
+    parts = {k: sum(h.get(key, 0.0) for h in history) for k, key in keys.items()}
     epochs = sum(h.get("epoch_time_s", 0.0) for h in history)
     return (f"time {info['total_s']:.0f} s: set-up {info['before_fit_s']:.0f} s (Ray start, featurize) | "
             f"training {info['fit_s']:.0f} s = {len(history)} epochs {epochs:.0f} s (waiting for data {parts['data']:.0f} s: "

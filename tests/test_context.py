@@ -67,6 +67,14 @@ def test_selection_score_and_its_check():
         train.run(train.JobConfig(), train.TrainConfig(select_on="f1"), None)
 
 
+def test_time_summary_splits_the_run():
+    history = [{"epoch_time_s": 100.0, "data_s": 5.0, "forward_s": 30.0, "backward_s": 60.0, "dev_time_s": 5.0}] * 2
+    line = train.time_summary({"total_s": 230.0, "before_fit_s": 10.0, "fit_s": 210.0, "report_s": 10.0}, history)
+    assert line == ("time 230 s: set-up 10 s (Ray start, featurize) | training 210 s = 2 epochs 200 s (waiting for data 10 s: "
+                    "Ray Data read + tokenize; forward 60 s; backward + step 120 s; dev 10 s) + Ray Train start-up, "
+                    "checkpoints and reports 10 s | best model + dev report 10 s")
+
+
 def test_length_bucketed_keeps_every_row_and_trims_padding():
     lengths = [3, 10, 1, 7, 2, 9, 4, 8]
     mask = torch.tensor([[1] * n + [0] * (12 - n) for n in lengths])
