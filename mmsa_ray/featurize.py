@@ -84,7 +84,7 @@ class FeaturizeResult:
 
 def tensor_digest(module) -> str:
     """sha256 over a module's state dict (names, dtypes, shapes, bytes)."""
-    from mmsa_ray.model import tensor_digest as digest
+    from mmsa_ray.checkpoint import tensor_digest as digest
 
     return digest(module.state_dict())
 
@@ -195,7 +195,8 @@ def raw_dataset(records, model_dir: str, modalities, staging_path: str, *, decod
     import ray
 
     from mmsa_ray.meld import dialogue_context, write_manifest
-    from mmsa_ray.model import ModelConfig, read_checkpoint_config
+    from mmsa_ray.checkpoint import read_checkpoint_config
+    from mmsa_ray.model import ModelConfig
 
     records = list(records)
     modalities = tuple(m for m in MODALITIES if m in modalities)

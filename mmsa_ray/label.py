@@ -430,7 +430,8 @@ def label(config: LabelConfig) -> LabelSummary:
 
     t0 = time.time()
     run_start = datetime.now(timezone.utc)
-    from mmsa_ray.model import ModelConfig, model_id, read_checkpoint_config
+    from mmsa_ray.checkpoint import model_id, read_checkpoint_config
+    from mmsa_ray.model import ModelConfig
 
     # A local or shared-file-system directory (every node reads it); checked up front:
     # missing, unfinished or foreign checkpoints fail here, not in every actor.

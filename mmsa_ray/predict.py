@@ -50,7 +50,8 @@ class Preprocessing:
         """The checkpoint's decode/feature config and tokenizer (no weights are read)."""
         from transformers import AutoTokenizer
 
-        from mmsa_ray.model import TEXT_ENCODER_DIR, ModelConfig, read_checkpoint_config
+        from mmsa_ray.checkpoint import TEXT_ENCODER_DIR, read_checkpoint_config
+        from mmsa_ray.model import ModelConfig
 
         config = ModelConfig.from_dict(read_checkpoint_config(directory)["model"])
         text_dir = Path(directory) / TEXT_ENCODER_DIR
@@ -129,7 +130,8 @@ class Predictor:
         (ignored on CPU)."""
         import torch
 
-        from mmsa_ray.model import MultimodalSentimentModel, model_id
+        from mmsa_ray.checkpoint import model_id
+        from mmsa_ray.model import MultimodalSentimentModel
 
         dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype in (None, "fp32", "float32"):

@@ -595,7 +595,7 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
     best, best_metrics = max(kept, key=lambda cm: cm[1][SCORE]) if kept else (result.checkpoint, result.metrics)
     if best is None:
         raise RuntimeError(f"training produced no checkpoint (run dir {run_dir})")
-    from mmsa_ray.model import install_checkpoint, refuse_non_checkpoint
+    from mmsa_ray.checkpoint import install_checkpoint, refuse_non_checkpoint
 
     out = Path(job.output).absolute()
     refuse_non_checkpoint(out)  # before the copy: never replace a directory that is not a checkpoint
@@ -687,7 +687,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.num_workers < 1:
         p.error(f"--num-workers must be >= 1, got {args.num_workers}")
-    from mmsa_ray.model import refuse_non_checkpoint
+    from mmsa_ray.checkpoint import refuse_non_checkpoint
 
     try:  # fail before any work, not after training
         refuse_non_checkpoint(Path(args.output).absolute())

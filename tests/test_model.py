@@ -18,14 +18,8 @@ import pytest
 import torch
 
 from mmsa_ray import labels
-from mmsa_ray.model import (
-    CONFIG_FILE,
-    TEXT_ENCODER_DIR,
-    WEIGHTS_FILE,
-    ModelConfig,
-    MultimodalSentimentModel,
-    build_video_trunk,
-)
+from mmsa_ray.checkpoint import CONFIG_FILE, TEXT_ENCODER_DIR, WEIGHTS_FILE
+from mmsa_ray.model import ModelConfig, MultimodalSentimentModel, build_video_trunk
 
 REPO = Path(__file__).resolve().parents[1]
 B = 4
