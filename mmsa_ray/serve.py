@@ -29,7 +29,7 @@ Entry points:
     app(args: dict) -> Application            builder for `serve run mmsa_ray.serve:app
                                               checkpoint=DIR` and jobs/serve.yaml
     run_serve(ServeConfig)                    `mmsa-ray serve --checkpoint DIR` (blocking)
-    add_serve_args(parser), serve_config_from_args(args)   argparse wiring for cli.py
+    ServeConfig, add_serve_args, serve_config_from_args   (mmsa_ray.serve_config) settings and flags
 
 Importing this module starts nothing: no Ray, no model loading.
 """
@@ -39,14 +39,10 @@ Importing this module starts nothing: no Ray, no model loading.
 import argparse
 import asyncio
 import dataclasses
-import json
 import logging
-import math
 import os
 import time
-import typing
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -60,185 +56,11 @@ from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.formparsers import MultiPartException, MultiPartParser
 
+from mmsa_ray.serve_config import ServeConfig, add_serve_args, serve_config_from_args
+from mmsa_ray.serve_request import (ERROR_RESPONSES, FORM_FIELDS, GENERIC_TYPES, MEDIA_TYPES, PREDICT_OPENAPI, RequestError,
+                                    bool_field, context_field, seconds_field, text_field)
+
 logger = logging.getLogger("ray.serve")
-
-MiB = 1024 * 1024
-
-
-# ----------------------------------------------------------------------------- config
-
-
-@dataclass
-class ServeConfig:
-    """Everything `mmsa-ray serve`, `serve run mmsa_ray.serve:app` and jobs/serve.yaml set.
-
-    Field defaults suit one laptop-sized machine; a GPU cluster raises replicas and
-    num_gpus. Units are in the names (`_s` seconds, `_mb` MiB).
-    """
-
-    checkpoint: str = field(default="", metadata={"help": "checkpoint directory (config.json + model.safetensors); default: the "
-                                                  "starter checkpoint shipped in the package (MELD text, mmsa_ray/pretrained/meld-text)"})
-    host: str = field(default="127.0.0.1", metadata={"help": "HTTP bind address; 0.0.0.0 exposes it beyond this machine"})
-    port: int = field(default=8000, metadata={"help": "HTTP port"})
-    app_name: str = field(default="mmsa", metadata={"help": "Serve application name"})
-    route_prefix: str = field(default="/", metadata={"help": "HTTP route prefix of the application"})
-    # Limits: beyond them a request gets a 4xx with the reason, never a 500.
-    max_upload_mb: float = field(default=64.0, metadata={"help": "largest accepted request body, MiB (413 beyond, enforced while streaming)"})
-    max_duration_s: float = field(default=600.0, metadata={"help": "longest accepted media (or start..end window), seconds"})
-    max_pixels: int = field(default=3840 * 2160, metadata={"help": "largest accepted frame, width*height pixels"})
-    decode_timeout_s: float = field(default=30.0, metadata={"help": "wall-clock limit to decode one upload, seconds"})
-    request_timeout_s: float = field(default=60.0, metadata={"help": "end-to-end limit per request, seconds (504 beyond)"})
-    max_transcript_chars: int = field(default=5000, metadata={"help": "longest accepted transcript, characters"})
-    # Model deployment.
-    num_gpus: float | None = field(default=None, metadata={"help": "GPUs per model replica; default: 1 if CUDA is visible where the app is built, else 0"})
-    model_num_cpus: float = field(default=1.0, metadata={"help": "CPUs reserved per model replica"})
-    model_threads: int = field(default=0, metadata={"help": "torch threads per model replica; 0 = its reserved CPUs (at least 1)"})
-    min_replicas: int = field(default=1, metadata={"help": "autoscaling: fewest model replicas"})
-    max_replicas: int = field(default=1, metadata={"help": "autoscaling: most model replicas"})
-    target_ongoing_requests: float | None = field(default=None, metadata={"help": "autoscaling: requests per model replica to aim for; default max_batch_size"})
-    max_batch_size: int = field(default=8, metadata={"help": "dynamic batching: largest batch; 1 turns batching off"})
-    batch_wait_timeout_s: float = field(default=0.01, metadata={"help": "dynamic batching: longest wait for a batch to fill, seconds"})
-    max_ongoing_requests: int | None = field(default=None, metadata={"help": "requests in flight per model replica; default 2 * max_batch_size"})
-    max_queued_requests: int = field(default=64, metadata={"help": "requests waiting per caller for the model and the preprocessor (503 beyond)"})
-    # Preprocessing deployment (decode + features, CPU only).
-    preprocess_replicas: int = field(default=1, metadata={"help": "autoscaling: most preprocessing replicas (at least 1 runs)"})
-    preprocess_num_cpus: float = field(default=1.0, metadata={"help": "CPUs reserved per preprocessing replica"})
-    preprocess_threads: int = field(default=2, metadata={"help": "concurrent decodes per preprocessing replica"})
-    # Ingress deployment (HTTP only; holds no model).
-    ingress_replicas: int = field(default=1, metadata={"help": "HTTP ingress replicas"})
-    ingress_max_ongoing_requests: int = field(default=64, metadata={"help": "requests in flight per ingress replica"})
-    ingress_max_queued_requests: int = field(default=128, metadata={"help": "requests waiting at the HTTP proxy (503 beyond)"})
-    # Speech deployment (uploads without a transcript are transcribed; see mmsa_ray.speech).
-    asr_model: str = field(default="default", metadata={"help": "Whisper model: 'default' (offline tiny.en), a faster-whisper name (small.en, large-v3, distil-large-v3) or a CTranslate2 directory"})
-    asr_device: str = field(default="cpu", metadata={"help": "where Whisper runs: cpu, cuda or auto"})
-    asr_compute_type: str | None = field(default=None, metadata={"help": "CTranslate2 compute type; default int8 on CPU, float16 on GPU"})
-    speech_replicas: int = field(default=1, metadata={"help": "autoscaling: most speech replicas (each loads Whisper once and transcribes one upload at a time)"})
-    speech_num_cpus: float = field(default=1.0, metadata={"help": "CPUs reserved per speech replica (also Whisper's threads)"})
-    speech_num_gpus: float = field(default=0.0, metadata={"help": "GPUs per speech replica (with asr_device cuda)"})
-
-    def __post_init__(self) -> None:
-        if not str(self.checkpoint).strip():
-            from mmsa_ray.pretrained import default_checkpoint
-
-            self.checkpoint = str(default_checkpoint())
-        positive = {
-            "max_upload_mb": self.max_upload_mb,
-            "max_duration_s": self.max_duration_s,
-            "max_pixels": self.max_pixels,
-            "decode_timeout_s": self.decode_timeout_s,
-            "request_timeout_s": self.request_timeout_s,
-            "max_transcript_chars": self.max_transcript_chars,
-            "model_num_cpus": self.model_num_cpus + 1e-9,  # 0 CPUs is allowed (GPU-only replica)
-            "max_replicas": self.max_replicas,
-            "max_batch_size": self.max_batch_size,
-            "max_queued_requests": self.max_queued_requests,
-            "preprocess_replicas": self.preprocess_replicas,
-            "preprocess_threads": self.preprocess_threads,
-            "ingress_replicas": self.ingress_replicas,
-            "ingress_max_ongoing_requests": self.ingress_max_ongoing_requests,
-            "ingress_max_queued_requests": self.ingress_max_queued_requests,
-            "speech_replicas": self.speech_replicas,
-            "speech_num_cpus": self.speech_num_cpus + 1e-9,  # 0 is allowed (a GPU speech replica)
-        }
-        bad = [f"{k}={v!r} must be > 0" for k, v in positive.items() if not (isinstance(v, (int, float)) and v > 0)]
-        if self.batch_wait_timeout_s < 0:
-            bad.append(f"batch_wait_timeout_s={self.batch_wait_timeout_s!r} must be >= 0")
-        if self.model_threads < 0 or self.min_replicas < 0 or self.preprocess_num_cpus < 0:
-            bad.append("model_threads, min_replicas and preprocess_num_cpus must be >= 0")
-        if self.speech_num_gpus < 0:
-            bad.append(f"speech_num_gpus={self.speech_num_gpus!r} must be >= 0")
-        if self.asr_device not in ("cpu", "cuda", "auto"):
-            bad.append(f"asr_device={self.asr_device!r} must be cpu, cuda or auto")
-        if self.num_gpus is not None and self.num_gpus < 0:
-            bad.append(f"num_gpus={self.num_gpus!r} must be >= 0")
-        if self.max_ongoing_requests is not None and self.max_ongoing_requests < self.max_batch_size:
-            bad.append(f"max_ongoing_requests={self.max_ongoing_requests} < max_batch_size={self.max_batch_size} (batches could never fill)")
-        if self.min_replicas > self.max_replicas:
-            bad.append(f"min_replicas={self.min_replicas} > max_replicas={self.max_replicas}")
-        if not str(self.route_prefix).startswith("/"):
-            bad.append(f"route_prefix={self.route_prefix!r} must start with '/'")
-        if bad:
-            raise ValueError("invalid ServeConfig: " + "; ".join(bad))
-
-    @property
-    def max_upload_bytes(self) -> int:
-        return int(self.max_upload_mb * MiB)
-
-    def resolved_num_gpus(self) -> float:
-        """GPUs per model replica. Decided where the app is built: on a cluster whose head
-        has no GPU, set num_gpus explicitly (jobs/serve.yaml does)."""
-        if self.num_gpus is not None:
-            return float(self.num_gpus)
-        import torch  # only here: keeps `import mmsa_ray.serve` light
-
-        return 1.0 if torch.cuda.is_available() else 0.0
-
-    def speech_config(self) -> dict[str, Any]:
-        """The SpeechConfig fields of the speech deployment (a dict: Serve pickles it)."""
-        return {"model": self.asr_model, "device": self.asr_device, "compute_type": self.asr_compute_type,
-                "cpu_threads": max(1, int(self.speech_num_cpus))}
-
-    def resolved_max_ongoing_requests(self) -> int:
-        # Twice a batch: one batch runs while the next one fills.
-        return self.max_ongoing_requests or 2 * self.max_batch_size
-
-    @classmethod
-    def from_dict(cls, args: dict[str, Any]) -> "ServeConfig":
-        """Build from `serve run ... key=value` strings or YAML `args` (typed values).
-
-        Unknown keys raise (Ray would otherwise ignore a typo); strings are converted to
-        each field's type ("none"/"null" give None for optional fields).
-        """
-        hints = typing.get_type_hints(cls)
-        names = [f.name for f in dataclasses.fields(cls)]
-        unknown = sorted(set(args) - set(names))
-        if unknown:
-            raise ValueError(f"unknown serve option(s) {unknown}; valid: {names}")
-        return cls(**{k: _coerce(k, hints[k], v) for k, v in args.items()})
-
-
-def _coerce(name: str, hint: Any, value: Any) -> Any:
-    """Convert one option value to the field's declared type (str, int, float, optional)."""
-    options = typing.get_args(hint)
-    optional = type(None) in options
-    base = next((t for t in options if t is not type(None)), hint) if options else hint
-    if value is None or (optional and isinstance(value, str) and value.strip().lower() in ("", "none", "null")):
-        if optional:
-            return None
-        raise ValueError(f"serve option {name!r} needs a {base.__name__}, got {value!r}")
-    try:
-        if base is bool or isinstance(value, bool):
-            raise TypeError
-        if base is int:
-            as_float = float(value)
-            if not as_float.is_integer():
-                raise ValueError
-            return int(as_float)
-        if base is float:
-            return float(value)
-        return str(value)
-    except (TypeError, ValueError):
-        raise ValueError(f"serve option {name!r} needs a {base.__name__}, got {value!r}") from None
-
-
-def add_serve_args(parser: argparse.ArgumentParser) -> None:
-    """Add one flag per ServeConfig field (`--max-upload-mb`, ...), help from the field."""
-    hints = typing.get_type_hints(ServeConfig)
-    for f in dataclasses.fields(ServeConfig):
-        options = typing.get_args(hints[f.name])
-        base = next((t for t in options if t is not type(None)), hints[f.name]) if options else hints[f.name]
-        flag = "--" + f.name.replace("_", "-")
-        if f.default is dataclasses.MISSING:
-            parser.add_argument(flag, type=base, required=True, help=f.metadata["help"])
-        else:
-            # Optional fields describe their automatic default in their help.
-            suffix = "" if f.default in (None, "") else f" (default: {f.default})"
-            parser.add_argument(flag, type=base, default=f.default, help=f.metadata["help"] + suffix)
-
-
-def serve_config_from_args(args: argparse.Namespace) -> ServeConfig:
-    """The ServeConfig for parsed `add_serve_args` flags."""
-    return ServeConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(ServeConfig)})
 
 
 # ----------------------------------------------------------------------------- preprocessing
@@ -451,60 +273,6 @@ api = FastAPI(
     description="Multimodal (video + audio + text) emotion and sentiment of a video clip.",
 )
 
-# Declared by hand because the body is parsed by hand (streamed, with a size cap);
-# FastAPI's own File()/Form() parameters would read the whole upload first.
-_PREDICT_OPENAPI = {
-    "requestBody": {
-        "required": True,
-        "content": {
-            "multipart/form-data": {
-                "schema": {
-                    "type": "object",
-                    "required": ["file"],
-                    "properties": {
-                        "file": {"type": "string", "format": "binary", "description": "a video or audio file (mp4, mkv, webm, wav, ...)"},
-                        "transcript": {"type": "string", "description": "what is said in the clip; omit or leave empty if unknown"},
-                        "start": {"type": "number", "description": "window start, seconds (optional)"},
-                        "end": {"type": "number", "description": "window end, seconds (optional)"},
-                        "transcribe": {"type": "boolean", "default": True,
-                                       "description": "without a transcript: transcribe the upload and add `utterances`, one "
-                                                      "prediction per spoken utterance (false: the whole clip only)"},
-                        "context": {"type": "string",
-                                    "description": "earlier utterances of the dialogue, oldest first: a JSON list of "
-                                                   "strings, or one per line"},
-                    },
-                }
-            }
-        },
-    }
-}
-_ERROR_SCHEMA = {"content": {"application/json": {"schema": {"type": "object", "properties": {"error": {"type": "string"}}}}}}
-_ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    400: {"description": "malformed multipart body or empty file", **_ERROR_SCHEMA},
-    413: {"description": "upload larger than max_upload_mb", **_ERROR_SCHEMA},
-    415: {"description": "not multipart/form-data, or the file is not video/audio (or an animated GIF)", **_ERROR_SCHEMA},
-    422: {"description": "missing/invalid field, or media that cannot be decoded or exceeds a limit", **_ERROR_SCHEMA},
-    503: {"description": "overloaded (queue full) or a worker is unavailable; retry later", **_ERROR_SCHEMA},
-    504: {"description": "the request took longer than request_timeout_s", **_ERROR_SCHEMA},
-}
-_FORM_FIELDS = ("file", "transcript", "start", "end", "transcribe", "context")
-# Content types a client may declare for the file part. Anything else (text/plain,
-# image/png, application/json, ...) is refused before any decoding. image/gif is taken:
-# `label` takes .gif files (an animated GIF is a video stream to FFmpeg), and an upload
-# must not be refused for what the batch job labels; still-image types stay refused.
-_MEDIA_TYPES = ("video/", "audio/")
-_GENERIC_TYPES = ("", "application/octet-stream", "application/mp4", "application/ogg", "application/x-matroska",
-                  "image/gif")
-
-
-class RequestError(Exception):
-    """A client error: becomes `status` with {"error": message}."""
-
-    def __init__(self, status: int, message: str):
-        super().__init__(message)
-        self.status = status
-        self.message = message
-
 
 class _UploadTooLarge(Exception):
     pass
@@ -520,58 +288,9 @@ async def _http_exception(_: Request, exc: StarletteHTTPException) -> JSONRespon
     return _error(exc.status_code, str(exc.detail), headers=getattr(exc, "headers", None))
 
 
-def _text_field(form: Any, name: str) -> str | None:
-    value = form.get(name)
-    if value is None:
-        return None
-    if not isinstance(value, str):
-        raise RequestError(422, f"form field {name!r} must be text, not a file")
-    return value
-
-
-def _seconds_field(form: Any, name: str) -> float | None:
-    text = _text_field(form, name)
-    if text is None or not text.strip():
-        return None
-    try:
-        value = float(text)
-    except ValueError:
-        raise RequestError(422, f"form field {name!r} must be a number of seconds, got {text[:40]!r}") from None
-    if not math.isfinite(value) or value < 0:
-        raise RequestError(422, f"form field {name!r} must be a finite number >= 0, got {text[:40]!r}")
-    return value
-
-
-def _bool_field(form: Any, name: str, default: bool) -> bool:
-    text = _text_field(form, name)
-    if text is None or not text.strip():
-        return default
-    value = text.strip().lower()
-    if value in ("true", "1", "yes", "on"):
-        return True
-    if value in ("false", "0", "no", "off"):
-        return False
-    raise RequestError(422, f"form field {name!r} must be true or false, got {text[:40]!r}")
-
-
-def _context_field(form: Any) -> list[str] | None:
-    """`context`: a JSON list of strings, or one utterance per line (blank lines dropped)."""
-    text = _text_field(form, "context")
-    if text is None or not text.strip():
-        return None
-    if text.lstrip().startswith("["):
-        try:
-            items = json.loads(text)
-        except ValueError as e:
-            raise RequestError(422, f"form field 'context' starts like JSON but is not: {e}") from None
-        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
-            raise RequestError(422, "form field 'context' must be a JSON list of strings (or one utterance per line)")
-        return [x for x in items if x.strip()]
-    return [line for line in text.splitlines() if line.strip()]
-
-
-# Everything the Ingress methods use must be defined above it: @serve.ingress pickles
-# the FastAPI app (with these methods, by value) when the class is created.
+# Everything the Ingress methods use must be defined above it or imported (the request's
+# fields: serve_request.py): @serve.ingress pickles the FastAPI app (with these methods,
+# by value) when the class is created.
 @serve.deployment(name="Ingress")
 @serve.ingress(api)
 class Ingress:
@@ -593,8 +312,8 @@ class Ingress:
         "`transcribe`; returns the fields of a labeling row (emotion, emotion_probs, sentiment, sentiment_probs, ...) "
         "for the whole clip, and without a transcript (unless transcribe=false) `utterances`: one such row per "
         "spoken utterance with its start, end, transcript, words and asr_confidence.",
-        openapi_extra=_PREDICT_OPENAPI,
-        responses=_ERROR_RESPONSES,
+        openapi_extra=PREDICT_OPENAPI,
+        responses=ERROR_RESPONSES,
     )
     async def predict(self, request: Request) -> JSONResponse:
         try:
@@ -687,7 +406,7 @@ class Ingress:
                 yield chunk
 
         try:
-            form = await MultiPartParser(request.headers, limited_stream(), max_files=1, max_fields=len(_FORM_FIELDS)).parse()
+            form = await MultiPartParser(request.headers, limited_stream(), max_files=1, max_fields=len(FORM_FIELDS)).parse()
         except _UploadTooLarge:
             raise RequestError(413, f"request body exceeds the {limit}-byte limit (max_upload_mb)") from None
         except MultiPartException as e:
@@ -697,23 +416,23 @@ class Ingress:
             if not form:
                 # A body that is not multipart at all parses to zero parts.
                 raise RequestError(400, "malformed multipart body: no form parts found (expected a 'file' part)")
-            unknown = sorted(set(form.keys()) - set(_FORM_FIELDS))
+            unknown = sorted(set(form.keys()) - set(FORM_FIELDS))
             if unknown:
-                raise RequestError(422, f"unknown form field(s) {unknown}; expected {list(_FORM_FIELDS)}")
+                raise RequestError(422, f"unknown form field(s) {unknown}; expected {list(FORM_FIELDS)}")
             upload = form.get("file")
             if not isinstance(upload, UploadFile):
                 raise RequestError(422, "form field 'file' (a video or audio file upload) is required")
             declared_type = (upload.content_type or "").split(";")[0].strip().lower()
-            if not (declared_type.startswith(_MEDIA_TYPES) or declared_type in _GENERIC_TYPES):
+            if not (declared_type.startswith(MEDIA_TYPES) or declared_type in GENERIC_TYPES):
                 raise RequestError(415, f"unsupported file type {declared_type!r}; send video/*, audio/*, image/gif or application/octet-stream")
-            transcript = _text_field(form, "transcript")
+            transcript = text_field(form, "transcript")
             if transcript is not None and len(transcript) > self._max_transcript:
                 raise RequestError(422, f"transcript has {len(transcript)} characters; the limit is max_transcript_chars={self._max_transcript}")
-            start, end = _seconds_field(form, "start"), _seconds_field(form, "end")
+            start, end = seconds_field(form, "start"), seconds_field(form, "end")
             if start is not None and end is not None and end <= start:
                 raise RequestError(422, f"end={end:g} must be greater than start={start:g}")
-            transcribe = _bool_field(form, "transcribe", True)
-            context = _context_field(form)
+            transcribe = bool_field(form, "transcribe", True)
+            context = context_field(form)
             chars = len(transcript or "") + sum(len(c) for c in context or ())
             if context and chars > self._max_transcript:
                 raise RequestError(422, f"transcript and context have {chars} characters; the limit is "
