@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmsa_ray import featurize, train
+from mmsa_ray import featurize, train, train_loop
 from mmsa_ray.features import FeatureConfig, tokenize
 from mmsa_ray.meld import ClipRecord, dialogue_context, read_meld
 from mmsa_ray.model import ModelConfig, MultimodalSentimentModel, build_text_encoder
@@ -62,7 +62,7 @@ def test_class_weights_modes():
 
 def test_selection_score_and_its_check():
     m = {"dev_emotion_weighted_f1": 0.6, "dev_sentiment_weighted_f1": 0.7}
-    assert [train.selection_score(m, s) for s in train.SELECT_ON] == [0.6, 0.7, pytest.approx(0.65)]
+    assert [train_loop.selection_score(m, s) for s in train.SELECT_ON] == [0.6, 0.7, pytest.approx(0.65)]
     with pytest.raises(ValueError, match=r"select_on must be one of \['emotion', 'sentiment', 'mean'\], got 'f1'"):
         train.run(train.JobConfig(), train.TrainConfig(select_on="f1"), None)
 
@@ -79,14 +79,14 @@ def test_length_bucketed_keeps_every_row_and_trims_padding():
     lengths = [3, 10, 1, 7, 2, 9, 4, 8]
     mask = torch.tensor([[1] * n + [0] * (12 - n) for n in lengths])
     pool = {"input_ids": mask * 5, "attention_mask": mask, "emotion": torch.arange(8)}
-    out = list(train.length_bucketed([pool], 3, torch.Generator().manual_seed(0)))
+    out = list(train_loop.length_bucketed([pool], 3, torch.Generator().manual_seed(0)))
     assert sorted(len(b["emotion"]) for b in out) == [2, 3, 3]
     assert sorted(torch.cat([b["emotion"] for b in out]).tolist()) == list(range(8))
     for b in out:  # similar lengths together, each cut to its own longest row
         assert b["attention_mask"].shape[1] == int(b["attention_mask"].sum(dim=1).max())
     assert sorted(b["attention_mask"].shape[1] for b in out) == [3, 8, 10]
     cached = {"text_emb": torch.zeros(4, 2), "emotion": torch.arange(4)}
-    assert list(train.length_bucketed([cached], 3)) == [cached]
+    assert list(train_loop.length_bucketed([cached], 3)) == [cached]
 
 
 def test_context_reaches_the_training_inputs(ray_local, tmp_path, tokenizer):
