@@ -27,13 +27,13 @@ Speed (single-threaded decoding of a 720p clip is the usual bottleneck):
 - demuxing buffers one GOP (keyframe to keyframe) of video packets and decodes it only
   if a sample time falls inside it, stopping inside the GOP once past its last sample:
   with dense keyframes (1-2 s GOPs) long windows decode a fraction of their frames.
-  A GOP starts only where decoding can start cleanly (`_clean_start`: not at the
+  A GOP starts only where decoding can start cleanly (`clean_start`: not at the
   recovery points of intra-refresh H.264, nor at the placeholders packed-bitstream
   MPEG-4 AVIs flag), and a window is sought to such a keyframe, or read from the start;
 - when the window holds >= 4 frames per sample, non-reference frames are not decoded
   (`skip_frame="NONREF"`): a sample then takes the nearest decoded frame (at most a
   couple of frames off; `frame_times` reports the frame actually used; a run of more
-  than _MAX_SKIPPED_RUN skipped frames around a sample, e.g. x264 --bframes 16, and the
+  than sampling.MAX_SKIPPED_RUN skipped frames around a sample, e.g. x264 --bframes 16, and the
   clip is decoded again without skipping). When the
   stream is x264 output with ref=1 (read from the SEI x264 writes in its first frame),
   P-frames can only reference the previous I/P frame, never a B-frame (x264 orders P
@@ -56,10 +56,8 @@ exception PyAV or numpy raise) becomes a `MediaError` naming the source.
 
 from __future__ import annotations
 
-import bisect
 import io
 import math
-import re
 import os
 import time
 from dataclasses import dataclass, field
@@ -67,14 +65,11 @@ from typing import BinaryIO, Iterator
 
 import numpy as np
 
+from mmsa_ray.bitstream import bidir_safe, clean_start
+from mmsa_ray.sampling import AudioWindow, SkipTooCoarse, VideoSampler
+
 _NONREF_FRAMES_PER_SAMPLE = 4  # skip non-reference frames when the window has this many frames per sample
-# a sample takes the nearest decoded frame; more skipped frames in a row than this (x264
-# --bframes 16 without b-pyramid skips 16) and the clip is decoded again without skipping
-_MAX_SKIPPED_RUN = 3
 _MAX_FPS = 1000.0  # a stated rate above this is a time-base artefact (DV in .dv states 60000), not a frame rate
-_AUDIO_GAP_S = 0.05  # a jump in audio timestamps longer than this is a dropout, filled with silence
-_X264_REF = re.compile(rb"x264 - core \d+.{0,2000}? ref=(\d+)", re.S)  # x264's settings SEI (first frame)
-_GAP_TOLERANCE_S = 0.5  # decoded data may end this much before the stream's claimed end
 # Opening a file normally (avformat_find_stream_info) decodes its first frames to learn codec
 # parameters that mp4/mkv/webm/mov headers already state; for 720p H.264 that is a keyframe
 # decode (~20 ms, a fifth of a clip) which our own decoder then repeats. Open with decoding
@@ -227,7 +222,7 @@ def _stream_audio(source, name: str, start, end, chunk_s: float, config: DecodeC
                 _seek(container, None, t0 + s - _AUDIO_PREROLL_S, t0)
             except _ReadFromStart:  # FFmpeg refused the seek (damaged index): read from the start
                 pass
-        audio = _AudioWindow(s, e, config.sample_rate, t0, aus.time_base)
+        audio = AudioWindow(s, e, config.sample_rate, t0, aus.time_base)
         n = int(round(chunk_s * config.sample_rate))
         errors = count = 0
         deadline = time.monotonic() + config.timeout_s
@@ -312,7 +307,7 @@ def _decode(source, name: str, start, end, config: DecodeConfig) -> Clip:
                                          header_probe=header_probe, skip=skip, seek=seek)
         except _NeedsFullProbe:
             header_probe = False
-        except _SkipTooCoarse:
+        except SkipTooCoarse:
             skip = False
         except _ReadFromStart:
             seek = False
@@ -323,10 +318,6 @@ def _decode(source, name: str, start, end, config: DecodeConfig) -> Clip:
 
 class _NeedsFullProbe(Exception):
     """The header-only probe left out something decoding needs: open again with FFmpeg's full probe."""
-
-
-class _SkipTooCoarse(Exception):
-    """Skipping frames left a run too long to sample from (long B-frame runs): decode again, skipping none."""
 
 
 class _ReadFromStart(Exception):
@@ -381,7 +372,7 @@ def _streams(container, name: str):
 
 def _decode_container(container, name, start, end, config: DecodeConfig, deadline: float,
                       header_probe: bool, skip: bool = True, seek: bool = True) -> Clip:
-    """skip: whether frames the samples do not need may be skipped (see _SkipTooCoarse);
+    """skip: whether frames the samples do not need may be skipped (see SkipTooCoarse);
     seek: whether to seek to the window (see _ReadFromStart)."""
     vs, aus = _streams(container, name)
     rotation = 0
@@ -441,8 +432,8 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
     if seek:
         _seek(container, vs, t0 + s - preroll, t0)
     period = 1.0 / fps if fps else 1e-3
-    video = _VideoSampler(samples, config, t0, vs.time_base, vs.codec_context, s, e, period) if vs is not None else None
-    audio = _AudioWindow(s, e, config.sample_rate, t0, aus.time_base) if aus is not None else None
+    video = VideoSampler(samples, config, t0, vs.time_base, vs.codec_context, s, e, period) if vs is not None else None
+    audio = AudioWindow(s, e, config.sample_rate, t0, aus.time_base) if aus is not None else None
     lead_in_end = s - _LEAD_IN_S if s > 0 else None
     data_end = _demux(container, vs, aus, video, audio, deadline, name, config, seek, window_skip, lead_in_end)
     if header_probe and vs is not None and not reorder_known and vs.codec_context.has_b_frames:
@@ -518,7 +509,7 @@ def _duration(container, vs, aus, t0: float, deadline: float, name: str,
     (_BITRATE_DURATION_FORMATS): it is measured by the scan when the window runs to it
     (window_end None or past it). Raw elementary video streams (.h264, .hevc) carry no
     timestamps at all: their duration is the sum of the video packets' durations, and
-    their frames are timed by counting (see _VideoSampler).
+    their frames are timed by counting (see VideoSampler).
     """
     if container.duration is not None and container.duration > 0:
         stated = container.duration / 1e6
@@ -599,7 +590,7 @@ def _seek(container, vs, t: float, t0: float) -> None:
     mp4/mkv/webm/avi seek through their index to the keyframe before t. MPEG-TS/PS and
     index-less files seek by bisecting on timestamps and land on any packet, often a
     P-frame that cannot be decoded; there the seek point moves back until a clean
-    keyframe (_clean_start) at or before t follows it, and the video packets before that
+    keyframe (clean_start) at or before t follows it, and the video packets before that
     keyframe are to be dropped. Raises _ReadFromStart when no clean keyframe comes before t,
     or FFmpeg refuses the seek (a damaged index).
     """
@@ -628,11 +619,11 @@ def _seek(container, vs, t: float, t0: float) -> None:
 
 def _first_clean_key_time(container, vs, t: float) -> float | None:
     """Demuxing on from the current position: the time of the first video packet decoding can
-    start at (_clean_start), or None if none comes before packets decoded after t."""
+    start at (clean_start), or None if none comes before packets decoded after t."""
     for p in container.demux(vs):  # stops early: only packets up to t are read
         if not p.size or p.time_base is None:
             continue
-        if p.is_keyframe and _clean_start(vs, p):
+        if p.is_keyframe and clean_start(vs, p):
             return float(p.pts * p.time_base) if p.pts is not None else None
         ts = p.dts if p.dts is not None else p.pts  # Matroska may leave dts unset
         if ts is not None and float(ts * p.time_base) > t:
@@ -644,97 +635,6 @@ def _unreliable_seek(aus) -> bool:
     """Audio whose seeks land at the wrong time: ADPCM/G.72x in wav (FFmpeg seeks by a header
     byte rate that FFmpeg 5.1 itself writes wrong). Cheap to decode from the start."""
     return aus is not None and aus.codec_context.name.startswith(("adpcm", "g72"))
-
-
-def _clean_start(vs, packet) -> bool:
-    """Whether decoding can start at this keyframe-flagged packet and give exact frames.
-
-    Containers flag more than clean starts: mp4/TS mark H.264 recovery points, which
-    x264's intra refresh puts on P-frames that need a second of earlier frames, and AVI
-    indexes of packed-bitstream MPEG-4 (Xvid/DivX with B-frames) flag the placeholder
-    packet after an I-frame. H.264 counts IDR frames and I-frames (open GOP), HEVC its IRAP
-    pictures, MPEG-4 part 2 I-VOPs; other codecs' flags are taken as they are.
-    """
-    codec = vs.codec_context.name
-    if codec not in ("h264", "hevc", "mpeg4"):
-        return True
-    data = bytes(packet)
-    if codec == "mpeg4":
-        i = data.find(b"\x00\x00\x01\xb6")  # VOP start code, then vop_coding_type (0: I)
-        if i < 0:
-            return True
-        vop_end = data.find(b"\x00\x00\x01", i + 4)
-        # an N-VOP (not coded: packed bitstream's placeholder) is a 2-4 byte header; a coded
-        # I-VOP carries macroblocks after it (a tiny real one read as a placeholder only
-        # makes decoding start earlier)
-        return i + 4 < len(data) and data[i + 4] >> 6 == 0 and (vop_end if vop_end >= 0 else len(data)) - i - 4 > 4
-    extradata = vs.codec_context.extradata or b""
-    for nal in _nal_units(data, _nal_length_size(codec, extradata)):
-        if not nal:
-            continue
-        if codec == "hevc":
-            kind = (nal[0] >> 1) & 0x3F
-            if kind < 32:  # a picture: IRAP (BLA, IDR, CRA) or not
-                return 16 <= kind <= 23
-        else:
-            kind = nal[0] & 0x1F
-            if kind == 5:  # IDR
-                return True
-            if kind == 1:  # a non-IDR slice: clean only if it is an I (or SI) slice
-                return _h264_slice_type(nal) in (2, 4, 7, 9)  # I, SI
-    return False
-
-
-def _nal_length_size(codec: str, extradata: bytes) -> int | None:
-    """Bytes of the NAL length prefix for avcC/hvcC (mp4, mkv) extradata; None for Annex B (TS, raw)."""
-    if codec == "h264" and len(extradata) > 4 and extradata[0] == 1:
-        return (extradata[4] & 3) + 1
-    if codec == "hevc" and len(extradata) > 21 and extradata[0] == 1:
-        return (extradata[21] & 3) + 1
-    return None
-
-
-def _nal_units(data: bytes, length_size: int | None):
-    """The NAL units of a packet (each from its header byte on), length-prefixed or Annex B."""
-    if length_size:
-        i = 0
-        while i + length_size <= len(data):
-            n = int.from_bytes(data[i:i + length_size], "big")
-            i += length_size
-            yield data[i:i + min(n, 16)]  # headers only: the first bytes are all that is read
-            i += n
-        return
-    i = data.find(b"\x00\x00\x01")
-    while i >= 0:
-        yield data[i + 3:i + 19]
-        i = data.find(b"\x00\x00\x01", i + 3)
-
-
-def _h264_slice_type(nal: bytes) -> int:
-    """slice_type of an H.264 slice NAL: the second Exp-Golomb number after its header byte."""
-    bits = "".join(f"{b:08b}" for b in nal[1:].replace(b"\x00\x00\x03", b"\x00\x00"))
-    pos = 0
-    value = -1
-    for _ in range(2):  # first_mb_in_slice, then slice_type
-        zeros = len(bits) - len(bits[pos:].lstrip("0")) - pos
-        if pos + 2 * zeros + 1 > len(bits):
-            return -1
-        value = int(bits[pos + zeros:pos + 2 * zeros + 1], 2) - 1
-        pos += 2 * zeros + 1
-    return value
-
-
-def _bidir_safe(vs, packet) -> bool:
-    """True when skipping every B-frame leaves the I/P frames exact: H.264 from x264 with ref=1.
-
-    Only asked while non-reference frames are already being skipped (frames per sample
-    plentiful). x264 puts its settings in an SEI of its first frame; after a seek into
-    the middle of a stream it is usually not there and the answer is False (safe).
-    """
-    if str(vs.codec_context.skip_frame) != "NONREF" or vs.codec_context.name != "h264":
-        return False
-    m = _X264_REF.search(bytes(packet)[:4096])
-    return m is not None and int(m.group(1)) == 1
 
 
 def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyframe: bool,
@@ -809,12 +709,12 @@ def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyfra
                 if audio is None or audio.done:
                     break
                 continue
-            clean_key = packet.is_keyframe and _clean_start(vs, packet)
+            clean_key = packet.is_keyframe and clean_start(vs, packet)
             if from_keyframe and not clean_key:
                 continue
             from_keyframe = False
             counts["video"] += 1
-            if counts["video"] == 1 and _bidir_safe(vs, packet):
+            if counts["video"] == 1 and bidir_safe(vs, packet):
                 vs.codec_context.skip_frame = "BIDIR"
                 if window_skip == "NONREF":
                     window_skip = "BIDIR"
@@ -854,265 +754,3 @@ def _demux(container, vs, aus, video, audio, deadline, name, config, from_keyfra
     return data_end
 
 
-class _VideoSampler:
-    """Picks, for each sample time, the frame showing at it: the last decoded frame at or
-    before it, or the nearest decoded frame where the decoder skipped frames in between."""
-
-    def __init__(self, samples: np.ndarray, config: DecodeConfig, t0: float, time_base,
-                 decoder=None, start: float = 0.0, end: float = math.inf, period: float = 1e-3):
-        self.samples = samples
-        self.decoder = decoder  # the video codec context: its skip_frame says whether frames are being skipped
-        # frame period (s): times frames without any timestamp (by counting), and is how long
-        # the last frame shows when it states no duration
-        self.period = period
-        self.start, self.end = start, end  # the window, seconds
-        # frame pts unit, as a float (Fraction arithmetic per frame costs more than the conversion);
-        # drained frames carry no time_base of their own
-        self.time_base = float(time_base) if time_base else None
-        self.config = config
-        self.t0 = t0
-        self.out: list[np.ndarray | None] = [None] * len(samples)
-        self.times = np.zeros(len(samples))
-        self.i = 0  # next sample to assign
-        self.prev = None  # (time, frame) of the last decoded frame
-        self.prev_end = -math.inf  # when the last decoded frame stops showing, if nothing follows it
-        self.prev_rgb = None
-        # times (s) of the video packets demuxed so far, sorted: frames between two decoded
-        # ones were skipped (or dropped) where packets lie between them, held where none do
-        self.packet_times: list[float] = []
-        from av.video.reformatter import VideoReformatter
-
-        self.reformatter = VideoReformatter()
-        self.rotation = 0
-        self.n_frames = 0
-        self.problem = None
-
-    @property
-    def done(self) -> bool:
-        return self.i >= len(self.samples)
-
-    @property
-    def next_sample(self) -> float:
-        return float(self.samples[self.i])
-
-    def note(self, problem: str) -> None:
-        self.problem = problem
-
-    def add_packet(self, packet) -> None:
-        pts = packet.pts if packet.pts is not None else packet.dts
-        if pts is not None and self.time_base:
-            bisect.insort(self.packet_times, pts * self.time_base - self.t0)
-
-    def _skipped(self, a: float, b: float) -> int:
-        """How many frames the stream has strictly between times a and b that were not decoded."""
-        i = bisect.bisect_right(self.packet_times, a)
-        return bisect.bisect_left(self.packet_times, b, lo=i) - i
-
-    def _rgb(self) -> np.ndarray:
-        if self.prev_rgb is None:
-            frame = self.prev[1]
-            H, W = self.config.height, self.config.width
-            rot = int(round((getattr(frame, "rotation", 0) or 0) / 90)) % 4
-            self.rotation = rot * 90
-            if rot % 2:  # displayed sideways: scale to the transposed size, then rotate
-                H, W = W, H
-            # one reformatter per clip keeps swscale's context (and its area filter) cached
-            img = self.reformatter.reformat(frame, width=W, height=H, format="rgb24", interpolation="AREA").to_ndarray()
-            if rot:
-                img = np.rot90(img, rot)
-            self.prev_rgb = np.ascontiguousarray(img.transpose(2, 0, 1))  # [3, H, W]
-        return self.prev_rgb
-
-    def add(self, frame) -> None:
-        if self.done:
-            return
-        pts = frame.pts if frame.pts is not None else frame.dts
-        if pts is not None and self.time_base:
-            t = pts * self.time_base - self.t0
-        else:  # no timestamp at all (raw elementary stream): one frame period after the previous
-            t = self.prev[0] + self.period if self.prev else 0.0
-        if self.prev is not None and t <= self.prev[0]:
-            return  # out-of-order / duplicate timestamp: keep the earlier one
-        self.n_frames += 1
-        shows = frame.duration * self.time_base if frame.duration and self.time_base else self.period
-        if self.prev is None:
-            self.prev, self.prev_end, self.prev_rgb = (t, frame), t + shows, None
-            while not self.done and self.samples[self.i] < t:  # samples before the first frame
-                self._assign()
-            return
-        skipped = self._skipped(self.prev[0], t)
-        if (skipped > _MAX_SKIPPED_RUN and self.next_sample < t and self.decoder is not None
-                and str(self.decoder.skip_frame) != "DEFAULT"):
-            raise _SkipTooCoarse
-        gap = skipped > 0 and t < self.end
-        while not self.done and self.samples[self.i] < t:
-            s = self.samples[self.i]
-            if gap and t - s < s - self.prev[0]:
-                break  # frames between were skipped and this one is nearer: it takes the rest
-            self._assign()
-        self.prev, self.prev_end, self.prev_rgb = (t, frame), t + shows, None
-        while gap and not self.done and self.samples[self.i] < t:
-            self._assign()
-
-    def _assign(self) -> None:
-        self.out[self.i] = self._rgb()
-        self.times[self.i] = self.prev[0]
-        self.i += 1
-
-    def result(self, name: str, claimed_end: float | None, data_end: float):
-        """claimed_end: where the stream says it ends; data_end: where the packets read end
-        (a stream that stops short is truncated only if the file's data does too: Matroska
-        states no stream durations, FFmpeg gives each the file's, so a video track shorter
-        than the audio would look truncated)."""
-        if self.prev is None:
-            why = f" ({self.problem})" if self.problem else ""
-            raise MediaError(name, f"video stream yielded no decodable frames in the window{why}")
-        if not self.done:
-            last = self.prev[0]
-            shown_until = self.prev_end + _GAP_TOLERANCE_S
-            if (claimed_end is not None and self.samples[-1] > shown_until and shown_until < claimed_end
-                    and data_end + _GAP_TOLERANCE_S < claimed_end):
-                why = f"; {self.problem}" if self.problem else ""
-                raise MediaError(name, f"truncated or corrupt video: frames stop at {last:.3f} s but the stream "
-                                       f"claims {claimed_end:.3f} s{why}")
-            while not self.done:
-                self._assign()
-        # the last frame decoded stops showing before the window, or the first comes after it
-        if self.prev_end <= self.start + 1e-6 or np.all(self.times >= self.end - 1e-6):
-            return None, np.zeros(0), self.rotation
-        return np.stack(self.out), self.times, self.rotation
-
-
-class _AudioWindow:
-    """Resamples decoded audio to mono float32 and keeps exactly [start, end)."""
-
-    def __init__(self, start: float, end: float, rate: int, t0: float, time_base):
-        self.time_base = float(time_base) if time_base else None  # frame pts unit
-        self.start, self.end, self.rate, self.t0 = start, end, rate, t0
-        self.resampler = self._new_resampler()
-        self.input_format = None  # (sample format, layout, rate) the resampler was set up for
-        self.chunks: list[np.ndarray] = []
-        self.first_time: float | None = None  # time of the first resampled sample
-        self.n = 0  # resampled samples so far
-        self.last_in_end = None  # end time of the last decoded input frame
-        self.done = False
-        self.problem = None
-        self.packets = 0  # audio packets demuxed that reach into the window
-        self.taken = 0  # window samples handed out by take() (streaming)
-        self.dropped = 0  # resampled samples removed from the front of self.chunks by take()
-
-    def _new_resampler(self):
-        import av
-
-        return av.AudioResampler(format="flt", layout="mono", rate=self.rate)
-
-    def note(self, problem: str) -> None:
-        self.problem = problem
-
-    def add_packet(self, end: float | None) -> None:
-        """An audio packet was demuxed that ends at `end` seconds (None: untimed)."""
-        if end is None or end > self.start - 0.05:
-            self.packets += 1
-
-    def add(self, frames) -> None:
-        for f in frames:
-            if f.samples == 0 or f.sample_rate == 0:
-                continue
-            if f.pts is not None and self.time_base:
-                t = f.pts * self.time_base - self.t0
-            else:
-                t = self.last_in_end or 0.0
-            f_end = t + f.samples / f.sample_rate
-            if f_end <= self.start - 0.05:  # wholly before the window (after a backward seek)
-                continue
-            if self.first_time is None:
-                self.first_time = t
-            elif t - self.last_in_end > _AUDIO_GAP_S:
-                # a dropout (lost packets, a broadcast glitch): the timestamps go on, so keep
-                # what follows in place with silence, as players do
-                self._restart_resampler()
-                missing = round((min(t, self.end) - self.first_time) * self.rate) - self.n
-                if missing > 0:
-                    self.chunks.append(np.zeros(missing, np.float32))
-                    self.n += missing
-            self.last_in_end = f_end
-            f.pts = None  # let the resampler run on sample count alone; we track time ourselves
-            fmt = (f.format.name, f.layout.name, f.sample_rate)
-            if fmt != self.input_format:
-                # the stream changed rate or channels mid-way (joined recordings, broadcast
-                # captures): a resampler takes one input format, so drain it and start another
-                if self.input_format is not None:
-                    self._restart_resampler()
-                self.input_format = fmt
-            self._take(self.resampler.resample(f))
-            if f_end >= self.end:
-                self.done = True
-                return
-
-    def _restart_resampler(self) -> None:
-        """Drain the resampler into the output and start a fresh one (its input may change)."""
-        self._take(self.resampler.resample(None))
-        self.resampler = self._new_resampler()
-        self.input_format = None
-
-    def _take(self, out) -> None:
-        for g in out:
-            a = g.to_ndarray().reshape(-1)
-            self.chunks.append(a)
-            self.n += len(a)
-
-    def finish(self) -> None:
-        if self.first_time is not None:
-            self._take(self.resampler.resample(None))
-
-    def take(self, n: int | None) -> np.ndarray | None:
-        """Streaming (stream_audio): the next n samples of [start, end) once that many are
-        decoded (else None, nothing taken); n None: all that remain (call after finish()).
-        Removes them from the buffer, so memory stays at about one chunk."""
-        if self.first_time is None:
-            return None
-        # resampled sample k is at first_time + k / rate; window sample j at start + j / rate
-        i0 = int(round((self.start - self.first_time) * self.rate))
-        left = int(round((self.end - self.start) * self.rate)) - self.taken if math.isfinite(self.end) else math.inf
-        a = self.taken + i0  # resampled index of the next window sample (< 0: silence before the audio)
-        if n is None:
-            m = max(0, min(self.n - a, left))
-        elif self.n - a >= n and left >= n:
-            m = n
-        else:  # not decoded yet, or the window's last (shorter) piece: take(None) hands it out
-            return None
-        buf = np.concatenate(self.chunks) if len(self.chunks) != 1 else self.chunks[0]  # [dropped, n)
-        lo = max(a, self.dropped) - self.dropped
-        b = a + m
-        out = buf[lo:max(lo, b - self.dropped)]
-        if a < 0:  # the audio starts after the window start
-            out = np.concatenate([np.zeros(min(-a, m), np.float32), out])
-        if b > self.dropped:
-            self.chunks = [buf[b - self.dropped:].copy()]  # a copy: a view would keep all of buf alive
-            self.dropped = b
-        self.taken += m
-        return np.clip(out, -1.0, 1.0).astype(np.float32, copy=False)
-
-    def result(self, name: str, claimed_end: float | None, data_end: float) -> np.ndarray | None:
-        """claimed_end, data_end: as for _VideoSampler.result."""
-        want = int(round((self.end - self.start) * self.rate))
-        if self.first_time is None:
-            if claimed_end is not None and claimed_end <= self.start + _GAP_TOLERANCE_S:
-                return None  # the audio stream ends before this window
-            if self.packets == 0 and self.problem is None:
-                return None  # no packet of the stream reaches the window (it ended, or holds none)
-            why = f" ({self.problem})" if self.problem else ""
-            raise MediaError(name, f"audio stream yielded no decodable samples in the window{why}")
-        buf = np.concatenate(self.chunks) if self.chunks else np.zeros(0, np.float32)
-        i0 = int(round((self.start - self.first_time) * self.rate))
-        if i0 < 0:  # audio starts after the window start: silence before it
-            buf = np.concatenate([np.zeros(-i0, np.float32), buf])
-            i0 = 0
-        got_end = self.start + (len(buf) - i0) / self.rate
-        goal = min(self.end, claimed_end) if claimed_end is not None else self.end
-        if got_end < goal - _GAP_TOLERANCE_S and data_end + _GAP_TOLERANCE_S < goal:
-            why = f"; {self.problem}" if self.problem else ""
-            raise MediaError(name, f"truncated or corrupt audio: samples stop at {got_end:.3f} s but the stream "
-                                   f"claims {goal:.3f} s{why}")
-        out = buf[i0:i0 + want]
-        return np.clip(out, -1.0, 1.0).astype(np.float32, copy=False)

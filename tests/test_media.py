@@ -14,6 +14,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import mediagen  # noqa: E402
 
+from mmsa_ray import bitstream  # noqa: E402
 from mmsa_ray import media as media_module  # noqa: E402
 from mmsa_ray.media import Clip, DecodeConfig, MediaError, decode_clip  # noqa: E402
 
@@ -898,6 +899,6 @@ def test_packed_bitstream_placeholder_is_not_a_clean_start():
     packets = [p for i, f in enumerate(frames) for p in encoder.encode(f)] + list(encoder.encode(None))
     stream = type("Stream", (), {"codec_context": type("Context", (), {"name": "mpeg4", "extradata": b""})()})()
     intra = packets[0]
-    assert intra.is_keyframe and media_module._clean_start(stream, intra)
+    assert intra.is_keyframe and bitstream.clean_start(stream, intra)
     placeholder = av.Packet(b"\x00\x00\x01\xb6\x15\x7f")  # vop_coding_type 0 (I), vop_coded 0
-    assert not media_module._clean_start(stream, placeholder)
+    assert not bitstream.clean_start(stream, placeholder)
