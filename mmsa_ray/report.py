@@ -348,15 +348,7 @@ def render_html(labels: str, s: dict[str, Any], model: dict[str, Any], charts: d
     chart_divs = "".join(f'<div class="chart" id="{k}"></div>' for k in charts)
     data = {**model, "files_per_page": files_per_page, "emotions": list(EMOTIONS), "sentiments": list(SENTIMENTS)}
     generated = datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="icon" href="data:,">
-<title>mmsa-ray report: {_e(labels)}</title>
-<style>{timeline.web_asset("page.css")}</style>
-</head>
+    return f"""{timeline.page_head(f"mmsa-ray report: {labels}")}
 <body>
 <header>
 <h1>Emotion and sentiment report</h1>

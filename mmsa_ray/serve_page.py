@@ -22,15 +22,7 @@ from mmsa_ray import timeline
 
 @functools.cache
 def _page_template() -> str:
-    return f"""<!DOCTYPE html>
-<html lang="en">
-<head>
-<meta charset="utf-8">
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<link rel="icon" href="data:,">
-<title>mmsa-ray: emotion and sentiment of a clip</title>
-<style>{timeline.web_asset("page.css")}</style>
-</head>
+    return f"""{timeline.page_head("mmsa-ray: emotion and sentiment of a clip")}
 <body data-state="ready" data-api="@API_URL@">
 <header>
 <h1>Emotion and sentiment of a clip</h1>

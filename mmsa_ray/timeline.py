@@ -21,6 +21,7 @@ confidence. One mark per row in each strip.
 from __future__ import annotations
 
 import functools
+import html
 import json
 import os
 from importlib import resources
@@ -122,6 +123,20 @@ def vega_bundle() -> str:
 def web_asset(name: str) -> str:
     """A file of mmsa_ray/web (page JavaScript and CSS)."""
     return resources.files("mmsa_ray").joinpath("web", name).read_text(encoding="utf-8")
+
+
+def page_head(title: str) -> str:
+    """`<!DOCTYPE html>` up to `</head>` of a page of ours: UTF-8, the viewport, no favicon
+    request, `title` (HTML-escaped here) and the shared stylesheet (web/page.css)."""
+    return f"""<!DOCTYPE html>
+<html lang="en">
+<head>
+<meta charset="utf-8">
+<meta name="viewport" content="width=device-width, initial-scale=1">
+<link rel="icon" href="data:,">
+<title>{html.escape(title)}</title>
+<style>{web_asset("page.css")}</style>
+</head>"""
 
 
 def json_script(element_id: str, value) -> str:
