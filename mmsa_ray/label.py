@@ -91,6 +91,7 @@ from mmsa_ray.staging import (CHECKPOINT_DIR, STAGING_DIR, STAGING_SCHEMA, nothi
 from mmsa_ray.staging import committed_ids as _committed_ids
 from mmsa_ray.staging import str_or_none as _str_or_none
 from mmsa_ray.sources import MEDIA_EXTENSIONS, float_or_none, list_sources, resolve, with_file_context
+from mmsa_ray.segments import split_into_segments
 from mmsa_ray.utterances import WORD_TYPE, SpeechStageConfig, rows_before, speech_stage
 
 UTTERANCE_MODES = ("auto", "on", "off")
@@ -154,7 +155,7 @@ class LabelConfig:
     ray_address: str | None = None  # None: RAY_ADDRESS / running cluster / a new local Ray
     extensions: tuple[str, ...] = field(default=MEDIA_EXTENSIONS)  # media suffixes for directory/glob inputs
     # cut each file without a window into windows of about this many seconds, one row each
-    # (see segment_windows); None: one row per file
+    # (see segments.segment_windows); None: one row per file
     segment_s: float | None = None
     # one row per spoken utterance (mmsa_ray.utterances): "on", "off", or "auto" = on when the
     # checkpoint uses text alone (without a transcript it would see nothing), else off
@@ -206,61 +207,7 @@ class LabelSummary:
         return "\n".join(lines)
 
 
-# ----------------------------------------------------------------------------- staging
-
-
 # ----------------------------------------------------------------------------- segments
-
-
-def segment_windows(duration: float, segment_s: float) -> list[tuple[float, float]]:
-    """[0, duration) cut at multiples of segment_s (seconds); a remainder shorter than half a
-    segment joins the last window, so every window but a short file's only one lasts
-    between segment_s / 2 and 1.5 * segment_s."""
-    n = max(1, int(duration // segment_s))
-    if duration - n * segment_s >= segment_s / 2:
-        n += 1
-    bounds = [k * segment_s for k in range(n)] + [duration]
-    return list(zip(bounds[:-1], bounds[1:]))
-
-
-def split_into_segments(batch: pa.Table, segment_s: float, timeout_s: float, attempts_uri: str,
-                        max_attempts: int) -> pa.Table:
-    """Staged file rows -> one row per window (STAGING_SCHEMA; Ray Data map_batches).
-
-    Rows with a window of their own, or whose duration cannot be read, pass unchanged (the
-    decode stage records the cause). Window rows carry no transcript: a file's transcript
-    has no timings to split it by. A file that kills the worker while its headers are read
-    is, after `max_attempts` deaths, passed on whole (see the module docstring)."""
-    from mmsa_ray.media import DecodeConfig, probe_duration
-
-    fs, attempts_dir = resolve(attempts_uri)
-    log = AttemptLog(fs, attempts_dir, current_job())
-    config = DecodeConfig(timeout_s=timeout_s)
-    out = []
-    for row in batch.select(STAGING_SCHEMA.names).cast(STAGING_SCHEMA).to_pylist():
-        if row["start"] is not None or row["end"] is not None or not row["uri"]:
-            out.append(row)
-            continue
-        key = f"duration:{row['id']}"
-        deaths = log.deaths(key)  # one read of the attempt record (a remote request on cloud OUT)
-        if deaths >= max_attempts:
-            out.append(row)
-            continue
-        log.begin(key, deaths + 1)
-        source = None
-        try:
-            source = _open_source(row["uri"])
-            duration = _call_with_deadline(probe_duration, 2.0 * timeout_s + 10.0, source, config)
-        except Exception:  # noqa: BLE001 - MediaError, unreadable URI, hung: decoding the file says why
-            out.append(row)
-            continue
-        finally:
-            if source is not None and not isinstance(source, str):
-                source.close()
-            log.end(key)
-        out += [{**row, "id": f"{row['id']}#t={a:g},{b:g}", "transcript": None, "start": a, "end": b, "context": None}
-                for a, b in segment_windows(duration, segment_s)]
-    return pa.Table.from_pylist(out, schema=STAGING_SCHEMA)
 
 
 def segment_sources(files_uri: str, config: LabelConfig, attempts_uri: str, timeout_s: float) -> Iterator[dict[str, Any]]:

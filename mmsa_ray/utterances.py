@@ -128,7 +128,7 @@ class SpeechStage:
 
     `done`: sorted ids already committed in OUT (dropped); `context_turns`: how many earlier
     transcripts each item carries (0: none); `segment_s`: a file without speech is cut into
-    windows of about this many seconds (label.segment_windows), None: one item;
+    windows of about this many seconds (segments.segment_windows), None: one item;
     `probe_timeout_s`: limit on reading a file's duration for that."""
 
     def __init__(self, speech, cache: str, attempts_uri: str, max_attempts: int, done: np.ndarray | None = None,
@@ -214,7 +214,7 @@ class SpeechStage:
         if (self.segment_s is None or len(recognized) != 1 or recognized[0]["speech"] != "none"
                 or row["start"] is not None or row["end"] is not None):
             return recognized
-        from mmsa_ray.label import segment_windows
+        from mmsa_ray.segments import segment_windows
         from mmsa_ray.media import DecodeConfig, probe_duration
 
         source = None

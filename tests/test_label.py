@@ -23,7 +23,7 @@ import pyarrow.parquet as pq
 import pytest
 
 import mediagen
-from mmsa_ray import label, sources
+from mmsa_ray import label, segments, sources
 from mmsa_ray.labels import EMOTIONS, SENTIMENTS
 from mmsa_ray.media import MediaError, decode_clip
 
@@ -201,10 +201,10 @@ def test_cli_help_covers_every_flag(capsys):
 
 
 def test_segment_windows_and_flag():
-    assert label.segment_windows(25.0, 10) == [(0, 10), (10, 20), (20, 25.0)]
-    assert label.segment_windows(24.0, 10) == [(0, 10), (10, 24.0)]  # 4 s < 5 s: joins the last window
-    assert label.segment_windows(3.0, 10) == [(0, 3.0)]
-    assert label.segment_windows(15.0, 10) == [(0, 10), (10, 15.0)]
+    assert segments.segment_windows(25.0, 10) == [(0, 10), (10, 20), (20, 25.0)]
+    assert segments.segment_windows(24.0, 10) == [(0, 10), (10, 24.0)]  # 4 s < 5 s: joins the last window
+    assert segments.segment_windows(3.0, 10) == [(0, 3.0)]
+    assert segments.segment_windows(15.0, 10) == [(0, 10), (10, 15.0)]
     assert label.parse_args(["in", "--checkpoint", "c", "--output", "o", "--segment", "30"]).segment_s == 30.0
     with pytest.raises(SystemExit):
         label.parse_args(["in", "--checkpoint", "c", "--output", "o", "--segment", "0"])

@@ -416,7 +416,7 @@ def test_impossible_header_duration_is_measured(media):
 
     import av
 
-    from mmsa_ray.label import segment_windows
+    from mmsa_ray.segments import segment_windows
     from mmsa_ray.media import probe_duration
 
     good = mediagen.write_video(media / "dur_ok.mkv", 3.0, 64, 48, 15, audio=(16000, 1, "aac"))

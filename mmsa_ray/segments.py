@@ -1,0 +1,63 @@
+"""Long recordings cut into windows (`label --segment S`, and files without speech under
+--utterances): the window arithmetic, and the Ray Data stage that reads each staged file's
+duration from its headers (no decoding) and emits one row per window.
+"""
+
+from __future__ import annotations
+
+import pyarrow as pa
+
+from mmsa_ray.attempts import AttemptLog, call_with_deadline, current_job, open_source
+from mmsa_ray.sources import resolve
+from mmsa_ray.staging import STAGING_SCHEMA
+
+
+def segment_windows(duration: float, segment_s: float) -> list[tuple[float, float]]:
+    """[0, duration) cut at multiples of segment_s (seconds); a remainder shorter than half a
+    segment joins the last window, so every window but a short file's only one lasts
+    between segment_s / 2 and 1.5 * segment_s."""
+    n = max(1, int(duration // segment_s))
+    if duration - n * segment_s >= segment_s / 2:
+        n += 1
+    bounds = [k * segment_s for k in range(n)] + [duration]
+    return list(zip(bounds[:-1], bounds[1:]))
+
+
+def split_into_segments(batch: pa.Table, segment_s: float, timeout_s: float, attempts_uri: str,
+                        max_attempts: int) -> pa.Table:
+    """Staged file rows -> one row per window (STAGING_SCHEMA; Ray Data map_batches).
+
+    Rows with a window of their own, or whose duration cannot be read, pass unchanged (the
+    decode stage records the cause). Window rows carry no transcript: a file's transcript
+    has no timings to split it by. A file that kills the worker while its headers are read
+    is, after `max_attempts` deaths, passed on whole (see mmsa_ray.label's docstring)."""
+    from mmsa_ray.media import DecodeConfig, probe_duration
+
+    fs, attempts_dir = resolve(attempts_uri)
+    log = AttemptLog(fs, attempts_dir, current_job())
+    config = DecodeConfig(timeout_s=timeout_s)
+    out = []
+    for row in batch.select(STAGING_SCHEMA.names).cast(STAGING_SCHEMA).to_pylist():
+        if row["start"] is not None or row["end"] is not None or not row["uri"]:
+            out.append(row)
+            continue
+        key = f"duration:{row['id']}"
+        deaths = log.deaths(key)  # one read of the attempt record (a remote request on cloud OUT)
+        if deaths >= max_attempts:
+            out.append(row)
+            continue
+        log.begin(key, deaths + 1)
+        source = None
+        try:
+            source = open_source(row["uri"])
+            duration = call_with_deadline(probe_duration, 2.0 * timeout_s + 10.0, source, config)
+        except Exception:  # noqa: BLE001 - MediaError, unreadable URI, hung: decoding the file says why
+            out.append(row)
+            continue
+        finally:
+            if source is not None and not isinstance(source, str):
+                source.close()
+            log.end(key)
+        out += [{**row, "id": f"{row['id']}#t={a:g},{b:g}", "transcript": None, "start": a, "end": b, "context": None}
+                for a, b in segment_windows(duration, segment_s)]
+    return pa.Table.from_pylist(out, schema=STAGING_SCHEMA)
