@@ -62,7 +62,7 @@ def test_starter_labels_clear_sentences_in_a_fresh_offline_process(tmp_path):
 
 def test_starter_is_text_only_and_says_so(starter):
     meta = json.loads((default_checkpoint() / "config.json").read_text())
-    assert meta["model"]["modalities"] == ["text"] and meta["model"]["features"]["context_turns"] == 2
+    assert meta["model"]["modalities"] == ["text"] and meta["model"]["features"]["context_turns"] == 4
     assert starter.modalities == ("text",) and starter.uses_context and not starter.preprocessing.decodes_media
     # no media is opened: the source is not even read (a path that does not exist works)
     row = _predict(starter, "Yay! We won!")
@@ -79,8 +79,9 @@ def test_context_changes_an_ambiguous_line(starter):
     angry = _predict(starter, "Great.", ["You ate my sandwich again! I'm furious with you!"])
     assert (happy["emotion"], happy["sentiment"]) == ("joy", "positive")
     assert angry["sentiment"] == "negative" and angry["emotion"] != "joy"
-    # only the last context_turns (2) earlier utterances count
-    older = ["You ate my sandwich again! I'm furious with you!", "Can you pass me the salt?", "Here you go."]
+    # only the last context_turns (4) earlier utterances count
+    older = ["You ate my sandwich again! I'm furious with you!", "Can you pass me the salt?", "Here you go.",
+             "Is it raining?", "A little."]
     assert _predict(starter, "Great.", older)["emotion_probs"] == _predict(starter, "Great.", older[1:])["emotion_probs"]
 
 
