@@ -13,8 +13,9 @@ final counts comes back to the driver):
 INPUT is a directory (searched recursively for media extensions), a glob, or a manifest
 (.csv / .parquet / .jsonl with a `path` column and optional `id`, `transcript`, `start`,
 `end`, `context`); see mmsa_ray.sources. When the checkpoint reads dialogue context, a row
-with a transcript and no `context` of its own gets its file's earlier rows' transcripts. Paths may be local or cloud URIs (s3://, gs://, anything pyarrow.fs resolves);
-remote media is streamed through pyarrow, never copied to disk.
+with a transcript and no `context` of its own gets its file's earlier rows' transcripts.
+Paths may be local or cloud URIs (s3://, gs://, anything pyarrow.fs resolves); remote
+media is streamed through pyarrow, never copied to disk.
 
 One row per input item, always. A file that cannot be decoded (corrupt, empty,
 truncated, too long, too large, no streams) becomes a row whose `error` says why; the job
