@@ -66,6 +66,7 @@ from typing import BinaryIO, Iterator
 import numpy as np
 
 from mmsa_ray.bitstream import bidir_safe, clean_start
+from mmsa_ray.durations import estimated_duration, media_duration, stream_end
 from mmsa_ray.sampling import AudioWindow, SkipTooCoarse, VideoSampler
 
 _NONREF_FRAMES_PER_SAMPLE = 4  # skip non-reference frames when the window has this many frames per sample
@@ -167,7 +168,7 @@ def probe_duration(source: str | os.PathLike | bytes | BinaryIO, config: DecodeC
         with _open(_input(source, name), name, config, _HEADER_PROBE) as container:
             vs, aus = _streams(container, name)
             t0 = container.start_time / 1e6 if container.start_time is not None else 0.0
-            return _duration(container, vs, aus, t0, deadline, name, None)[0]
+            return media_duration(container, vs, aus, t0, deadline, name, None)[0]
     except MediaError:
         raise
     except Exception as e:  # PyAV errors, ValueError, OverflowError, MemoryError, ...
@@ -387,7 +388,7 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
 
     t0 = container.start_time / 1e6 if container.start_time is not None else 0.0
     window_end = None if end is None else float(end)
-    duration, untimed_period = _duration(container, vs, aus, t0, deadline, name, window_end)
+    duration, untimed_period = media_duration(container, vs, aus, t0, deadline, name, window_end)
     timed = untimed_period is None
     # --- the window
     s = 0.0 if start is None else float(start)
@@ -415,7 +416,7 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
         cc = vs.codec_context
         cc.thread_count = config.threads
         cc.thread_type = "AUTO"
-        v_end = _stream_end(vs, t0)
+        v_end = stream_end(vs, t0)
         shown = (min(e, v_end) if v_end else e) - s  # seconds of video in the window (audio may run longer)
         if skip and fps and shown * fps >= _NONREF_FRAMES_PER_SAMPLE * T and timed:
             window_skip = "NONREF"  # _demux may upgrade this to BIDIR after reading x264's SEI
@@ -443,7 +444,7 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
 
     def claimed_end(stream) -> float | None:
         # a stream's end as its header states it, unless that is only a bit-rate estimate
-        return duration if _estimated_duration(container) else _stream_end(stream, t0)
+        return duration if estimated_duration(container) else stream_end(stream, t0)
 
     frames = frame_times = None
     width = height = None
@@ -460,118 +461,6 @@ def _decode_container(container, name, start, end, config: DecodeConfig, deadlin
         duration=duration, fps=fps, width=width, height=height,
         frame_times=frame_times if frame_times is not None else np.zeros(0),
     )
-
-
-def _stream_end(stream, t0: float) -> float | None:
-    """The stream's claimed end time (seconds, relative to t0), if the container says."""
-    if stream is None or stream.duration is None or stream.time_base is None:
-        return None
-    st = stream.start_time or 0
-    return float((st + stream.duration) * stream.time_base) - t0
-
-
-# Demuxers of raw audio streams (ADTS AAC, MP3, AC-3, ...) whose duration FFmpeg estimates
-# from the first frames' bit rate when no header says it: an ADTS file with quiet and busy
-# passages can claim 21 s for 30 s of audio, and a joined MP3 5 s for 2 s. Taken as the
-# truth, the tail would be silently dropped, or a whole file called truncated.
-_BITRATE_DURATION_FORMATS = frozenset({"aac", "mp3", "ac3", "eac3", "dts", "truehd", "amr", "loas"})
-
-
-# Demuxers whose header duration is the end timestamp for some writers (FFmpeg's muxers) and
-# the length for others (mkvmerge). The two agree while timestamps start at 0; once they start
-# later (a TS capture remuxed with -copyts, -output_ts_offset) the end is read from the tail.
-_END_OR_LENGTH_FORMATS = frozenset({"matroska", "nut"})
-
-
-# No real codec averages less (codec2, the lowest, runs at 450 bit/s): a header that states a
-# longer duration than the file's size allows at this rate is damaged (seen: a Matroska header
-# saying 2^31 s for a 3 s file), and the duration is measured by a packet scan instead.
-_MIN_PLAUSIBLE_BIT_RATE = 200
-
-
-def _implausible_duration(container, stated: float) -> bool:
-    size = container.size  # bytes; <= 0 when the input cannot tell (a non-seekable stream)
-    return size is not None and size > 0 and stated > size * 8 / _MIN_PLAUSIBLE_BIT_RATE
-
-
-def _estimated_duration(container) -> bool:
-    """True for raw audio streams, whose header duration FFmpeg may only estimate from the bit rate."""
-    return container.format.name in _BITRATE_DURATION_FORMATS
-
-
-def _duration(container, vs, aus, t0: float, deadline: float, name: str,
-              window_end: float | None) -> tuple[float, float | None]:
-    """(source duration in seconds, frame period in seconds if frames carry no timestamps).
-
-    From the container header, else the stream headers, else a demux scan (packets read,
-    not decoded); also the scan when the header's duration is impossible for the file's
-    size (_MIN_PLAUSIBLE_BIT_RATE). A raw audio stream's stated duration may be a bit-rate estimate
-    (_BITRATE_DURATION_FORMATS): it is measured by the scan when the window runs to it
-    (window_end None or past it). Raw elementary video streams (.h264, .hevc) carry no
-    timestamps at all: their duration is the sum of the video packets' durations, and
-    their frames are timed by counting (see VideoSampler).
-    """
-    if container.duration is not None and container.duration > 0:
-        stated = container.duration / 1e6
-    else:
-        ends = [x for x in (_stream_end(vs, t0), _stream_end(aus, t0)) if x is not None and x > 0]
-        stated = max(ends) if ends else None
-    if stated is not None and _implausible_duration(container, stated):
-        stated = None
-    streams = [x for x in (vs, aus) if x is not None]
-    if stated is not None and t0 > 0 and container.format.name.split(",")[0] in _END_OR_LENGTH_FORMATS:
-        # the tail lies before the later of the two readings (stated as the length): read it
-        import av
-
-        try:
-            container.seek(int(round((t0 + stated) * 1e6)), backward=True)
-        except av.error.FFmpegError:  # not seekable (damaged index): keep the header's reading
-            return stated, None
-        last, _, _ = _scan_packets(container, streams, vs, t0, deadline, name)
-        try:
-            container.seek(0)
-        except av.error.FFmpegError as e:
-            raise MediaError(name, f"cannot seek back to the start after reading the end; damaged index "
-                                   f"({e.strerror or e})") from e
-        return (last if last > 0 else stated), None
-    if stated is not None and not (_estimated_duration(container) and (window_end is None or window_end > stated)):
-        return stated, None
-    last, untimed, n_untimed = _scan_packets(container, streams, vs, t0, deadline, name)
-    if last > 0:
-        container.seek(0)
-        return last, None
-    if untimed > 0:
-        container.seek(0, unsupported_byte_offset=True)  # raw demuxers cannot seek by time
-        return untimed, untimed / n_untimed
-    raise MediaError(name, "no timestamped packets: empty or corrupt media")
-
-
-def _scan_packets(container, streams, vs, t0: float, deadline: float, name: str) -> tuple[float, float, int]:
-    """Demux (no decode) from the current position to the end of what is readable: (end of the
-    last timestamped packet in seconds after t0, summed duration and count of untimed video
-    packets)."""
-    import av
-
-    last = untimed = 0.0
-    n_untimed = 0
-    packets = container.demux(streams)
-    while True:
-        try:
-            packet = next(packets)
-        except StopIteration:
-            break
-        except av.error.FFmpegError:  # damaged from here on: the end is where reading stopped
-            break
-        if time.monotonic() > deadline:
-            raise MediaError(name, "timed out while scanning for the duration")
-        if packet.time_base is None or not packet.size:
-            continue
-        if packet.pts is not None:
-            last = max(last, float((packet.pts + (packet.duration or 0)) * packet.time_base) - t0)
-        elif vs is not None and packet.stream_index == vs.index and packet.duration:
-            untimed += float(packet.duration * packet.time_base)
-            n_untimed += 1
-    return last, untimed, n_untimed
 
 
 # Before a window starts, frames are decoded only as references of later ones, so non-reference
