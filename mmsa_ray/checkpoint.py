@@ -86,6 +86,7 @@ def save(model: MultimodalSentimentModel, directory: str | os.PathLike, *, compa
         raise
     return target
 
+
 def _compact_state(model: MultimodalSentimentModel) -> tuple[dict[str, Tensor], dict[str, Any]]:
     """(tensors to store, config.json "compact" entry) for `save(compact=True)`."""
     base, _ = build_text_encoder(model.config.text_encoder)
@@ -105,6 +106,7 @@ def _compact_state(model: MultimodalSentimentModel) -> tuple[dict[str, Tensor], 
     meta = {"text_encoder_base": model.config.text_encoder, "base_tensors": sorted(same), "base_sha256": tensor_digest(same),
             "video_backbone": "omitted (video not used; never runs)" if skip_video else "stored"}
     return tensors, meta
+
 
 def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
          cls: type[MultimodalSentimentModel] = MultimodalSentimentModel) -> MultimodalSentimentModel:
@@ -139,6 +141,7 @@ def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
         raise ValueError(f"checkpoint {directory}: {WEIGHTS_FILE} does not match its config.json: {e}") from e
     model.to(map_location)
     return model.eval()
+
 
 def _load_compact(model: MultimodalSentimentModel, tensors: dict[str, Tensor], compact: dict[str, Any], directory: Path) -> None:
     """Load a compact checkpoint's tensors over a model built from the base encoders."""
