@@ -238,7 +238,8 @@ def report(title: str, path: str, repeats: int, with_seed: bool) -> dict[str, fl
               "seed": "seed   OpenCV 30 frames @224 + ffmpeg wav + mel"}
     print(f"   {'':47s}  wall ms min / median   cpu ms min / median   ({repeats} interleaved rounds)")
     for name in loaders:
-        print(f"   {labels[name]:47s}  {stat(name, 'wall', min) * 1e3:7.1f} / {stat(name, 'wall', statistics.median) * 1e3:7.1f}"
+        print(f"   {labels[name]:47s}  {stat(name, 'wall', min) * 1e3:7.1f}"
+              f" / {stat(name, 'wall', statistics.median) * 1e3:7.1f}"
               f"     {stat(name, 'cpu', min) * 1e3:7.1f} / {stat(name, 'cpu', statistics.median) * 1e3:7.1f}")
 
     def ratio(other):
@@ -249,7 +250,8 @@ def report(title: str, path: str, repeats: int, with_seed: bool) -> dict[str, fl
     print(f"   floor/ours = {ratio('floor')}   (> 1: faster than decoding every frame)")
     if with_seed:
         print(f"   seed/ours  = {ratio('seed')}   (target >= 2)")
-        print(f"   seed/needed = wall median {stat('seed', 'wall', statistics.median) / stat('needed', 'wall', statistics.median):.2f}"
+        print(f"   seed/needed = wall median "
+              f"{stat('seed', 'wall', statistics.median) / stat('needed', 'wall', statistics.median):.2f}"
               f"   (the ceiling of seed/ours with exact frames, single-threaded)")
     med = {name: stat(name, "wall", statistics.median) for name in loaders}
     out = {f"{name}/ours": med[name] / med["ours"] for name in ("floor", "seed") if name in med}

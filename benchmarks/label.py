@@ -4,7 +4,7 @@
 
 Both sides do the same work, in warm processes on the same clips: decode + features (Predictor.preprocess)
 and the model (Predictor.predict_batch on batches of --batch-size). The baseline is a
-single process with torch.set_num_threads(1); the pipeline is `mmsa_ray.label.label` on a
+single process with torch.set_num_threads(1); the pipeline is `mmsa_ray.batch.label.label` on a
 local Ray with num_cpus=2: decode tasks plus --actors model actors, with --decode-cpus and
 --cpus-per-actor splitting the 2 logical CPUs. Prints clips/s of each, the ratio (target
 >= 1.6), the loop's per-stage seconds per clip, and Ray Data's per-operator stats.
@@ -33,7 +33,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 def make_clips(root: Path, n: int) -> list[Path]:
     from mmsa_ray.labels import EMOTIONS
-    from mmsa_ray.sample_data import make_sample_data
+    from mmsa_ray.train.sample_data import make_sample_data
 
     per_class = -(-n // len(EMOTIONS))
     make_sample_data(root, n_per_class_train=0, n_per_class_dev=0, n_per_class_test=per_class, seed=0)
@@ -46,15 +46,19 @@ def make_clips(root: Path, n: int) -> list[Path]:
 def make_checkpoint(path: Path, frames: int, size: int) -> Path:
     import torch
 
+    from mmsa_ray import checkpoint
     from mmsa_ray.media import DecodeConfig
     from mmsa_ray.model import ModelConfig, MultimodalSentimentModel
 
     torch.manual_seed(0)
-    MultimodalSentimentModel(ModelConfig(decode=DecodeConfig(num_frames=frames, height=size, width=size))).save(str(path))
+    config = ModelConfig(decode=DecodeConfig(num_frames=frames, height=size, width=size))
+    checkpoint.save(MultimodalSentimentModel(config), str(path))
     return path
 
 
-def baseline(checkpoint: Path, clips: list[Path], batch_size: int, transcripts: list[str] | None = None) -> dict[str, float]:
+def baseline(
+    checkpoint: Path, clips: list[Path], batch_size: int, transcripts: list[str] | None = None
+) -> dict[str, float]:
     """Single process, one torch thread: decode + features, then the model, batch by batch."""
     import torch
 
@@ -81,7 +85,8 @@ def steady_rate(output: Path) -> float:
     """Clips/s between the first and the last model batch, from the rows' labeled_at."""
     import pyarrow.dataset as pads
 
-    times = pads.dataset(str(output), format="parquet").to_table(columns=["labeled_at"]).column("labeled_at").to_pylist()
+    table = pads.dataset(str(output), format="parquet").to_table(columns=["labeled_at"])
+    times = table.column("labeled_at").to_pylist()
     first, last = min(times), max(times)
     after_first = sum(t > first for t in times)
     return after_first / max((last - first).total_seconds(), 1e-9)
@@ -99,25 +104,30 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--decode-cpus", type=float, default=0.5, help="logical CPUs per decode task (default 0.5)")
     p.add_argument("--decode-batch-size", type=int, default=4, help="clips per decode task (default 4, as label)")
     p.add_argument("--warmup", type=int, default=4, help="clips labeled once before the timed Ray run (default 4)")
-    p.add_argument("--starter", action="store_true", help="compare the shipped starter checkpoint with the full model (loop only)")
+    p.add_argument("--starter", action="store_true",
+                   help="compare the shipped starter checkpoint with the full model (loop only)")
     args = p.parse_args(argv)
 
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     tmp = Path(tempfile.mkdtemp(prefix="mmsa-bench-label-"))
     clips = make_clips(tmp / "data", args.clips)
-    checkpoint = Path(args.checkpoint) if args.checkpoint else make_checkpoint(tmp / "checkpoint", args.frames, args.size)
+    if args.checkpoint:
+        checkpoint = Path(args.checkpoint)
+    else:
+        checkpoint = make_checkpoint(tmp / "checkpoint", args.frames, args.size)
     print(f"{len(clips)} clips, checkpoint {checkpoint}, batch {args.batch_size}", flush=True)
 
     if args.starter:
         return compare_starter(checkpoint, clips, args.batch_size)
     base = baseline(checkpoint, clips, args.batch_size)
     print(f"loop (1 CPU): {base['clips_per_s']:.2f} clips/s ({base['seconds']:.1f} s); per clip: "
-          f"decode+features {base['preprocess_s'] / len(clips) * 1e3:.0f} ms, model {base['model_s'] / len(clips) * 1e3:.0f} ms",
+          f"decode+features {base['preprocess_s'] / len(clips) * 1e3:.0f} ms, "
+          f"model {base['model_s'] / len(clips) * 1e3:.0f} ms",
           flush=True)
 
     import ray
 
-    from mmsa_ray import label
+    from mmsa_ray.batch import label
 
     ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False,
              runtime_env={"env_vars": {"HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}})
@@ -146,18 +156,20 @@ def main(argv: list[str] | None = None) -> int:
     assert summary.labeled == len(clips), summary
     ray_rate = len(clips) / summary.seconds
     print(summary.stats)
-    print(f"ray (2 CPUs): {ray_rate:.2f} clips/s ({summary.seconds:.1f} s; listing, planning and model actor start-up included)")
+    print(f"ray (2 CPUs): {ray_rate:.2f} clips/s "
+          f"({summary.seconds:.1f} s; listing, planning and model actor start-up included)")
     steady = steady_rate(tmp / "labels")
-    print(f"ray steady state: {steady:.2f} clips/s (rows after the first model batch / time between first and last batch)")
-    print(f"ratio ray / loop: {ray_rate / base['clips_per_s']:.2f} end to end, {steady / base['clips_per_s']:.2f} steady state "
-          "(target >= 1.6)")
+    print(f"ray steady state: {steady:.2f} clips/s "
+          "(rows after the first model batch / time between first and last batch)")
+    print(f"ratio ray / loop: {ray_rate / base['clips_per_s']:.2f} end to end, "
+          f"{steady / base['clips_per_s']:.2f} steady state (target >= 1.6)")
     return 0
 
 
 def compare_starter(full: Path, clips: list[Path], batch_size: int) -> int:
     """The plain loop with the starter checkpoint vs the full model, same clips and transcripts."""
-    from mmsa_ray.meld import read_meld
     from mmsa_ray.pretrained import default_checkpoint
+    from mmsa_ray.train.meld import read_meld
 
     text = {Path(r.path).name: r.transcript for r in read_meld(clips[0].parent.parent, "test").records if r.path}
     transcripts = [text[c.name] for c in clips]
@@ -165,7 +177,8 @@ def compare_starter(full: Path, clips: list[Path], batch_size: int) -> int:
     for name, ckpt in (("full model (text+audio+video)", full), ("starter (text only)", default_checkpoint())):
         r = baseline(ckpt, clips, batch_size, transcripts)
         rates[name] = r["clips_per_s"]
-        print(f"{name}: {r['clips_per_s']:.2f} clips/s; per clip: decode+features {r['preprocess_s'] / len(clips) * 1e3:.0f} ms, "
+        print(f"{name}: {r['clips_per_s']:.2f} clips/s; "
+              f"per clip: decode+features {r['preprocess_s'] / len(clips) * 1e3:.0f} ms, "
               f"model {r['model_s'] / len(clips) * 1e3:.0f} ms", flush=True)
     a, b = rates.values()
     print(f"ratio starter / full: {b / a:.1f}")

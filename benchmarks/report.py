@@ -32,7 +32,7 @@ def write_labels(out: Path, n: int, files: int, seed: int = 0) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mmsa_ray.label import LABEL_SCHEMA
+    from mmsa_ray.batch.label import LABEL_SCHEMA
     from mmsa_ray.labels import EMOTIONS, SENTIMENTS
 
     rng = np.random.default_rng(seed)
@@ -54,9 +54,10 @@ def write_labels(out: Path, n: int, files: int, seed: int = 0) -> None:
 
 def measure(labels: Path, out: Path) -> dict[str, float]:
     import browser
-    from mmsa_ray import report
     from selenium.webdriver.common.by import By
     from selenium.webdriver.support.ui import Select
+
+    from mmsa_ray.report import html as report
 
     t0 = time.perf_counter()
     report.make_report(report.ReportConfig(labels=str(labels), output=str(out)))
@@ -69,7 +70,9 @@ def measure(labels: Path, out: Path) -> dict[str, float]:
         open_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         Select(d.find_element(By.ID, "f-emotion")).select_by_value("joy")
-        d.execute_async_script("const done = arguments[0]; setTimeout(() => window.mmsaReportReady.then(() => done(true)), 0)")
+        d.execute_async_script(
+            "const done = arguments[0]; setTimeout(() => window.mmsaReportReady.then(() => done(true)), 0)"
+        )
         filter_s = time.perf_counter() - t0
         errors = browser.console_errors(d)
     assert not errors, errors
@@ -86,7 +89,8 @@ def main() -> int:
 
     vega_bundle()  # bundled (or read from the cache) once, outside the timings
     with tempfile.TemporaryDirectory() as tmp:
-        print(f"{'shape':<11} {'rows':>6} {'write s':>8} {'page MB':>8} {'open s':>7} {'filter s':>8}   ratios vs {a.baseline} rows")
+        print(f"{'shape':<11} {'rows':>6} {'write s':>8} {'page MB':>8} {'open s':>7} {'filter s':>8}"
+              f"   ratios vs {a.baseline} rows")
         for shape, files in (("many files", 50), ("one file", 1)):
             base = None
             for n in (a.baseline, a.rows):
@@ -95,7 +99,8 @@ def main() -> int:
                 m = measure(labels, labels.parent / "report")
                 ratio = "" if base is None else "   " + "  ".join(
                     f"{k} x{m[k] / base[k]:.1f}" for k in ("write_s", "open_s", "filter_s"))
-                print(f"{shape:<11} {n:>6} {m['write_s']:>8.2f} {m['mb']:>8.2f} {m['open_s']:>7.2f} {m['filter_s']:>8.2f}{ratio}")
+                print(f"{shape:<11} {n:>6} {m['write_s']:>8.2f} {m['mb']:>8.2f} {m['open_s']:>7.2f}"
+                      f" {m['filter_s']:>8.2f}{ratio}")
                 base = base or m
     return 0
 

@@ -154,11 +154,11 @@ def pipeline(args) -> None:
     transcript and context and predict_batch per utterance), on the same files."""
     import ray
 
-    from mmsa_ray import label
+    from mmsa_ray.batch import label
+    from mmsa_ray.batch.utterances import SpeechStageConfig
     from mmsa_ray.features import collate
     from mmsa_ray.predict import Predictor
     from mmsa_ray.speech import SpeechConfig, SpeechRecognizer
-    from mmsa_ray.utterances import SpeechStageConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="mmsa-bench-utterances-"))
     src = tmp / "talks"
@@ -223,10 +223,11 @@ def _checkpoint(args, tmp: Path) -> Path:
     except FileNotFoundError:
         import torch
 
+        from mmsa_ray import checkpoint
         from mmsa_ray.model import ModelConfig, MultimodalSentimentModel
 
         torch.manual_seed(0)
-        MultimodalSentimentModel(ModelConfig(modalities=("text",))).save(str(tmp / "checkpoint"))
+        checkpoint.save(MultimodalSentimentModel(ModelConfig(modalities=("text",))), str(tmp / "checkpoint"))
         return tmp / "checkpoint"
 
 
@@ -242,8 +243,10 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--asr-compute-type", default=None)
     p.add_argument("--asr-threads", type=int, default=0, help="CTranslate2 CPU threads (0: its default)")
     p.add_argument("--section", choices=("stage", "pipeline", "all"), default="all",
-                   help="stage: ours against faster-whisper; pipeline: label --utterances in utterances/s (default: all)")
-    p.add_argument("--pipeline-files", type=int, default=3, help="talks labeled by the pipeline section (default: %(default)s)")
+                   help="stage: ours against faster-whisper; "
+                        "pipeline: label --utterances in utterances/s (default: all)")
+    p.add_argument("--pipeline-files", type=int, default=3,
+                   help="talks labeled by the pipeline section (default: %(default)s)")
     p.add_argument("--pipeline-minutes", type=float, default=1.0, help="length of each of those (default: %(default)s)")
     p.add_argument("--checkpoint", help="pipeline section's model (default: the starter checkpoint, else a "
                    "random-initialised text-only model)")

@@ -33,28 +33,31 @@ def main(argv=None) -> int:
 
     import ray
 
-    from mmsa_ray import sample_data, train
     from mmsa_ray.features import FeatureConfig
     from mmsa_ray.media import DecodeConfig
     from mmsa_ray.model import ModelConfig
+    from mmsa_ray.train import driver as train
+    from mmsa_ray.train import sample_data
 
     work = Path(tempfile.mkdtemp(prefix="mmsa_bench_train_"))
     data = Path(args.data) if args.data else work / "MELD.Raw"
     if not (data / "train_sent_emo.csv").is_file():
-        sample_data.make_sample_data(data, n_per_class_train=args.per_class, n_per_class_dev=max(1, args.per_class // 2),
-                                     n_per_class_test=1)
-    config = ModelConfig(decode=DecodeConfig(num_frames=args.num_frames, height=args.size, width=args.size), features=FeatureConfig())
+        sample_data.make_sample_data(data, n_per_class_train=args.per_class,
+                                     n_per_class_dev=max(1, args.per_class // 2), n_per_class_test=1)
+    config = ModelConfig(decode=DecodeConfig(num_frames=args.num_frames, height=args.size, width=args.size),
+                         features=FeatureConfig())
     ray.init(num_cpus=4, include_dashboard=False, object_store_memory=1024**3)
     try:
         times = {}
         for mode in ("cached", "end-to-end"):
-            job = train.JobConfig(meld_dir=str(data), output=str(work / mode / "model"), storage_path=str(work / "store"),
-                                  name=mode, num_workers=args.num_workers, cache_dir=str(work / "cache"))
-            cfg = train.TrainConfig(epochs=args.epochs, batch_size=8, patience=0, seed=0, end_to_end=mode == "end-to-end",
-                                    shuffle_buffer=0, deterministic=True)
+            job = train.JobConfig(meld_dir=str(data), output=str(work / mode / "model"),
+                                  storage_path=str(work / "store"), name=mode, num_workers=args.num_workers,
+                                  cache_dir=str(work / "cache"))
+            cfg = train.TrainConfig(epochs=args.epochs, batch_size=8, patience=0, seed=0,
+                                    end_to_end=mode == "end-to-end", shuffle_buffer=0, deterministic=True)
             t0 = time.time()
             res = train.run(job, cfg, config)
-            hist = train._history(res["result"].checkpoint)
+            hist = res["history"]
             epochs = [h["epoch_time_s"] for h in hist]
             steady = epochs[1:] if len(epochs) > 2 else epochs
             times[mode] = sum(steady) / len(steady)

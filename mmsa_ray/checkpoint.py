@@ -68,8 +68,10 @@ def save(model: MultimodalSentimentModel, directory: str | os.PathLike, *, compa
             "format": CHECKPOINT_FORMAT,
             "format_version": CHECKPOINT_VERSION,
             "model": model.config.to_dict(),
-            "labels": {"emotions": list(labels.EMOTIONS), "sentiments": list(labels.SENTIMENTS), "modalities": list(labels.MODALITIES)},
-            "text_encoder": {"source": model.config.text_encoder, "class": type(model.text_encoder).__name__, "hidden_size": model.text_hidden},
+            "labels": {"emotions": list(labels.EMOTIONS), "sentiments": list(labels.SENTIMENTS),
+                       "modalities": list(labels.MODALITIES)},
+            "text_encoder": {"source": model.config.text_encoder, "class": type(model.text_encoder).__name__,
+                             "hidden_size": model.text_hidden},
             "versions": _versions(),
         } | ({"compact": compact_meta} if compact_meta else {})
         with open(tmp / CONFIG_FILE, "w") as f:
@@ -103,13 +105,13 @@ def _compact_state(model: MultimodalSentimentModel) -> tuple[dict[str, Tensor], 
                 continue
             t = t.half() if t.is_floating_point() else t  # a fine-tuned layer: fp16 (checked by the card's metrics)
         tensors[name] = t.clone()
-    meta = {"text_encoder_base": model.config.text_encoder, "base_tensors": sorted(same), "base_sha256": tensor_digest(same),
+    meta = {"text_encoder_base": model.config.text_encoder, "base_tensors": sorted(same),
+            "base_sha256": tensor_digest(same),
             "video_backbone": "omitted (video not used; never runs)" if skip_video else "stored"}
     return tensors, meta
 
 
-def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
-         cls: type[MultimodalSentimentModel] = MultimodalSentimentModel) -> MultimodalSentimentModel:
+def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> MultimodalSentimentModel:
     """Rebuild a saved model (eval mode) on `map_location`, offline, without pickle."""
     from safetensors import SafetensorError
     from safetensors.torch import load_file, load_model
@@ -126,10 +128,10 @@ def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
     compact = meta.get("compact")
     with torch.random.fork_rng(devices=[]):  # random init before the weights arrive: leave the caller's RNG alone
         if compact:  # the base text encoder's own weights; an unused video trunk stays a (never run) random init
-            model = cls(dataclasses.replace(config, video_weights="none"))
+            model = MultimodalSentimentModel(dataclasses.replace(config, video_weights="none"))
             model.config = config
         else:
-            model = cls(config, _text_encoder_dir=text_dir)
+            model = MultimodalSentimentModel(config, _text_encoder_dir=text_dir)
     try:
         if compact:
             _load_compact(model, load_file(str(weights)), compact, directory)
@@ -143,7 +145,9 @@ def load(directory: str | os.PathLike, map_location: str | torch.device = "cpu",
     return model.eval()
 
 
-def _load_compact(model: MultimodalSentimentModel, tensors: dict[str, Tensor], compact: dict[str, Any], directory: Path) -> None:
+def _load_compact(
+    model: MultimodalSentimentModel, tensors: dict[str, Tensor], compact: dict[str, Any], directory: Path
+) -> None:
     """Load a compact checkpoint's tensors over a model built from the base encoders."""
     own = model.state_dict()
     base_names = list(compact.get("base_tensors", []))
@@ -172,23 +176,31 @@ def read_checkpoint_config(directory: str | os.PathLike) -> dict[str, Any]:
         raise FileNotFoundError(f"checkpoint {directory}: no such directory")
     path = directory / CONFIG_FILE
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint {directory}: {CONFIG_FILE} is missing (not a checkpoint, or an unfinished save)")
+        raise FileNotFoundError(
+            f"checkpoint {directory}: {CONFIG_FILE} is missing (not a checkpoint, or an unfinished save)"
+        )
     try:
         meta = json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise ValueError(f"checkpoint {directory}: {CONFIG_FILE} is not valid JSON: {e}") from e
     if not isinstance(meta, dict) or meta.get("format") != CHECKPOINT_FORMAT:
-        raise ValueError(f"checkpoint {directory}: {CONFIG_FILE} is not an mmsa_ray checkpoint config (format != {CHECKPOINT_FORMAT!r})")
+        raise ValueError(
+            f"checkpoint {directory}: {CONFIG_FILE} is not an mmsa_ray checkpoint config "
+            f"(format != {CHECKPOINT_FORMAT!r})"
+        )
     version = meta.get("format_version")
     if not isinstance(version, int) or version > CHECKPOINT_VERSION:
         raise ValueError(
-            f"checkpoint {directory}: format_version {version!r} is newer than this mmsa_ray supports ({CHECKPOINT_VERSION}); "
-            "upgrade mmsa_ray to load it"
+            f"checkpoint {directory}: format_version {version!r} is newer than this mmsa_ray supports "
+            f"({CHECKPOINT_VERSION}); upgrade mmsa_ray to load it"
         )
-    expected = {"emotions": list(labels.EMOTIONS), "sentiments": list(labels.SENTIMENTS), "modalities": list(labels.MODALITIES)}
+    expected = {"emotions": list(labels.EMOTIONS), "sentiments": list(labels.SENTIMENTS),
+                "modalities": list(labels.MODALITIES)}
     got = meta.get("labels")
     if got != expected:
-        raise ValueError(f"checkpoint {directory}: label sets {got} differ from this code's {expected}; outputs would be mislabeled")
+        raise ValueError(
+            f"checkpoint {directory}: label sets {got} differ from this code's {expected}; outputs would be mislabeled"
+        )
     if not isinstance(meta.get("model"), dict):
         raise ValueError(f"checkpoint {directory}: {CONFIG_FILE} has no 'model' config")
     return meta
@@ -250,3 +262,27 @@ def install_checkpoint(tmp: Path, target: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
     else:
         os.rename(tmp, target)
+
+
+def read_calibration(directory: str | os.PathLike) -> dict[str, Any] | None:
+    """The checkpoint's calibration (mmsa_ray.calibrate), or None for an uncalibrated one."""
+    from mmsa_ray.calibrate import CALIBRATION_KEY
+
+    return read_checkpoint_config(directory).get(CALIBRATION_KEY)
+
+
+def write_calibration(directory: str | os.PathLike, record: dict[str, Any]) -> Path:
+    """Store `record` as the checkpoint's calibration in its config.json (replaced atomically);
+    the weights, and so the model_id, stay as they are."""
+    from mmsa_ray.calibrate import CALIBRATION_KEY
+
+    directory = Path(directory)
+    meta = read_checkpoint_config(directory)
+    meta[CALIBRATION_KEY] = record
+    tmp = directory / f".{CONFIG_FILE}.{uuid.uuid4().hex[:8]}.tmp"
+    with open(tmp, "w") as f:
+        json.dump(meta, f, indent=2)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, directory / CONFIG_FILE)
+    return directory / CONFIG_FILE

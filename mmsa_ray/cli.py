@@ -15,15 +15,17 @@ import threading
 
 # command -> (module, one-line summary)
 COMMANDS: dict[str, tuple[str, str]] = {
-    "make-sample-data": ("mmsa_ray.sample_data", "write a small synthetic dataset in MELD layout"),
+    "make-sample-data": ("mmsa_ray.train.sample_data", "write a small synthetic dataset in MELD layout"),
     "demo": ("mmsa_ray.demo", "sample data -> train -> label, on local Ray with offline models"),
-    "featurize": ("mmsa_ray.featurize", "cache frozen-encoder features of clips as Parquet (Ray Data)"),
-    "train": ("mmsa_ray.train", "train the model data-parallel (Ray Train)"),
-    "evaluate": ("mmsa_ray.evaluate", "metrics, confusion matrices and a report for a checkpoint"),
-    "transcribe": ("mmsa_ray.transcribe", "transcribe speech into timed utterances as Parquet (Ray Data)"),
-    "label": ("mmsa_ray.label", "label a video archive into Parquet (Ray Data)"),
-    "serve": ("mmsa_ray.serve", "serve the model over HTTP (Ray Serve), with an upload page at /"),
-    "report": ("mmsa_ray.report", "an offline HTML report (timelines, player) and subtitles of a label output"),
+    "featurize": ("mmsa_ray.train.featurize", "cache frozen-encoder features of clips as Parquet (Ray Data)"),
+    "train": ("mmsa_ray.train.driver", "train the model data-parallel (Ray Train)"),
+    "evaluate": ("mmsa_ray.train.evaluate", "metrics, confusion matrices, calibration and a report for a checkpoint"),
+    "calibrate": ("mmsa_ray.train.calibrate_checkpoint", "fit a checkpoint's calibration and uncertainty threshold "
+                  "on MELD dev"),
+    "transcribe": ("mmsa_ray.batch.transcribe", "transcribe speech into timed utterances as Parquet (Ray Data)"),
+    "label": ("mmsa_ray.batch.label", "label a video archive into Parquet (Ray Data)"),
+    "serve": ("mmsa_ray.serve.launch", "serve the model over HTTP (Ray Serve), with an upload page at /"),
+    "report": ("mmsa_ray.report.html", "an offline HTML report (timelines, player) and subtitles of a label output"),
 }
 
 
@@ -120,7 +122,7 @@ class _CtrlC:
 
 
 def _wrong_input(e: Exception) -> bool:
-    from mmsa_ray.media import MediaError
+    from mmsa_ray.media.types import MediaError
 
     return isinstance(e, (FileNotFoundError, NotADirectoryError, IsADirectoryError, FileExistsError, PermissionError,
                           ValueError, MediaError))

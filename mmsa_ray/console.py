@@ -32,7 +32,8 @@ import sys
 import threading
 import time
 import warnings
-from typing import Any, Iterator, TextIO
+from collections.abc import Iterator
+from typing import Any, TextIO
 
 _state = {"verbose": False}
 
@@ -63,6 +64,28 @@ def add_verbose_arg(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-v", "--verbose", action="store_true",
                         help="show everything Ray logs (INFO lines, its progress bars, every worker line); "
                         "default: our own lines, one progress line, Ray's warnings and errors")
+
+
+def parse_args(parser: argparse.ArgumentParser, argv: list[str] | None) -> argparse.Namespace:
+    """Every subcommand's parse: `--verbose` added to its parser, argv parsed, and this process's
+    output set up quiet or verbose (before Ray starts)."""
+    add_verbose_arg(parser)
+    args = parser.parse_args(argv)
+    setup(args.verbose)
+    return args
+
+
+def min_max(text: str) -> tuple[int, int]:
+    """An argparse type for actor pool sizes: "MIN,MAX", or "N" for N,N."""
+    try:
+        parts = [int(p) for p in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX or N (whole numbers), got {text!r}") from None
+    if len(parts) == 1:
+        parts *= 2
+    if len(parts) != 2:
+        raise argparse.ArgumentTypeError(f"expected MIN,MAX or N, got {text!r}")
+    return parts[0], parts[1]
 
 
 def setup(verbose: bool = False) -> None:
@@ -180,8 +203,8 @@ class Progress:
     On a terminal the line is redrawn in place (at most `redraw_s` apart); elsewhere (a
     log file, a pipe, CI) a new line is printed at most every `interval_s` seconds when the
     count moved, and, while it stands still (start-up, a long first batch), after 1, 2, 4,
-    ... times `interval_s` (at most 5 minutes apart); `close()` prints the last one. `update(done)` takes the absolute count and may be
-    called from any thread, as often as wanted.
+    ... times `interval_s` (at most 5 minutes apart); `close()` prints the last one.
+    `update(done)` takes the absolute count and may be called from any thread, as often as wanted.
     """
 
     def __init__(self, label: str, total: int | None, unit: str = "rows", stream: TextIO | None = None,

@@ -20,16 +20,17 @@ def main(argv: list[str] | None = None) -> int:
     from mmsa_ray import console
 
     p = argparse.ArgumentParser(prog="mmsa-ray demo", description=__doc__.splitlines()[0])
-    p.add_argument("dir", nargs="?", default="runs/demo", help="working directory for data, checkpoint and labels (default runs/demo)")
+    p.add_argument("dir", nargs="?", default="runs/demo",
+                   help="working directory for data, checkpoint and labels (default runs/demo)")
     p.add_argument("--epochs", type=int, default=8, help="training epochs (default 8)")
     p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (default 2: data-parallel on CPU)")
-    console.add_verbose_arg(p)
-    args = p.parse_args(argv)
-    console.setup(args.verbose)
+    args = console.parse_args(p, argv)
     verbose = ["--verbose"] if args.verbose else []
 
-    from mmsa_ray import label, sample_data, train
-    from mmsa_ray.meld import read_meld, write_manifest
+    from mmsa_ray.batch import label
+    from mmsa_ray.train import driver as train
+    from mmsa_ray.train import sample_data
+    from mmsa_ray.train.meld import read_meld, write_manifest
 
     root = Path(args.dir).absolute()
     data, checkpoint, labels = root / "MELD.Raw", root / "checkpoint", root / "labels"
@@ -88,12 +89,14 @@ def row_line(row: dict) -> str:
 def where_to_look(root: Path, labels: Path, checkpoint: Path) -> str:
     """The demo's last lines: the report (made here), the dev evaluation, and how to serve
     the model just trained."""
-    from mmsa_ray import report
+    from mmsa_ray.report import html as report
 
     report_dir = root / "report"
     command = f"mmsa-ray report {labels} --output {report_dir}"
     report.main([str(labels), "--output", str(report_dir)])
     lines = ["where to look:", f"  report     {report_dir / 'index.html'}  (open it in a browser; made by: {command})"]
-    lines.append(f"  evaluation {checkpoint.parent / (checkpoint.name + '_report')}/report.md  (dev metrics, confusion matrices)")
-    lines.append(f"  serve      mmsa-ray serve --checkpoint {checkpoint}  (then POST a clip to http://127.0.0.1:8000/v1/predict)")
+    lines.append(f"  evaluation {checkpoint.parent / (checkpoint.name + '_report')}/report.md"
+                 "  (dev metrics, confusion matrices)")
+    lines.append(f"  serve      mmsa-ray serve --checkpoint {checkpoint}"
+                 "  (then POST a clip to http://127.0.0.1:8000/v1/predict)")
     return "\n".join(lines)

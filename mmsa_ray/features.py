@@ -25,7 +25,7 @@ import numpy as np
 from mmsa_ray.labels import MODALITIES
 
 if TYPE_CHECKING:
-    from mmsa_ray.media import Clip, DecodeConfig
+    from mmsa_ray.media.types import Clip, DecodeConfig
 
 # torchvision's Kinetics-400 video weights were trained on these ([0, 1] RGB pixels).
 KINETICS_MEAN = np.array([0.43216, 0.394666, 0.37645], dtype=np.float32)
@@ -90,11 +90,13 @@ def video_features(frames: np.ndarray) -> np.ndarray:
 
 
 @functools.lru_cache(maxsize=8)
-def _mel_transform(sample_rate: int, n_fft: int, hop_length: int, n_mels: int):
+def mel_transform(sample_rate: int, n_fft: int, hop_length: int, n_mels: int):
     """One torchaudio MelSpectrogram per setting, built once (it holds the filterbank)."""
     import torchaudio
 
-    return torchaudio.transforms.MelSpectrogram(sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels)
+    return torchaudio.transforms.MelSpectrogram(
+        sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels
+    )
 
 
 def log_mel(audio: list[np.ndarray], config: FeatureConfig) -> np.ndarray:
@@ -106,7 +108,7 @@ def log_mel(audio: list[np.ndarray], config: FeatureConfig) -> np.ndarray:
     """
     import torch
 
-    transform = _mel_transform(config.sample_rate, config.n_fft, config.hop_length, config.n_mels)
+    transform = mel_transform(config.sample_rate, config.n_fft, config.hop_length, config.n_mels)
     out = np.zeros((len(audio), *config.mel_shape), dtype=np.float32)
     # Samples that frame mel_frames-1 (centered, reflect-padded) still reads: cutting the
     # waveform there gives exactly the frames of the whole waveform, for less work.
@@ -170,7 +172,7 @@ def tokenize(texts: list[str | None], tokenizer: Any, max_length: int,
     if second:  # a transcript that leaves no room for context is encoded alone
         with _TOKENIZER_LOCK:
             lengths = tokenizer([first[i] for i in second], add_special_tokens=False)["input_ids"]
-        for i, toks in zip(list(second), lengths):
+        for i, toks in zip(list(second), lengths, strict=True):
             if len(toks) > max_length - 4:
                 del second[i]
     kw = dict(padding="max_length", max_length=max_length, return_tensors="np")
@@ -210,7 +212,7 @@ def clip_features(
     of them are encoded with the transcript (see `tokenize`).
     """
     if decode is None:
-        from mmsa_ray.media import DecodeConfig
+        from mmsa_ray.media.types import DecodeConfig
 
         decode = DecodeConfig()
     if clip is None:
@@ -228,13 +230,16 @@ def clip_features(
     has_audio = clip is not None and clip.audio is not None and np.asarray(clip.audio).size > 0
     if has_audio:
         if clip.sample_rate != config.sample_rate:
-            raise ValueError(f"{clip.source}: audio decoded at {clip.sample_rate} Hz but features expect {config.sample_rate} Hz")
+            raise ValueError(
+                f"{clip.source}: audio decoded at {clip.sample_rate} Hz but features expect {config.sample_rate} Hz"
+            )
         audio = log_mel([clip.audio], config)[0]
     else:
         audio = np.zeros(config.mel_shape, dtype=np.float32)
 
     turns = config.context_turns
-    tokens = tokenize([transcript], tokenizer, config.max_text_length, [list(context or [])[-turns:] if turns else None])
+    tokens = tokenize([transcript], tokenizer, config.max_text_length,
+                      [list(context or [])[-turns:] if turns else None])
     has_text = bool(tokens["attention_mask"][0].any())
     present = {"text": has_text, "audio": has_audio, "video": has_video}
     return {
@@ -262,7 +267,9 @@ def collate(items: list[dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         arrays = [np.asarray(item[k]) for item in items]
         shapes = {a.shape for a in arrays}
         if len(shapes) > 1:
-            raise ValueError(f"collate: {k!r} has different shapes across items: {sorted(shapes)} (decoded with different configs?)")
+            raise ValueError(
+                f"collate: {k!r} has different shapes across items: {sorted(shapes)} (decoded with different configs?)"
+            )
         dtypes = {a.dtype for a in arrays}
         if len(dtypes) > 1:
             raise ValueError(f"collate: {k!r} has different dtypes across items: {sorted(map(str, dtypes))}")

@@ -26,25 +26,19 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
 from mmsa_ray import labels
 from mmsa_ray.features import FeatureConfig
-
-if TYPE_CHECKING:
-    from mmsa_ray.media import DecodeConfig
+from mmsa_ray.media.types import DecodeConfig
 
 VIDEO_EMB_DIM = 512  # r3d_18's pooled features
 TEXT_POOLINGS = ("mean", "current", "cls")
 
 
-def _default_decode() -> DecodeConfig:
-    from mmsa_ray.media import DecodeConfig
-
-    return DecodeConfig()
 
 
 @dataclass
@@ -56,13 +50,15 @@ class ModelConfig:
     freeze_text: bool = True  # text encoder weights fixed (and kept in eval mode)
     freeze_video: bool = True  # r3d_18 trunk weights fixed (and kept in eval mode)
     freeze_text_embeddings: bool = True  # with freeze_text=False: the token/position embeddings stay the base model's
-    text_pooling: str = "mean"  # "mean" over all tokens | "current": mean over the transcript's own tokens (not its context) | "cls"
-    modalities: tuple[str, ...] = labels.MODALITIES  # modalities the model was trained on; the others are masked off and never run
+    # "mean" over all tokens | "current": mean over the transcript's own tokens (not its context) | "cls"
+    text_pooling: str = "mean"
+    # modalities the model was trained on; the others are masked off and never run
+    modalities: tuple[str, ...] = labels.MODALITIES
     embed_dim: int = 128  # per-modality embedding width
     fusion_dim: int = 256  # hidden width of the fusion layer
     dropout: float = 0.3  # dropout after the projections and the fusion layer
     fusion: str = "concat"  # "concat" (fusion MLP) | "late" (mask-weighted average of per-modality logits)
-    decode: DecodeConfig = field(default_factory=_default_decode)  # frames / size / sample rate / limits
+    decode: DecodeConfig = field(default_factory=DecodeConfig)  # frames / size / sample rate / limits
     features: FeatureConfig = field(default_factory=FeatureConfig)  # log-mel and tokenizer settings
 
     def __post_init__(self) -> None:
@@ -88,7 +84,8 @@ class ModelConfig:
             raise ValueError("invalid ModelConfig: " + "; ".join(bad))
         if self.decode.sample_rate != self.features.sample_rate:
             raise ValueError(
-                f"invalid ModelConfig: decode.sample_rate={self.decode.sample_rate} != features.sample_rate={self.features.sample_rate}"
+                f"invalid ModelConfig: decode.sample_rate={self.decode.sample_rate} != "
+                f"features.sample_rate={self.features.sample_rate}"
             )
 
     def to_dict(self) -> dict[str, Any]:
@@ -98,8 +95,6 @@ class ModelConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
         """Inverse of to_dict; unknown keys raise ValueError naming them."""
-        from mmsa_ray.media import DecodeConfig
-
         data = dict(data)
         _check_keys(cls, data, "ModelConfig")
         if "decode" in data and not isinstance(data["decode"], DecodeConfig):
@@ -183,7 +178,8 @@ def build_video_trunk(weights: str) -> nn.Module:
         if missing or unexpected:
             raise ValueError(
                 f"video_weights {weights!r} is not an r3d_18 state dict: missing {missing[:5]}"
-                f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}{'...' if len(unexpected) > 5 else ''}"
+                f"{'...' if len(missing) > 5 else ''}, unexpected {unexpected[:5]}"
+                f"{'...' if len(unexpected) > 5 else ''}"
             )
     model.fc = nn.Identity()
     return model
@@ -191,7 +187,9 @@ def build_video_trunk(weights: str) -> nn.Module:
 
 def _read_state_dict(path: str) -> dict[str, Tensor]:
     if not os.path.isfile(path):
-        raise FileNotFoundError(f"video_weights {path!r}: no such file (expected 'none', 'kinetics' or a state-dict file)")
+        raise FileNotFoundError(
+            f"video_weights {path!r}: no such file (expected 'none', 'kinetics' or a state-dict file)"
+        )
     if path.endswith(".safetensors"):
         from safetensors.torch import load_file
 
@@ -199,7 +197,9 @@ def _read_state_dict(path: str) -> dict[str, Tensor]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise ValueError(f"video_weights {path!r}: cannot read it as a torch state dict with weights_only=True: {e}") from e
+        raise ValueError(
+            f"video_weights {path!r}: cannot read it as a torch state dict with weights_only=True: {e}"
+        ) from e
     if isinstance(state, dict) and isinstance(state.get("state_dict"), dict):
         state = state["state_dict"]
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
@@ -213,7 +213,9 @@ class _BatchNorm1d(nn.BatchNorm1d):
 
     def forward(self, x: Tensor) -> Tensor:
         if self.training and x.shape[0] == 1:
-            return nn.functional.batch_norm(x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps)
+            return nn.functional.batch_norm(
+                x, self.running_mean, self.running_var, self.weight, self.bias, False, 0.0, self.eps
+            )
         return super().forward(x)
 
 
@@ -288,7 +290,9 @@ class MultimodalSentimentModel(nn.Module):
             self.sentiment_head = nn.Linear(config.fusion_dim, len(labels.SENTIMENTS))
         self.modality_heads = nn.ModuleDict(
             {
-                m: nn.ModuleDict({"emotion": nn.Linear(e, len(labels.EMOTIONS)), "sentiment": nn.Linear(e, len(labels.SENTIMENTS))})
+                m: nn.ModuleDict(
+                    {"emotion": nn.Linear(e, len(labels.EMOTIONS)), "sentiment": nn.Linear(e, len(labels.SENTIMENTS))}
+                )
                 for m in labels.MODALITIES
             }
         )
@@ -340,12 +344,17 @@ class MultimodalSentimentModel(nn.Module):
     def _present(self, batch: dict[str, Tensor], ref: Tensor) -> Tensor:
         """mask [B,3] as bool on ref's device, restricted to the modalities the model uses;
         all used ones present when the batch has no mask."""
-        used = torch.tensor([m in self.config.modalities for m in labels.MODALITIES], dtype=torch.bool, device=ref.device)
+        used = torch.tensor(
+            [m in self.config.modalities for m in labels.MODALITIES], dtype=torch.bool, device=ref.device
+        )
         mask = batch.get("mask")
         if mask is None:
             return used.expand(ref.shape[0], -1).clone()
         if mask.ndim != 2 or mask.shape[1] != len(labels.MODALITIES):
-            raise ValueError(f"batch['mask'] must be [B, {len(labels.MODALITIES)}] ({', '.join(labels.MODALITIES)}), got {tuple(mask.shape)}")
+            raise ValueError(
+                f"batch['mask'] must be [B, {len(labels.MODALITIES)}] ({', '.join(labels.MODALITIES)}), "
+                f"got {tuple(mask.shape)}"
+            )
         return (mask > 0.5) & used
 
     def _video_pooled(self, video: Tensor, present: Tensor) -> Tensor:
@@ -353,7 +362,9 @@ class MultimodalSentimentModel(nn.Module):
         if video.ndim != 5 or video.shape[1] != 3:
             raise ValueError(f"batch['video'] must be [B, 3, T, H, W], got {tuple(video.shape)}")
         video = video.to(self.video_backbone.stem[0].weight.dtype)
-        video = torch.where(present.view(-1, 1, 1, 1, 1), video, torch.zeros((), dtype=video.dtype, device=video.device))
+        video = torch.where(
+            present.view(-1, 1, 1, 1, 1), video, torch.zeros((), dtype=video.dtype, device=video.device)
+        )
         return self.video_backbone(video)
 
     def _text_pooled(self, input_ids: Tensor, attention_mask: Tensor, present: Tensor) -> Tensor:
@@ -367,13 +378,16 @@ class MultimodalSentimentModel(nn.Module):
         attention_mask = attention_mask.clone()
         empty = attention_mask.sum(dim=1) == 0
         attention_mask[empty, 0] = 1
-        hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state  # (B, L, hidden)
+        # (B, L, hidden)
+        hidden = self.text_encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
         if self.config.text_pooling == "cls":
             return hidden[:, 0]
         pool = attention_mask
         if self.config.text_pooling == "current" and self.sep_token_id is not None:
             # [CLS] transcript [SEP] context...: the tokens up to and including the first [SEP]
-            before_sep = torch.cumsum((input_ids == self.sep_token_id).long(), dim=1) - (input_ids == self.sep_token_id).long()
+            before_sep = (
+                torch.cumsum((input_ids == self.sep_token_id).long(), dim=1) - (input_ids == self.sep_token_id).long()
+            )
             pool = attention_mask * (before_sep == 0).long()
         weights = pool.unsqueeze(-1).to(hidden.dtype)
         return (hidden * weights).sum(dim=1) / weights.sum(dim=1).clamp(min=1.0)
@@ -389,8 +403,8 @@ class MultimodalSentimentModel(nn.Module):
             # A trunk runs only when some row has its modality: a text-only batch never touches r3d_18.
             video = (self._video_pooled(batch["video"], present[:, v]).float() if present[:, v].any()
                      else torch.zeros(n, VIDEO_EMB_DIM, device=device))
-            text = (self._text_pooled(batch["input_ids"], batch["attention_mask"], present[:, t]).float() if present[:, t].any()
-                    else torch.zeros(n, self.text_hidden, device=device))
+            text = (self._text_pooled(batch["input_ids"], batch["attention_mask"], present[:, t]).float()
+                    if present[:, t].any() else torch.zeros(n, self.text_hidden, device=device))
             zero = torch.zeros((), dtype=torch.float32, device=device)
             return {
                 "video_emb": torch.where(present[:, v : v + 1], video, zero),
@@ -409,62 +423,67 @@ class MultimodalSentimentModel(nn.Module):
         if audio.ndim != 4 or audio.shape[1] != 1:
             raise ValueError(f"batch['audio'] must be [B, 1, n_mels, frames], got {tuple(audio.shape)}")
         present = self._present(batch, audio)
-        t, a, v = (labels.MODALITIES.index(m) for m in ("text", "audio", "video"))
+        emb = self._embeddings(batch, audio, present)
+        per_modality = {
+            m: {
+                "emotion": self.modality_heads[m]["emotion"](emb[m]),
+                "sentiment": self.modality_heads[m]["sentiment"](emb[m]),
+            }
+            for m in labels.MODALITIES
+        }
+        if self.fusion is not None:
+            fused = self.fusion(torch.cat([emb[m] for m in labels.MODALITIES], dim=1))  # (B, fusion_dim)
+            emotion, sentiment = self.emotion_head(fused), self.sentiment_head(fused)
+        else:  # late: the present modalities' own heads, averaged
+            weights = present.to(emb["text"].dtype)  # (B, 3)
+            denom = weights.sum(dim=1, keepdim=True).clamp(min=1.0)
+            emotion, sentiment = (
+                sum(weights[:, i : i + 1] * per_modality[m][head] for i, m in enumerate(labels.MODALITIES)) / denom
+                for head in ("emotion", "sentiment")
+            )
+        return {"emotion": emotion, "sentiment": sentiment, "per_modality": per_modality}
 
+    def _trunk_outputs(self, batch: dict[str, Tensor], present: Tensor, n: int,
+                       device: torch.device) -> tuple[Tensor, Tensor]:
+        """(video [B,512], text [B,hidden]): the cached trunk outputs when the batch has them,
+        else the trunks run on the raw inputs; zeros for a modality the model masks off."""
+        t, v = labels.MODALITIES.index("text"), labels.MODALITIES.index("video")
         if "video" not in self.config.modalities:  # masked off: the trunk never runs
-            video_pooled = torch.zeros(audio.shape[0], VIDEO_EMB_DIM, dtype=torch.float32, device=audio.device)
+            video = torch.zeros(n, VIDEO_EMB_DIM, dtype=torch.float32, device=device)
         elif "video_emb" in batch:
-            video_pooled = batch["video_emb"]
+            video = batch["video_emb"]
         elif "video" in batch:
-            video_pooled = self._video_pooled(batch["video"], present[:, v])
+            video = self._video_pooled(batch["video"], present[:, v])
         else:
             raise KeyError("batch needs 'video' [B,3,T,H,W] or a cached 'video_emb' [B,512]")
         if "text" not in self.config.modalities:
-            text_pooled = torch.zeros(audio.shape[0], self.text_hidden, dtype=torch.float32, device=audio.device)
+            text = torch.zeros(n, self.text_hidden, dtype=torch.float32, device=device)
         elif "text_emb" in batch:
-            text_pooled = batch["text_emb"]
+            text = batch["text_emb"]
         elif "input_ids" in batch and "attention_mask" in batch:
-            text_pooled = self._text_pooled(batch["input_ids"], batch["attention_mask"], present[:, t])
+            text = self._text_pooled(batch["input_ids"], batch["attention_mask"], present[:, t])
         else:
-            raise KeyError(f"batch needs 'input_ids' and 'attention_mask' [B,L] or a cached 'text_emb' [B,{self.text_hidden}]")
+            raise KeyError(
+                f"batch needs 'input_ids' and 'attention_mask' [B,L] or a cached 'text_emb' [B,{self.text_hidden}]"
+            )
+        return video, text
 
+    def _embeddings(self, batch: dict[str, Tensor], audio: Tensor, present: Tensor) -> dict[str, Tensor]:
+        """Each modality's projection, (B, embed_dim), exactly zero where it is absent."""
+        t, a, v = (labels.MODALITIES.index(m) for m in ("text", "audio", "video"))
+        video_pooled, text_pooled = self._trunk_outputs(batch, present, audio.shape[0], audio.device)
         audio = audio.to(self.audio_encoder.conv[0].weight.dtype)  # e.g. float16 features from a cache
         zero = torch.zeros((), dtype=audio.dtype, device=audio.device)
         audio_in = torch.where(present[:, a].view(-1, 1, 1, 1), audio, zero)
         # Absent inputs were neutralised above; their embeddings are zeroed here with
         # torch.where, not a multiply, so even a NaN in a cached embedding cannot leak.
         emb = {
-            "text": self.text_proj(torch.where(present[:, t : t + 1], text_pooled, 0.0).to(self.text_proj.weight.dtype)),
+            "text": self.text_proj(
+                torch.where(present[:, t : t + 1], text_pooled, 0.0).to(self.text_proj.weight.dtype)
+            ),
             "audio": self.audio_encoder(audio_in),
-            "video": self.video_proj(torch.where(present[:, v : v + 1], video_pooled, 0.0).to(self.video_proj[0].weight.dtype)),
+            "video": self.video_proj(
+                torch.where(present[:, v : v + 1], video_pooled, 0.0).to(self.video_proj[0].weight.dtype)
+            ),
         }
-        emb = {m: torch.where(present[:, i : i + 1], emb[m], 0.0) for i, m in enumerate(labels.MODALITIES)}  # (B, embed_dim) each
-
-        per_modality = {
-            m: {"emotion": self.modality_heads[m]["emotion"](emb[m]), "sentiment": self.modality_heads[m]["sentiment"](emb[m])}
-            for m in labels.MODALITIES
-        }
-        if self.fusion is not None:
-            fused = self.fusion(torch.cat([emb[m] for m in labels.MODALITIES], dim=1))  # (B, fusion_dim)
-            emotion, sentiment = self.emotion_head(fused), self.sentiment_head(fused)
-        else:
-            weights = present.to(emb["text"].dtype)  # (B, 3)
-            denom = weights.sum(dim=1, keepdim=True).clamp(min=1.0)
-            emotion = sum(weights[:, i : i + 1] * per_modality[m]["emotion"] for i, m in enumerate(labels.MODALITIES)) / denom
-            sentiment = sum(weights[:, i : i + 1] * per_modality[m]["sentiment"] for i, m in enumerate(labels.MODALITIES)) / denom
-        return {"emotion": emotion, "sentiment": sentiment, "per_modality": per_modality}
-
-    # --------------------------------------------------------------- save / load (mmsa_ray.checkpoint)
-
-    def save(self, directory: str | os.PathLike, *, compact: bool = False) -> Path:
-        """Write the checkpoint directory; see `mmsa_ray.checkpoint.save`."""
-        from mmsa_ray import checkpoint
-
-        return checkpoint.save(self, directory, compact=compact)
-
-    @classmethod
-    def load(cls, directory: str | os.PathLike, map_location: str | torch.device = "cpu") -> MultimodalSentimentModel:
-        """Rebuild a saved model (eval mode) on `map_location`; see `mmsa_ray.checkpoint.load`."""
-        from mmsa_ray import checkpoint
-
-        return checkpoint.load(directory, map_location, cls)
+        return {m: torch.where(present[:, i : i + 1], emb[m], 0.0) for i, m in enumerate(labels.MODALITIES)}

@@ -10,7 +10,18 @@ A row (one per clip):
     sentiment: str, sentiment_probs: list[float] (3, labels.SENTIMENTS order),
     modalities: list[str] (present ones, labels.MODALITIES order),
     text_emotion / audio_emotion / video_emotion: str | None (that modality's own top
-    emotion; None when it is absent), model_id: str.
+    emotion; None when it is absent), model_id: str,
+    no_label_reason: str | None,
+    emotion_uncertain / sentiment_uncertain: bool | None (calibrated top probability below the
+    checkpoint's threshold; None for an uncalibrated checkpoint or a row without a label).
+
+Probabilities are the checkpoint's calibrated ones when it has a calibration
+(mmsa_ray.calibrate: softmax of logits / T per head), else the raw softmax.
+
+No signal, no label: a clip none of whose modalities the checkpoint reads is present (a
+text-only model and no transcript, say) gets emotion, sentiment and their probabilities
+None and `no_label_reason` naming what was missing ("no transcript", "no transcript, audio
+or video"); with all inputs masked the heads would only repeat their bias.
 """
 
 from __future__ import annotations
@@ -21,15 +32,17 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
-from mmsa_ray import labels
+from mmsa_ray import checkpoint, labels
 from mmsa_ray.features import FeatureConfig, clip_features, log_mel, tokenize, video_features
 
 if TYPE_CHECKING:
     import torch
 
-    from mmsa_ray.media import DecodeConfig
+    from mmsa_ray.media.types import DecodeConfig
     from mmsa_ray.model import MultimodalSentimentModel
 
+# What each modality's input is called in a no_label_reason.
+INPUT_NAMES = {"text": "transcript", "audio": "audio", "video": "video"}
 # Keys predict_batch passes to the model (anything else in a batch, e.g. ids, is ignored).
 MODEL_INPUT_KEYS = ("video", "audio", "input_ids", "attention_mask", "mask", "video_emb", "text_emb")
 
@@ -81,7 +94,8 @@ class Preprocessing:
         from mmsa_ray.media import decode_clip
 
         clip = decode_clip(source, start=start, end=end, config=self.decode_config) if self.decodes_media else None
-        features = clip_features(clip, transcript, self.tokenizer, self.feature_config, decode=self.decode_config, context=context)
+        features = clip_features(clip, transcript, self.tokenizer, self.feature_config, decode=self.decode_config,
+                                 context=context)
         used = np.array([m in self.modalities for m in labels.MODALITIES], dtype=np.float32)
         return features | {"mask": features["mask"] * used}
 
@@ -116,22 +130,29 @@ class Predictor:
         model_id: str,
         device: torch.device,
         dtype: torch.dtype | None = None,
+        calibration: dict[str, Any] | None = None,
     ):
         self.model = model
         self.preprocessing = preprocessing
         self.model_id = model_id
         self.device = device
         self.dtype = dtype  # None: fp32; torch.bfloat16: autocast on CUDA only
+        self.calibration = calibration  # config.json's "calibration" (mmsa_ray.calibrate), None: uncalibrated
+
+    @property
+    def calibrated(self) -> bool:
+        return self.calibration is not None
 
     @classmethod
-    def from_checkpoint(cls, directory: str | os.PathLike, device: str | None = None, dtype: str | None = None) -> Predictor:
+    def from_checkpoint(
+        cls, directory: str | os.PathLike, device: str | None = None, dtype: str | None = None
+    ) -> Predictor:
         """Load a checkpoint for inference. device None -> "cuda" when available, else
         "cpu". dtype None/"fp32" runs in float32; "bf16" autocasts to bfloat16 on CUDA
         (ignored on CPU)."""
         import torch
 
         from mmsa_ray.checkpoint import model_id
-        from mmsa_ray.model import MultimodalSentimentModel
 
         dev = torch.device(device if device is not None else ("cuda" if torch.cuda.is_available() else "cpu"))
         if dtype in (None, "fp32", "float32"):
@@ -141,10 +162,10 @@ class Predictor:
         else:
             raise ValueError(f"dtype must be None, 'fp32' or 'bf16', got {dtype!r}")
         directory = Path(directory)
-        model = MultimodalSentimentModel.load(directory, map_location=dev).eval()
+        model = checkpoint.load(directory, map_location=dev).eval()
         config = model.config
         preprocessing = Preprocessing(config.decode, config.features, model.tokenizer, config.modalities)
-        return cls(model, preprocessing, model_id(directory), dev, amp)
+        return cls(model, preprocessing, model_id(directory), dev, amp, checkpoint.read_calibration(directory))
 
     @property
     def decode_config(self) -> DecodeConfig:
@@ -198,24 +219,46 @@ class Predictor:
         if "mask" not in inputs:
             raise KeyError("predict_batch: the batch has no 'mask' [B, 3] (features from clip_features have one)")
         use_amp = self.dtype is not None and self.device.type == "cuda"
-        with torch.inference_mode(), torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=use_amp):
+        with (
+            torch.inference_mode(),
+            torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=use_amp),
+        ):
             out = self.model(inputs)
-        emotion = torch.softmax(out["emotion"].float(), dim=-1).cpu().numpy()
-        sentiment = torch.softmax(out["sentiment"].float(), dim=-1).cpu().numpy()
+        emotion = torch.softmax(out["emotion"].float() / self._temperature("emotion"), dim=-1).cpu().numpy()
+        sentiment = torch.softmax(out["sentiment"].float() / self._temperature("sentiment"), dim=-1).cpu().numpy()
         own = {m: out["per_modality"][m]["emotion"].float().argmax(dim=-1).cpu().numpy() for m in labels.MODALITIES}
         present = inputs["mask"].float().cpu().numpy() > 0.5
         rows = []
         for i in range(emotion.shape[0]):
+            signal = bool(present[i].any())
             row: dict[str, Any] = {
-                "emotion": labels.EMOTIONS[int(emotion[i].argmax())],
-                "emotion_probs": [float(p) for p in emotion[i]],
-                "sentiment": labels.SENTIMENTS[int(sentiment[i].argmax())],
-                "sentiment_probs": [float(p) for p in sentiment[i]],
+                "emotion": labels.EMOTIONS[int(emotion[i].argmax())] if signal else None,
+                "emotion_probs": [float(p) for p in emotion[i]] if signal else None,
+                "sentiment": labels.SENTIMENTS[int(sentiment[i].argmax())] if signal else None,
+                "sentiment_probs": [float(p) for p in sentiment[i]] if signal else None,
                 "modalities": [m for j, m in enumerate(labels.MODALITIES) if present[i, j]],
             }
             for j, m in enumerate(labels.MODALITIES):
                 row[f"{m}_emotion"] = labels.EMOTIONS[int(own[m][i])] if present[i, j] else None
             row["model_id"] = self.model_id
+            row["no_label_reason"] = None if signal else self.no_signal_reason()
+            for head, probs in (("emotion", emotion[i]), ("sentiment", sentiment[i])):
+                row[f"{head}_uncertain"] = self._uncertain(head, probs) if signal else None
             rows.append(row)
         return rows
+
+    def _temperature(self, head: str) -> float:
+        return float(self.calibration[head]["temperature"]) if self.calibration else 1.0
+
+    def _uncertain(self, head: str, probs: np.ndarray) -> bool | None:
+        """Calibrated top probability below the head's threshold; None when uncalibrated."""
+        if not self.calibration:
+            return None
+        return bool(float(probs.max()) < float(self.calibration[head]["threshold"]))
+
+    def no_signal_reason(self) -> str:
+        """What a clip lacked when none of the checkpoint's modalities was there: "no transcript"
+        for a text-only checkpoint, "no transcript, audio or video" for a full one."""
+        names = [INPUT_NAMES[m] for m in labels.MODALITIES if m in self.modalities]
+        return "no " + (names[0] if len(names) == 1 else ", ".join(names[:-1]) + " or " + names[-1])
 

@@ -16,12 +16,14 @@ is kept, to reject duplicates.
 
 from __future__ import annotations
 
+import contextlib
 import fnmatch
 import json
 import math
 import os
 import posixpath
-from typing import Any, Iterable, Iterator
+from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import pyarrow as pa
@@ -73,7 +75,9 @@ def list_sources(spec: str, extensions: tuple[str, ...] = MEDIA_EXTENSIONS) -> I
     seen: set[str] = set()
     for row in _raw_sources(spec, tuple(e.lower() for e in extensions)):
         if row["id"] in seen:
-            raise ValueError(f"{spec}: duplicate id {row['id']!r}: ids must be unique (give the manifest an `id` column)")
+            raise ValueError(
+                f"{spec}: duplicate id {row['id']!r}: ids must be unique (give the manifest an `id` column)"
+            )
         seen.add(row["id"])
         yield row
 
@@ -157,7 +161,7 @@ def with_file_context(rows: Iterable[dict[str, Any]], turns: int) -> Iterator[di
         if row["transcript"] is not None and row["uri"]:
             by_file.setdefault(row["uri"], []).append(row)
     for spoken in by_file.values():
-        for row, context in zip(spoken, earlier_transcripts(spoken, turns)):
+        for row, context in zip(spoken, earlier_transcripts(spoken, turns), strict=True):
             if row.get("context") is None:
                 row["context"] = context
     yield from rows
@@ -173,10 +177,12 @@ def _manifest_batches(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[pa.
         with fs.open_input_file(path) as f:
             yield from pq.ParquetFile(f).iter_batches(batch_size=8192)
     elif lower.endswith(".csv"):
-        types = {"path": pa.string(), "id": pa.string(), "transcript": pa.string(), "start": pa.float64(), "end": pa.float64(),
-                 "context": pa.string()}
+        types = {"path": pa.string(), "id": pa.string(), "transcript": pa.string(), "start": pa.float64(),
+                 "end": pa.float64(), "context": pa.string()}
         with fs.open_input_stream(path) as f:
-            yield from pacsv.open_csv(f, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True))
+            yield from pacsv.open_csv(
+                f, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
+            )
     else:  # jsonl
         with fs.open_input_stream(path) as f:
             yield from pajson.read_json(f).to_batches()
@@ -201,7 +207,8 @@ def _manifest_rows(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[dict[s
             start = float_or_none(data.get("start", [None] * (i + 1))[i])
             end = float_or_none(data.get("end", [None] * (i + 1))[i])
             transcript = data.get("transcript", [None] * (i + 1))[i]
-            transcript = None if transcript is None or (isinstance(transcript, float) and np.isnan(transcript)) else str(transcript)
+            transcript = (None if transcript is None or (isinstance(transcript, float) and np.isnan(transcript))
+                          else str(transcript))
             id_ = _window_id(uri, start, end) if id_ is None or id_ == "" else str(id_)
             context = _context_cell(spec, n, data.get("context", [None] * (i + 1))[i])
             yield _row(id_, uri, transcript, start, end, context)
@@ -223,6 +230,27 @@ def _context_cell(spec: str, n: int, cell: Any) -> list[str] | None:
         raise ValueError(f"{spec}: row {n}: `context` must be a list of strings (earlier transcripts, oldest first; "
                          'in CSV as JSON text, e.g. ["Hi.", "What happened?"])')
     return cell
+
+
+def parse_extensions(text: str) -> tuple[str, ...]:
+    """"mp4,.mkv, wav" -> (".mp4", ".mkv", ".wav"): the --extensions flag of label and transcribe."""
+    parts = (part.strip() for part in text.split(","))
+    return tuple(p if p.startswith(".") else f".{p}" for p in parts if p)
+
+
+@contextlib.contextmanager
+def open_media(source: Any) -> Iterator[Any]:
+    """A source as the decoder takes it, closed on exit: a remote URI (s3://, gs://, ...) as a
+    pyarrow random-access file, file:// and local paths as a path; bytes and file objects
+    pass through as they are (their owner closes them)."""
+    if not (isinstance(source, str) and "://" in source):
+        yield source
+    elif source.startswith("file://"):
+        yield source[len("file://"):]
+    else:
+        fs, path = pafs.FileSystem.from_uri(source)
+        with fs.open_input_file(path) as f:
+            yield f
 
 
 def float_or_none(v: Any) -> float | None:

@@ -31,13 +31,17 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import math
 import os
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass, field
-from typing import Any, BinaryIO, Iterable, Iterator
+from typing import Any, BinaryIO
 
 import numpy as np
+
+from mmsa_ray.sources import open_media
 
 SAMPLE_RATE = 16000  # Hz: what Whisper takes
 _CUT_SEARCH_S = 10.0  # a chunk is cut in a silence within its last this many seconds
@@ -73,7 +77,8 @@ class SpeechConfig:
             raise ValueError(f"need 0 < min_utterance_s <= max_utterance_s, got {self.min_utterance_s}, "
                              f"{self.max_utterance_s}")
         if self.pause_s <= 0 or self.chunk_s < 2 * _CUT_SEARCH_S:
-            raise ValueError(f"need pause_s > 0 and chunk_s >= {2 * _CUT_SEARCH_S:g}, got {self.pause_s}, {self.chunk_s}")
+            raise ValueError(f"need pause_s > 0 and chunk_s >= {2 * _CUT_SEARCH_S:g}, got {self.pause_s}, "
+                             f"{self.chunk_s}")
 
     def model_path(self) -> str:
         """What WhisperModel gets: a local directory (as a str: a Path raises inside
@@ -139,7 +144,7 @@ class Utterance:
 
 
 @dataclass
-class _TimedWord:
+class TimedWord:
     """A word with its Whisper segment's scores and raw text (leading space kept)."""
     start: float
     end: float
@@ -169,15 +174,15 @@ class SpeechRecognizer:
         mmsa_ray.media.MediaError when the audio cannot be read / there is no audio stream."""
         return build_utterances(self.words(source, start, end), self.config)
 
-    def words(self, source, start: float | None = None, end: float | None = None) -> list[_TimedWord]:
+    def words(self, source, start: float | None = None, end: float | None = None) -> list[TimedWord]:
         """All recognized words of [start, end), in file time, in order."""
-        out: list[_TimedWord] = []
+        out: list[TimedWord] = []
         for t, audio in speech_chunks(source, start, end, self.config.chunk_s, self.config.vad):
             prompt = " ".join(w.raw.strip() for w in out[-_PROMPT_WORDS:]) or None
             out.extend(self._transcribe_array(audio, t, prompt))
         return out
 
-    def _transcribe_array(self, audio: np.ndarray, offset: float, prompt: str | None) -> list[_TimedWord]:
+    def _transcribe_array(self, audio: np.ndarray, offset: float, prompt: str | None) -> list[TimedWord]:
         """audio float32 [N] at 16 kHz starting `offset` s into the file -> its words."""
         c = self.config
         segments, _ = self.model.transcribe(audio, language=c.language, vad_filter=c.vad, word_timestamps=True,
@@ -187,7 +192,7 @@ class SpeechRecognizer:
             for w in seg.words or ():
                 if not any(ch.isalnum() for ch in w.word):
                     continue  # whitespace, or punctuation alone ("...", which Whisper writes for mumbling)
-                words.append(_TimedWord(offset + float(w.start), offset + float(w.end), w.word,
+                words.append(TimedWord(offset + float(w.start), offset + float(w.end), w.word,
                                         float(w.probability), float(seg.avg_logprob), float(seg.no_speech_prob)))
         _snap_edges(words, audio, offset, c.pause_s)
         return words
@@ -203,28 +208,16 @@ def speech_chunks(source, start: float | None, end: float | None, chunk_s: float
     config = DecodeConfig(sample_rate=SAMPLE_RATE, timeout_s=max(60.0, chunk_s / 2))
     pending: np.ndarray | None = None
     pending_t = 0.0
-    for t, wave in stream_audio(_open_source(source), start, end, chunk_s, config):
-        if pending is None:
-            pending, pending_t = wave, t
-            continue
-        cut = _silent_cut(pending, vad)
-        yield pending_t, pending[:cut]
-        pending, pending_t = np.concatenate([pending[cut:], wave]), pending_t + cut / SAMPLE_RATE
+    with open_media(source) as media:
+        for t, wave in stream_audio(media, start, end, chunk_s, config):
+            if pending is None:
+                pending, pending_t = wave, t
+                continue
+            cut = _silent_cut(pending, vad)
+            yield pending_t, pending[:cut]
+            pending, pending_t = np.concatenate([pending[cut:], wave]), pending_t + cut / SAMPLE_RATE
     if pending is not None and len(pending):
         yield pending_t, pending
-
-
-def _open_source(source):
-    """Remote URIs (s3://, gs://, ...) -> pyarrow random-access files, file:// -> a path;
-    anything else as it is (the same rule as label's decode)."""
-    if isinstance(source, str) and "://" in source:
-        if source.startswith("file://"):
-            return source[len("file://"):]
-        import pyarrow.fs as pafs
-
-        fs, path = pafs.FileSystem.from_uri(source)
-        return fs.open_input_file(path)
-    return source
 
 
 def _silent_cut(audio: np.ndarray, vad: bool) -> int:
@@ -259,7 +252,7 @@ def _silent_cut(audio: np.ndarray, vad: bool) -> int:
     return lo + int(np.argmin(energy)) * frame + frame // 2
 
 
-def _snap_edges(words: list[_TimedWord], audio: np.ndarray, offset: float, pause_s: float) -> None:
+def _snap_edges(words: list[TimedWord], audio: np.ndarray, offset: float, pause_s: float) -> None:
     """Snap the outer edges of each run of words (runs split at pauses >= pause_s) to the
     speech in `audio` (float32 [N] 16 kHz, starting `offset` s into the file), in place.
 
@@ -307,7 +300,7 @@ def _snap_edges(words: list[_TimedWord], audio: np.ndarray, offset: float, pause
         last.end = float(round(max(to_time(b2), last.start + 0.02), 3))
 
 
-def build_utterances(words: Iterable[_TimedWord], config: SpeechConfig) -> list[Utterance]:
+def build_utterances(words: Iterable[TimedWord], config: SpeechConfig) -> list[Utterance]:
     """Words (file time, in order) -> utterances: split where the gap between two words is
     >= pause_s; pieces shorter than min_utterance_s merged into the neighbour across the
     smaller gap; pieces longer than max_utterance_s split at their largest gap (a gap after
@@ -316,24 +309,24 @@ def build_utterances(words: Iterable[_TimedWord], config: SpeechConfig) -> list[
     words = sorted(words, key=lambda w: w.start)
     if not words:
         return []
-    pieces: list[list[_TimedWord]] = [[words[0]]]
-    for prev, w in zip(words, words[1:]):
+    pieces: list[list[TimedWord]] = [[words[0]]]
+    for prev, w in itertools.pairwise(words):
         if w.start - prev.end >= config.pause_s:
             pieces.append([w])
         else:
             pieces[-1].append(w)
     pieces = _merge_short(pieces, config.min_utterance_s)
-    out: list[list[_TimedWord]] = []
+    out: list[list[TimedWord]] = []
     for p in pieces:
         out.extend(_split_long(p, config))
     return [_utterance(p) for p in out]
 
 
-def _duration(piece: list[_TimedWord]) -> float:
+def _duration(piece: list[TimedWord]) -> float:
     return piece[-1].end - piece[0].start
 
 
-def _merge_short(pieces: list[list[_TimedWord]], min_s: float) -> list[list[_TimedWord]]:
+def _merge_short(pieces: list[list[TimedWord]], min_s: float) -> list[list[TimedWord]]:
     pieces = [list(p) for p in pieces]
     while len(pieces) > 1:
         short = [i for i, p in enumerate(pieces) if _duration(p) < min_s]
@@ -348,7 +341,7 @@ def _merge_short(pieces: list[list[_TimedWord]], min_s: float) -> list[list[_Tim
     return pieces
 
 
-def _split_long(piece: list[_TimedWord], config: SpeechConfig) -> list[list[_TimedWord]]:
+def _split_long(piece: list[TimedWord], config: SpeechConfig) -> list[list[TimedWord]]:
     if _duration(piece) <= config.max_utterance_s or len(piece) < 2:
         return [piece]
     candidates = []
@@ -361,7 +354,7 @@ def _split_long(piece: list[_TimedWord], config: SpeechConfig) -> list[list[_Tim
     return _split_long(piece[:k], config) + _split_long(piece[k:], config)
 
 
-def _utterance(piece: list[_TimedWord]) -> Utterance:
+def _utterance(piece: list[TimedWord]) -> Utterance:
     return Utterance(
         start=piece[0].start, end=piece[-1].end,
         text="".join(w.raw for w in piece).strip(),

@@ -1,5 +1,5 @@
 """The emotion/sentiment timeline: one Vega-Lite chart (built with altair) plus a little
-JavaScript glue, shared by the offline report (report.py) and the Serve page (serve_page.py).
+JavaScript glue, shared by the offline report (report/html.py) and the Serve page (serve/page.py).
 
 Why altair / Vega-Lite: the chart is a declarative JSON spec built in Python, the same
 spec renders in the report and on the Serve page, and vl-convert-python ships the
@@ -10,8 +10,8 @@ that the page can refill with other rows as simply.
 Timeline rows (JavaScript objects, one per labeled or failed row):
     i       row index (the page maps a clicked mark back to its row with it)
     t0, t1  span, seconds in the file's time (t1 > t0)
-    emotion, ec       top emotion (or "failed") and its probability in [0, 1]
-    sentiment, sc     top sentiment (or "failed") and its probability
+    emotion, ec       top emotion (or "failed", or "no signal": no label) and its probability in [0, 1]
+    sentiment, sc     top sentiment (or "failed", or "no signal") and its probability
     label   a short text for the tooltip ("joy 0.82 · positive")
     transcript, text_emotion, audio_emotion, video_emotion   shown in the tooltip
 Two strips share the x axis: emotion above, sentiment below; colour = class, opacity =
@@ -31,14 +31,18 @@ from mmsa_ray.labels import EMOTIONS, SENTIMENTS
 
 DATA_NAME = "rows"  # the Vega-Lite named dataset the page fills in
 FAILED = "failed"  # the class of a row whose decode failed (no prediction)
+NO_SIGNAL = "no signal"  # the class of a row none of whose modalities had a signal (no label, by design)
 
-# Colours people read as these emotions; "failed" grey-black so a gap in labels is visible.
+# Colours people read as these emotions; "failed" grey-black so a gap in labels is visible,
+# "no signal" pale grey: a row with nothing to read, shown as such, never as a class.
 EMOTION_COLOURS = {
     "anger": "#d62728", "disgust": "#8c6d31", "fear": "#9467bd", "joy": "#f2b701",
     "neutral": "#a5acaf", "sadness": "#1f77b4", "surprise": "#ff7f0e", FAILED: "#444444",
+    NO_SIGNAL: "#dddddd",
 }
-SENTIMENT_COLOURS = {"negative": "#c0392b", "neutral": "#a5acaf", "positive": "#27ae60", FAILED: "#444444"}
-assert tuple(EMOTION_COLOURS)[:-1] == EMOTIONS and tuple(SENTIMENT_COLOURS)[:-1] == SENTIMENTS
+SENTIMENT_COLOURS = {"negative": "#c0392b", "neutral": "#a5acaf", "positive": "#27ae60", FAILED: "#444444",
+                     NO_SIGNAL: "#dddddd"}
+assert tuple(EMOTION_COLOURS)[:-2] == EMOTIONS and tuple(SENTIMENT_COLOURS)[:-2] == SENTIMENTS
 
 
 def timeline_chart():
@@ -65,7 +69,8 @@ def timeline_chart():
             .mark_rect(cursor="pointer", stroke="white", strokeWidth=0.5)
             .encode(
                 # the x axis once, under the lower strip (the scale is shared)
-                x=alt.X("t0:Q", title="seconds", scale=alt.Scale(zero=True, nice=False), axis=alt.Axis() if axis else None),
+                x=alt.X("t0:Q", title="seconds", scale=alt.Scale(zero=True, nice=False),
+                        axis=alt.Axis() if axis else None),
                 x2="t1:Q",
                 color=alt.Color(f"{field}:N", title=title,
                                 scale=alt.Scale(domain=list(colours), range=list(colours.values())),
@@ -169,12 +174,13 @@ def probability_spec() -> dict:
     data = alt.NamedData(name=PROBS_NAME)
 
     def bars(head: str, colours: dict[str, str]):
-        classes = [c for c in colours if c != FAILED]
+        classes = [c for c in colours if c not in (FAILED, NO_SIGNAL)]
         return (
             alt.Chart(data, title=head).transform_filter(alt.datum.head == head).mark_bar()
             .encode(y=alt.Y("cls:N", sort=classes, title=None),
                     x=alt.X("p:Q", scale=alt.Scale(domain=[0, 1]), title="probability"),
-                    color=alt.Color("cls:N", scale=alt.Scale(domain=classes, range=[colours[c] for c in classes]), legend=None),
+                    color=alt.Color("cls:N", scale=alt.Scale(domain=classes, range=[colours[c] for c in classes]),
+                                    legend=None),
                     tooltip=[alt.Tooltip("cls:N", title=head), alt.Tooltip("p:Q", format=".3f")])
             .properties(width=170, height=alt.Step(14))
         )

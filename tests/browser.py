@@ -70,4 +70,5 @@ def wait(driver, script: str, timeout: float = 60.0, what: str = "the page"):
     try:
         return WebDriverWait(driver, timeout, poll_frequency=0.1).until(lambda d: d.execute_script(f"return {script}"))
     except Exception:
-        pytest.fail(f"timed out after {timeout:g} s waiting for {what} ({script}); browser log: {driver.get_log('browser')}")
+        pytest.fail(f"timed out after {timeout:g} s waiting for {what} ({script}); "
+                    f"browser log: {driver.get_log('browser')}")

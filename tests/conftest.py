@@ -38,7 +38,7 @@ def ray_local():
 @pytest.fixture(scope="session")
 def sample_root(tmp_path_factory) -> Path:
     """Synthetic MELD layout: 12/6/4 clips per emotion in train/dev/test."""
-    from mmsa_ray.sample_data import make_sample_data
+    from mmsa_ray.train.sample_data import make_sample_data
 
     root = tmp_path_factory.mktemp("sample") / "MELD.Raw"
     make_sample_data(root, n_per_class_train=12, n_per_class_dev=6, n_per_class_test=4, seed=0)
@@ -59,9 +59,10 @@ def tiny_checkpoint(tmp_path_factory, small_model_config) -> Path:
     """A saved, seeded, random-initialised small model."""
     import torch
 
+    from mmsa_ray import checkpoint
     from mmsa_ray.model import MultimodalSentimentModel
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("checkpoint") / "tiny"
-    MultimodalSentimentModel(small_model_config).save(str(path))
+    checkpoint.save(MultimodalSentimentModel(small_model_config), str(path))
     return path

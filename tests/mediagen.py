@@ -206,7 +206,8 @@ def _encode_audio(container, stream, samples: np.ndarray, start: float = 0.0,
                 container.mux(p)
 
     for begin in range(0, samples.shape[1], step):
-        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, begin:begin + step]), format="fltp", layout=layout)
+        frame = av.AudioFrame.from_ndarray(np.ascontiguousarray(samples[:, begin:begin + step]), format="fltp",
+                                           layout=layout)
         frame.sample_rate, frame.time_base = stream.rate, fractions.Fraction(1, stream.rate)
         frame.pts = begin + round(start * stream.rate)
         mux(stream.encode(frame))

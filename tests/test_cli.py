@@ -36,7 +36,9 @@ def test_bad_manifest_row_is_one_line_exit_2(tmp_path, capsys):
     bad = tmp_path / "clips.csv"
     bad.write_text("id,path\nx,/nowhere.mp4\n")
     assert cli.main(["featurize", "--manifest", str(bad)]) == 2
-    assert capsys.readouterr().err.startswith(f"mmsa-ray featurize: error: manifest {bad}: missing column(s) ['transcript'")
+    assert capsys.readouterr().err.startswith(
+        f"mmsa-ray featurize: error: manifest {bad}: missing column(s) ['transcript'"
+    )
 
 
 def test_train_checks_meld_dir_before_starting_ray(tmp_path, capsys):
@@ -51,7 +53,7 @@ def test_train_checks_meld_dir_before_starting_ray(tmp_path, capsys):
 
 
 def test_other_exceptions_keep_their_traceback(monkeypatch):
-    from mmsa_ray import featurize
+    from mmsa_ray.train import featurize
 
     def broken(argv):
         raise RuntimeError("a bug, not a wrong input")
@@ -71,7 +73,7 @@ def test_job_entrypoint_reports_wrong_input_like_the_cli(tmp_path):
 
 
 def test_ctrl_c_is_one_line_and_exit_130(monkeypatch, capsys):
-    from mmsa_ray import featurize
+    from mmsa_ray.train import featurize
 
     def interrupted(argv):
         raise KeyboardInterrupt

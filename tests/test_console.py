@@ -13,11 +13,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mediagen
 import pyarrow.dataset as pads
 import pytest
 
-import mediagen
-from mmsa_ray import console, label
+from mmsa_ray import console
+from mmsa_ray.batch import label
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -97,8 +98,9 @@ def test_ray_init_kwargs_quiet_and_verbose(monkeypatch):
     assert quiet["runtime_env"]["worker_process_setup_hook"] == "mmsa_ray.console.setup_worker"
     assert env["MMSA_RAY_QUIET"] == "1"
     verbose = console.ray_init_kwargs(verbose=True)
-    assert verbose == {"log_to_driver": True, "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"},
-                                                              "worker_process_setup_hook": "mmsa_ray.console.setup_worker"}}
+    assert verbose == {"log_to_driver": True,
+                       "runtime_env": {"env_vars": {"HF_HUB_OFFLINE": "1"},
+                                       "worker_process_setup_hook": "mmsa_ray.console.setup_worker"}}
 
 
 def _run_label(args: list[str], log: Path) -> str:
@@ -122,7 +124,8 @@ def test_label_cli_prints_progress_not_ray_info_gif_and_m4b(ray_local, tmp_path,
     (src / "still.png").write_bytes(b"\x89PNG\r\n\x1a\n" + b"\0" * 64)  # not a default extension: not listed
     assert {".gif", ".m4b"} <= set(label.LabelConfig("", "", "").extensions)
     address = ray_local.get_runtime_context().gcs_address
-    common = ["--checkpoint", str(tiny_checkpoint), "--ray-address", address, "--batch-size", "2", "--decode-batch-size", "1"]
+    common = ["--checkpoint", str(tiny_checkpoint), "--ray-address", address, "--batch-size", "2",
+              "--decode-batch-size", "1"]
 
     out = tmp_path / "labels"
     quiet = _run_label([str(src), "--output", str(out), *common], tmp_path / "quiet.log")
@@ -135,7 +138,8 @@ def test_label_cli_prints_progress_not_ray_info_gif_and_m4b(ray_local, tmp_path,
     assert rows["anim.gif"]["error"] is None and rows["anim.gif"]["modalities"] == ["video"]
     assert rows["book.m4b"]["error"] is None and rows["book.m4b"]["modalities"] == ["audio"]
 
-    verbose = _run_label([str(src), "--output", str(tmp_path / "labels_v"), *common, "--verbose"], tmp_path / "verbose.log")
+    verbose = _run_label([str(src), "--output", str(tmp_path / "labels_v"), *common, "--verbose"],
+                         tmp_path / "verbose.log")
     assert RAY_INFO.search(verbose) and "Starting execution of Dataset" in verbose
     assert "label [####################] 2/2 rows (100%)" in verbose and "labeled 2, failed 0" in verbose
     assert len(verbose.splitlines()) > len(quiet.splitlines()) + 3

@@ -9,10 +9,13 @@ import numpy as np
 import pytest
 import torch
 
-from mmsa_ray import featurize, train, train_loop
+from mmsa_ray import checkpoint
 from mmsa_ray.features import FeatureConfig, tokenize
-from mmsa_ray.meld import ClipRecord, dialogue_context, read_meld
 from mmsa_ray.model import ModelConfig, MultimodalSentimentModel, build_text_encoder
+from mmsa_ray.train import driver as train
+from mmsa_ray.train import featurize
+from mmsa_ray.train import loop as train_loop
+from mmsa_ray.train.meld import ClipRecord, dialogue_context, read_meld
 
 
 @pytest.fixture(scope="module")
@@ -22,7 +25,8 @@ def tokenizer():
 
 def _record(d: int, u: int, text: str, speaker: str = "Ross", split: str = "train") -> ClipRecord:
     return ClipRecord(id=f"{split}/dia{d}_utt{u}", path=None, transcript=text, speaker=speaker, emotion="neutral",
-                      sentiment="neutral", dialogue_id=d, utterance_id=u, season=1, episode=1, start_s=0.0, end_s=1.0, split=split)
+                      sentiment="neutral", dialogue_id=d, utterance_id=u, season=1, episode=1, start_s=0.0, end_s=1.0,
+                      split=split)
 
 
 def test_dialogue_context_is_the_earlier_turns_of_the_same_dialogue():
@@ -42,7 +46,8 @@ def test_tokenize_puts_the_newest_context_next_to_the_transcript(tokenizer):
     long = ["word " * 40, "short one"]
     enc = tokenize(["I can't believe it!"], tokenizer, 16, [long])
     words = tokenizer.convert_ids_to_tokens(enc["input_ids"][0][enc["attention_mask"][0] == 1])
-    assert words[:9] == ["[CLS]", "i", "can", "'", "t", "believe", "it", "!", "[SEP]"] and words[9:11] == ["short", "one"]
+    assert words[:9] == ["[CLS]", "i", "can", "'", "t", "believe", "it", "!", "[SEP]"]
+    assert words[9:11] == ["short", "one"]
     assert len(words) == 16 and words[-1] == "[SEP]"
     # no transcript: text absent whatever the context; no context: the plain encoding
     assert not tokenize([None, "  "], tokenizer, 16, [["hi"], ["there"]])["attention_mask"].any()
@@ -70,9 +75,9 @@ def test_selection_score_and_its_check():
 def test_time_summary_splits_the_run():
     history = [{"epoch_time_s": 100.0, "data_s": 5.0, "forward_s": 30.0, "backward_s": 60.0, "dev_time_s": 5.0}] * 2
     line = train.time_summary({"total_s": 230.0, "before_fit_s": 10.0, "fit_s": 210.0, "report_s": 10.0}, history)
-    assert line == ("time 230 s: set-up 10 s (Ray start, featurize) | training 210 s = 2 epochs 200 s (waiting for data 10 s: "
-                    "Ray Data read + tokenize; forward 60 s; backward + step 120 s; dev 10 s) + Ray Train start-up, "
-                    "checkpoints and reports 10 s | best model + dev report 10 s")
+    assert line == ("time 230 s: set-up 10 s (Ray start, featurize) | training 210 s = 2 epochs 200 s "
+                    "(waiting for data 10 s: Ray Data read + tokenize; forward 60 s; backward + step 120 s; dev 10 s) "
+                    "+ Ray Train start-up, checkpoints and reports 10 s | best model + dev report 10 s")
 
 
 def test_length_bucketed_keeps_every_row_and_trims_padding():
@@ -92,7 +97,7 @@ def test_length_bucketed_keeps_every_row_and_trims_padding():
 def test_context_reaches_the_training_inputs(ray_local, tmp_path, tokenizer):
     """decode_and_featurize (the train-time path) encodes each record with its dialogue's earlier turns."""
     model = MultimodalSentimentModel(ModelConfig(features=FeatureConfig(context_turns=2), modalities=("text",)))
-    model.save(tmp_path / "m")
+    checkpoint.save(model, tmp_path / "m")
     recs = [_record(7, 0, "We were on a break!"), _record(7, 1, "Really?")]
     ds = featurize.raw_dataset(recs, str(tmp_path / "m"), ("text",), str(tmp_path / "staging.parquet"))
     rows = {r["id"]: r for r in ds.take_all()}
@@ -109,16 +114,18 @@ def test_compact_checkpoint_round_trip_and_damage(tmp_path):
     config = ModelConfig(freeze_text=False, modalities=("text",), features=FeatureConfig(context_turns=1))
     model = MultimodalSentimentModel(config).eval()
     with torch.no_grad():  # a "fine-tune": every layer moves, the embeddings stay (frozen)
-        for name, p in model.text_encoder.named_parameters():
+        for p in model.text_encoder.parameters():
             if p.requires_grad:
                 p.add_(torch.randn_like(p) * 0.01)
     assert not model.text_encoder.embeddings.word_embeddings.weight.requires_grad
-    full, compact = model.save(tmp_path / "full"), model.save(tmp_path / "compact", compact=True)
+    full = checkpoint.save(model, tmp_path / "full")
+    compact = checkpoint.save(model, tmp_path / "compact", compact=True)
     size = lambda d: (d / "model.safetensors").stat().st_size  # noqa: E731
     assert size(compact) < 0.2 * size(full) and size(compact) < 25e6
     meta = json.loads((compact / "config.json").read_text())
-    assert meta["model"]["modalities"] == ["text"] and "text_encoder.embeddings.word_embeddings.weight" in meta["compact"]["base_tensors"]
-    loaded = MultimodalSentimentModel.load(compact)
+    assert meta["model"]["modalities"] == ["text"]
+    assert "text_encoder.embeddings.word_embeddings.weight" in meta["compact"]["base_tensors"]
+    loaded = checkpoint.load(compact)
     tok = loaded.tokenizer
     enc = tokenize(["I'm so happy for you!", "Get out!"], tok, 32, [["Hi."], None])
     batch = {"input_ids": torch.from_numpy(enc["input_ids"]), "attention_mask": torch.from_numpy(enc["attention_mask"]),
@@ -133,24 +140,27 @@ def test_compact_checkpoint_round_trip_and_damage(tmp_path):
     weights = compact / "model.safetensors"
     weights.write_bytes(weights.read_bytes()[:1000])
     with pytest.raises(ValueError, match=r"model\.safetensors is damaged"):
-        MultimodalSentimentModel.load(compact)
+        checkpoint.load(compact)
     weights.unlink()
     with pytest.raises(FileNotFoundError, match=r"model\.safetensors is missing"):
-        MultimodalSentimentModel.load(compact)
+        checkpoint.load(compact)
     meta["compact"]["base_sha256"] = "0" * 64
-    other = model.save(tmp_path / "other", compact=True)
+    other = checkpoint.save(model, tmp_path / "other", compact=True)
     (other / "config.json").write_text(json.dumps(meta))
     with pytest.raises(ValueError, match="another text encoder"):
-        MultimodalSentimentModel.load(other)
+        checkpoint.load(other)
 
 
 def test_text_recipe_runs_on_real_ray_train_and_its_loss_falls(ray_local, sample_root, tmp_path):
     """The starter recipe on the sample data: fine-tuned MiniLM (embeddings frozen), two
     earlier turns as context, no class weights, 2 gloo workers, compact output."""
-    job = train.JobConfig(meld_dir=str(sample_root), output=str(tmp_path / "model"), storage_path=str(tmp_path / "store"),
+    job = train.JobConfig(meld_dir=str(sample_root), output=str(tmp_path / "model"),
+                          storage_path=str(tmp_path / "store"),
                           name="recipe", num_workers=2, cache_dir=str(tmp_path / "cache"), compact=True)
-    cfg = train.TrainConfig(modalities=("text",), epochs=3, batch_size=8, finetune=("text",), backbone_lr=1e-4, patience=0, seed=0)
-    config = ModelConfig(freeze_text=False, modalities=("text",), features=FeatureConfig(context_turns=2, max_text_length=64))
+    cfg = train.TrainConfig(modalities=("text",), epochs=3, batch_size=8, finetune=("text",), backbone_lr=1e-4,
+                            patience=0, seed=0)
+    config = ModelConfig(freeze_text=False, modalities=("text",),
+                         features=FeatureConfig(context_turns=2, max_text_length=64))
     res = train.run(job, cfg, config)
     history = res["history"]
     assert history == json.loads((tmp_path / "model.train.json").read_text())["history"]
@@ -159,6 +169,7 @@ def test_text_recipe_runs_on_real_ray_train_and_its_loss_falls(ray_local, sample
     assert res["report"]["heads"]["emotion"]["accuracy"] > 0.5  # 7 classes: chance is 0.14
     assert all(h["forward_s"] > 0 and h["backward_s"] > 0 for h in history)
     meta = json.loads((tmp_path / "model" / "config.json").read_text())
-    assert meta["compact"] and meta["model"]["features"]["context_turns"] == 2 and meta["model"]["modalities"] == ["text"]
+    assert meta["compact"] and meta["model"]["features"]["context_turns"] == 2
+    assert meta["model"]["modalities"] == ["text"]
     assert (tmp_path / "model" / "model.safetensors").stat().st_size < 25e6
     assert len(read_meld(sample_root, "dev").records) == res["report"]["n"]

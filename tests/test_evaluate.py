@@ -8,8 +8,9 @@ import json
 import numpy as np
 import pytest
 
-from mmsa_ray import evaluate
+from mmsa_ray import checkpoint
 from mmsa_ray.labels import EMOTIONS, MODALITIES, SENTIMENTS
+from mmsa_ray.train import evaluate
 
 
 def test_confusion_and_metrics_by_hand():
@@ -88,7 +89,8 @@ def test_report_files(tmp_path):
     rng = np.random.default_rng(1)
     labels = {"emotion": rng.integers(0, 7, 40), "sentiment": rng.integers(0, 3, 40)}
     logits = {h: np.eye(len(evaluate.HEADS[h]))[labels[h]] * 5 for h in labels}  # perfect
-    result = {"n": 40, "heads": evaluate.head_metrics(logits, labels), "per_modality": {}, "errors": [{"id": "x", "error": "MediaError: x: bad"}]}
+    result = {"n": 40, "heads": evaluate.head_metrics(logits, labels), "per_modality": {},
+              "errors": [{"id": "x", "error": "MediaError: x: bad"}]}
     assert result["heads"]["emotion"]["accuracy"] == 1.0 and result["heads"]["sentiment"]["weighted_f1"] == 1.0
     out = evaluate.write_report(result, tmp_path / "r", "t")
     sizes = {}
@@ -115,7 +117,8 @@ def test_confusion_chart_cells():
     counts = evaluate.confusion_chart(cm, SENTIMENTS).to_dict()
     shares = evaluate.confusion_chart(cm, SENTIMENTS, normalize=True).to_dict()
     cells = {(c["true"], c["predicted"]): c for c in counts["data"]["values"]}
-    assert len(cells) == 9 and cells["negative", "negative"]["label"] == "3" and cells["positive", "positive"]["count"] == 2
+    assert len(cells) == 9 and cells["negative", "negative"]["label"] == "3"
+    assert cells["positive", "positive"]["count"] == 2
     norm = {(c["true"], c["predicted"]): c["label"] for c in shares["data"]["values"]}
     assert norm["negative", "negative"] == "0.75" and norm["positive", "positive"] == "0.50"
     assert norm["neutral", "neutral"] == "0.00"  # a row without clips: 0, not nan
@@ -125,7 +128,7 @@ def _feature_dir(tmp_path, model, n=24):
     """A featurized Parquet directory like featurize writes, with random embeddings."""
     import pyarrow.parquet as pq
 
-    from mmsa_ray.featurize import output_table
+    from mmsa_ray.train.featurize import output_table
 
     rng = np.random.default_rng(0)
     batch = {
@@ -147,9 +150,8 @@ def _feature_dir(tmp_path, model, n=24):
 
 
 def test_evaluate_cli_on_features(tmp_path, tiny_checkpoint):
-    from mmsa_ray.model import MultimodalSentimentModel
 
-    model = MultimodalSentimentModel.load(tiny_checkpoint)
+    model = checkpoint.load(tiny_checkpoint)
     d, table = _feature_dir(tmp_path, model)
     assert table.column("audio")[0].as_py() == [] and len(table.column("audio")[1].as_py()) == 64 * 300
     data, errors = evaluate.load_features(d)
@@ -158,7 +160,8 @@ def test_evaluate_cli_on_features(tmp_path, tiny_checkpoint):
     # the CLI agrees with the library call
     expected = evaluate.evaluate(model, data)
     out = tmp_path / "report"
-    assert evaluate.main(["--checkpoint", str(tiny_checkpoint), "--features", str(d), "--output", str(out), "--device", "cpu"]) == 0
+    argv = ["--checkpoint", str(tiny_checkpoint), "--features", str(d), "--output", str(out), "--device", "cpu"]
+    assert evaluate.main(argv) == 0
     got = json.loads((out / "report.json").read_text())
     assert got["n"] == 23 and len(got["errors"]) == 1
     for h in ("emotion", "sentiment"):

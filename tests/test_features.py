@@ -12,10 +12,10 @@ from mmsa_ray.features import (
     KINETICS_MEAN,
     KINETICS_STD,
     FeatureConfig,
-    _mel_transform,
     clip_features,
     collate,
     log_mel,
+    mel_transform,
     tokenize,
     video_features,
 )
@@ -65,7 +65,8 @@ def test_video_features_layout_and_kinetics_normalization():
     frames[0, 1, :, 2, 3] = (0, 128, 255)
     out = video_features(frames)
     assert out.shape == (2, 3, 4, 6, 5) and out.dtype == np.float32
-    want = (frames.transpose(0, 2, 1, 3, 4) / 255.0 - KINETICS_MEAN.reshape(1, 3, 1, 1, 1)) / KINETICS_STD.reshape(1, 3, 1, 1, 1)
+    want = ((frames.transpose(0, 2, 1, 3, 4) / 255.0 - KINETICS_MEAN.reshape(1, 3, 1, 1, 1))
+            / KINETICS_STD.reshape(1, 3, 1, 1, 1))
     np.testing.assert_allclose(out, want, rtol=1e-5, atol=1e-5)
     # channel c of pixel (t=1, y=2, x=3): R=0, G=128, B=255
     np.testing.assert_allclose(
@@ -110,7 +111,8 @@ def test_log_mel_matches_torchaudio_and_normalizes_over_valid_frames():
     config = FeatureConfig()
     wave = np.random.default_rng(0).normal(0, 0.1, SR * 2).astype(np.float32)  # 2 s -> 63 frames
     out = log_mel([wave], config)[0, 0]
-    ref = torchaudio.transforms.MelSpectrogram(sample_rate=SR, n_fft=1024, hop_length=512, n_mels=64)(torch.from_numpy(wave)).numpy()
+    mel = torchaudio.transforms.MelSpectrogram(sample_rate=SR, n_fft=1024, hop_length=512, n_mels=64)
+    ref = mel(torch.from_numpy(wave)).numpy()
     ref = np.log(ref + 1e-6)
     n = ref.shape[1]
     assert n == 1 + (2 * SR) // 512 == 63
@@ -127,7 +129,7 @@ def test_log_mel_of_long_audio_is_its_first_300_frames():
     config = FeatureConfig()
     wave = np.random.default_rng(1).normal(0, 0.1, SR * 12).astype(np.float32)  # 12 s > 9.6 s
     out = log_mel([wave], config)[0, 0]
-    full = _mel_transform(SR, 1024, 512, 64)(torch.from_numpy(wave)).numpy()[:, :300]
+    full = mel_transform(SR, 1024, 512, 64)(torch.from_numpy(wave)).numpy()[:, :300]
     full = np.log(full + 1e-6)
     full = (full - full.mean()) / (full.std() + 1e-5)
     np.testing.assert_allclose(out, full, rtol=1e-4, atol=1e-4)
@@ -149,7 +151,7 @@ def test_log_mel_silence_short_and_empty_waveforms():
 
 
 def test_mel_transform_is_built_once():
-    assert _mel_transform(SR, 1024, 512, 64) is _mel_transform(SR, 1024, 512, 64)
+    assert mel_transform(SR, 1024, 512, 64) is mel_transform(SR, 1024, 512, 64)
 
 
 def test_feature_config_validation():
@@ -186,7 +188,8 @@ def test_tokenize_from_many_threads(tokenizer):
     def work(i):
         try:
             for _ in range(30):
-                results.append(tokenize(["same words here", None] if i % 2 else ["same words here"], tokenizer, 32)["input_ids"][0])
+                texts = ["same words here", None] if i % 2 else ["same words here"]
+                results.append(tokenize(texts, tokenizer, 32)["input_ids"][0])
         except Exception as e:  # pragma: no cover - reported below
             errors.append(e)
 

@@ -16,7 +16,6 @@ side (--no-wait); a case with `after` is submitted once its predecessor has SUCC
 
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import secrets
@@ -28,9 +27,9 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable
 
 import pytest
 
@@ -42,10 +41,6 @@ ROOT = Path(__file__).resolve().parents[1]
 BIN = Path(sys.executable).parent  # the venv's `ray` and `python`
 
 
-def _have(module: str) -> bool:
-    return importlib.util.find_spec(f"mmsa_ray.{module}") is not None
-
-
 @dataclass
 class SubmitCase:
     id: str
@@ -53,7 +48,6 @@ class SubmitCase:
                                     # fixture in `fixtures`, and {dir[<case id>]} (an earlier case's tmp dir)
     expect_in_logs: str
     outputs: tuple[str, ...] = ()   # globs under {tmp}: each must match something the job wrote
-    module: str | None = None       # skip while mmsa_ray.<module> does not exist yet
     fixtures: list[str] = field(default_factory=list)  # pytest fixtures formatted into argv
     status: str = "SUCCEEDED"       # the job's final status ...
     exit_code: int = 0              # ... and its entrypoint's exit code (argparse errors: 2)
@@ -69,7 +63,8 @@ def _check_featurized(tmp: Path, dirs: dict[str, Path]) -> None:
     import pyarrow.dataset as pads
 
     table = pads.dataset(str(done.parent), format="parquet").to_table()
-    assert table.num_rows == 14 and {"id", "video_emb", "text_emb", "audio", "mask"} <= set(table.column_names), table.schema
+    assert table.num_rows == 14, table.schema
+    assert {"id", "video_emb", "text_emb", "audio", "mask"} <= set(table.column_names), table.schema
 
 
 def _check_trained(tmp: Path, dirs: dict[str, Path]) -> None:
@@ -97,7 +92,8 @@ HOSTILE = ("empty", "text", "truncated_third", "corrupt_middle")
 def _check_labeled(tmp: Path, dirs: dict[str, Path]) -> None:
     import pyarrow.dataset as pads
 
-    rows = pads.dataset(str(tmp / "labels"), format="parquet").to_table(columns=["id", "error", "emotion_probs"]).to_pylist()
+    table = pads.dataset(str(tmp / "labels"), format="parquet").to_table(columns=["id", "error", "emotion_probs"])
+    rows = table.to_pylist()
     assert len(rows) == 28 + len(HOSTILE), len(rows)
     failed = {Path(r["id"]).stem: r["error"] for r in rows if r["error"] is not None}
     assert set(failed) == set(HOSTILE), failed      # one error row per hostile file, with a reason ...
@@ -110,14 +106,14 @@ SMALL_MODEL = ["--num-frames", "8", "--size", "64"]   # = conftest's small_model
 
 SUBMIT_CASES = [
     *(
-        SubmitCase(f"{m}-help", [f"jobs/{m}.py", "--help"], f"usage: mmsa-ray {m}", module=m)
+        SubmitCase(f"{m}-help", [f"jobs/{m}.py", "--help"], f"usage: mmsa-ray {m}")
         for m in ("featurize", "train", "evaluate", "label")
     ),
     # A bad flag is argparse's exit 2, and the job ends FAILED with the usage error in its logs
     # (every job parses with argparse; two cases keep the module lean).
     *(
         SubmitCase(f"{m}-bad-flag", [f"jobs/{m}.py", "--no-such-flag"], f"mmsa-ray {m}: error: ",
-                   status="FAILED", exit_code=2, module=m)
+                   status="FAILED", exit_code=2)
         for m in ("train", "evaluate")   # an unknown flag; a missing required one (argparse words it first)
     ),
     # Frozen-encoder features of half the synthetic test split, all modalities, small model.
@@ -127,7 +123,6 @@ SUBMIT_CASES = [
          "--cache-dir", "{tmp}/features", "--batch-size", "7", "--decode-batch-size", "7"],
         "test: 14 clips, 0 failed",
         outputs=("features/*/test/_COMPLETE", "features/*/test/*.parquet"),
-        module="featurize",
         fixtures=["sample_root"],
         check=_check_featurized,
     ),
@@ -140,19 +135,17 @@ SUBMIT_CASES = [
         "[train] dev:",
         outputs=("ckpt/config.json", "ckpt/model.safetensors", "ckpt_report/report.json", "ckpt_report/report.md",
                  "ckpt.train.json", "store/run/*"),
-        module="train",
         fixtures=["sample_root"],
         check=_check_trained,
     ),
     # The checkpoint train just wrote, on the same dev records (its feature cache is reused).
     SubmitCase(
         "evaluate-trained",
-        ["jobs/evaluate.py", "--checkpoint", "{dir[train-sample]}/ckpt", "--meld-dir", "{sample_root}", "--split", "dev",
-         "--limit", "28", "--modalities", "text", "--cache-dir", "{dir[train-sample]}/features", "--device", "cpu",
-         "--output", "{tmp}/eval"],
+        ["jobs/evaluate.py", "--checkpoint", "{dir[train-sample]}/ckpt", "--meld-dir", "{sample_root}",
+         "--split", "dev", "--limit", "28", "--modalities", "text", "--cache-dir", "{dir[train-sample]}/features",
+         "--device", "cpu", "--output", "{tmp}/eval"],
         "report: ",
         outputs=("eval/report.json", "eval/report.md", "eval/confusion_emotion.png", "eval/confusion_sentiment.png"),
-        module="evaluate",
         fixtures=["sample_root"],
         after="train-sample",
         check=_check_evaluated,
@@ -165,7 +158,6 @@ SUBMIT_CASES = [
          "--output", "{tmp}/labels", "--actors", "1,1", "--decode-cpus", "0.5", "--cpus-per-actor", "0.5"],
         "",
         outputs=("labels/*.parquet",),
-        module="label",
         fixtures=["label_input", "tiny_checkpoint"],
         check=_check_labeled,
     ),
@@ -385,7 +377,9 @@ def head():
 
 def test_submit_with_token_runs_the_job(head, submitted):
     # `submitted`: the SUBMIT_CASES jobs are already running while this module's quick checks go on.
-    out = head.submit("ok-1", ["-c", "import sys, pathlib; print('cwd-has-jobs', pathlib.Path('jobs/label.py').is_file())"])
+    out = head.submit(
+        "ok-1", ["-c", "import sys, pathlib; print('cwd-has-jobs', pathlib.Path('jobs/label.py').is_file())"]
+    )
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     assert "cwd-has-jobs True" in out.stdout        # the working dir arrived: jobs/ is importable
     assert head.info("ok-1")["status"] == "SUCCEEDED"
@@ -408,25 +402,15 @@ def test_submit_without_the_token_is_refused(head, token, mode, message):
 
 
 def test_failing_job_is_failed_with_its_error_in_the_logs(head, tmp_path):
-    if _have("label"):
-        argv = ["jobs/label.py", "/nonexistent/videos", "--checkpoint", "/nonexistent/ckpt", "--output", str(tmp_path / "o")]
-        error = "/nonexistent/ckpt"
-    else:
-        argv = ["-c", "import sys; sys.exit('boom: bad input /nonexistent')"]
-        error = "boom: bad input /nonexistent"
+    argv = ["jobs/label.py", "/nonexistent/videos", "--checkpoint", "/nonexistent/ckpt",
+            "--output", str(tmp_path / "o")]
     out = head.submit("fail-1", argv)
     assert out.returncode != 0
     info = head.info("fail-1")
     assert info["status"] == "FAILED", info
     assert "exit code" in info["message"], info["message"]
-    assert error in head.logs("fail-1")
+    assert "/nonexistent/ckpt" in head.logs("fail-1")
     assert not (tmp_path / "o").exists()
-
-
-def _cases():
-    for c in SUBMIT_CASES:
-        have = c.module is None or _have(c.module)
-        yield pytest.param(c, id=c.id, marks=[] if have else pytest.mark.skip(reason=f"mmsa_ray.{c.module} not written yet"))
 
 
 class Submitted:
@@ -472,18 +456,18 @@ class Submitted:
 
 @pytest.fixture(scope="module")
 def submitted(head, tmp_path_factory, request) -> Submitted:
-    selected = {  # only the runnable cases this pytest run collected (-k, node ids)
+    selected = {  # only the cases this pytest run collected (-k, node ids)
         item.callspec.params["case"].id
         for item in request.session.items
         if "case" in getattr(getattr(item, "callspec", None), "params", {})
     }
-    selected = {c.id for c in SUBMIT_CASES if c.id in selected and (c.module is None or _have(c.module))}
+    selected = {c.id for c in SUBMIT_CASES if c.id in selected}
     jobs = Submitted(head, tmp_path_factory, request, selected)
     jobs.submit_independent()
     return jobs
 
 
-@pytest.mark.parametrize("case", list(_cases()))
+@pytest.mark.parametrize("case", SUBMIT_CASES, ids=[c.id for c in SUBMIT_CASES])
 def test_submit_job(head, submitted, case: SubmitCase):
     info, logs = submitted.final(case)
     tmp = submitted.dirs[case.id]
@@ -531,9 +515,8 @@ def _serve_status(head: Head) -> dict:
 def test_serve_deploy_with_token(head, tiny_checkpoint, tmp_path):
     """`serve deploy` of jobs/serve.yaml (adapted to this box) through the token-auth jobs API;
     the app answers /v1/predict; without the token the deploy is refused."""
-    import requests
-
     import mediagen
+    import requests
 
     port = _free_port()
     config = _serve_config(tmp_path, tiny_checkpoint, port)

@@ -16,14 +16,15 @@ import time
 import wave
 from pathlib import Path
 
+import mediagen
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-import mediagen
-from mmsa_ray import label, segments, sources
+from mmsa_ray import sources
+from mmsa_ray.batch import attempts, decode, label, segments, staging
 from mmsa_ray.labels import EMOTIONS, SENTIMENTS
 from mmsa_ray.media import MediaError, decode_clip
 
@@ -60,7 +61,8 @@ def expected_ids(d: Path) -> set[str]:
 
 def spawn_label(ray_address: str, args: list[str], log: Path) -> subprocess.Popen:
     """`label.main(args)` in another driver process attached to the test's Ray."""
-    code = "import sys, ray; ray.init(address=sys.argv[1]); from mmsa_ray import label; sys.exit(label.main(sys.argv[2:]))"
+    code = ("import sys, ray; ray.init(address=sys.argv[1]); from mmsa_ray.batch import label; "
+            "sys.exit(label.main(sys.argv[2:]))")
     return subprocess.Popen([sys.executable, "-c", code, ray_address, *args], cwd=REPO,
                             stdout=log.open("w"), stderr=subprocess.STDOUT)
 
@@ -100,13 +102,16 @@ def test_list_sources_directory_glob_and_manifests(tmp_path, media_dir):
     with open(tmp_path / "m.csv", "w") as f:
         f.write("path,id,transcript,start,end\n")
         for r in rows:
-            f.write(",".join("" if r[k] is None else f'"{r[k]}"' for k in ("path", "id", "transcript", "start", "end")) + "\n")
+            cells = ("" if r[k] is None else f'"{r[k]}"' for k in ("path", "id", "transcript", "start", "end"))
+            f.write(",".join(cells) + "\n")
     a_uri = str(tmp_path / "clips" / "a.mp4")
     for name in ("m.parquet", "m.jsonl", "m.csv"):
         got = list(sources.list_sources(str(tmp_path / name)))
         assert got == [
-            {"id": f"{a_uri}#t=0.5,1.5", "uri": a_uri, "transcript": "I am so happy!", "start": 0.5, "end": 1.5, "context": None},
-            {"id": "b-id", "uri": str(tmp_path / "clips" / "b.mp4"), "transcript": None, "start": None, "end": None, "context": None},
+            {"id": f"{a_uri}#t=0.5,1.5", "uri": a_uri, "transcript": "I am so happy!", "start": 0.5, "end": 1.5,
+             "context": None},
+            {"id": "b-id", "uri": str(tmp_path / "clips" / "b.mp4"), "transcript": None, "start": None, "end": None,
+             "context": None},
             {"id": "/abs/c.wav", "uri": "/abs/c.wav", "transcript": "x", "start": None, "end": None, "context": None},
         ], name
 
@@ -155,37 +160,39 @@ def test_decode_batch_timeout_attempt_records_and_watchdog(tmp_path, media_dir, 
     batch = pa.Table.from_pylist([
         {"id": ids[0], "uri": str(media_dir / ids[0]), "transcript": None, "start": None, "end": None},
         {"id": ids[1], "uri": str(media_dir / ids[1]), "transcript": "hello", "start": None, "end": None},
-    ], schema=label.STAGING_SCHEMA)
-    attempts = tmp_path / "_attempts"
-    attempts.mkdir()
-    kw = {"checkpoint": str(tiny_checkpoint), "attempts_uri": str(attempts), "max_decode_attempts": 2}
+    ], schema=staging.STAGING_SCHEMA)
+    records = tmp_path / "_attempts"
+    records.mkdir()
+    kw = {"checkpoint": str(tiny_checkpoint), "attempts_uri": str(records), "max_decode_attempts": 2}
 
     # a decoder that runs out of time: each row says so, nothing raises
-    out = label.decode_batch(batch, decode_timeout_s=1e-4, **kw)
+    out = decode.decode_batch(batch, decode_timeout_s=1e-4, **kw)
     assert all("timed out after 0.0001 s" in e for e in out.column("error").to_pylist()), out
     assert not out.column("mask").chunk(0).to_numpy().any() and out.column("video").chunk(0).to_numpy().shape[0] == 2
 
     # a record left by a worker that died decoding av.mp4 twice: not decoded a third time
-    record = attempts / (hashlib.sha1(ids[0].encode()).hexdigest() + ".json")
-    job = label.current_job()
+    record = records / (hashlib.sha1(ids[0].encode()).hexdigest() + ".json")
+    job = attempts.current_job()
     record.write_text(json.dumps({"id": ids[0], "attempts": 2, "job": "an earlier job", "pid": 1}))
-    out = label.decode_batch(batch, decode_timeout_s=None, **kw)  # deaths of another job do not count
-    assert out.column("error").to_pylist() == [None, None] and list(attempts.iterdir()) == []
+    out = decode.decode_batch(batch, decode_timeout_s=None, **kw)  # deaths of another job do not count
+    assert out.column("error").to_pylist() == [None, None] and list(records.iterdir()) == []
     record.write_text(json.dumps({"id": ids[0], "attempts": 2, "job": job, "pid": 1}))
-    out = label.decode_batch(batch, decode_timeout_s=None, **kw)
+    out = decode.decode_batch(batch, decode_timeout_s=None, **kw)
     errors = out.column("error").to_pylist()
-    assert errors[0] == f"{media_dir / ids[0]}: the decoding worker died 2 times on this file (crash or kill); not retried"
+    assert errors[0] == (f"{media_dir / ids[0]}: the decoding worker died 2 times on this file (crash or kill); "
+                         "not retried")
     assert errors[1] is None and out.column("mask").chunk(0).to_numpy()[1].tolist() == [1.0, 1.0, 0.0]  # text + audio
     assert record.exists()
     # one earlier death: decoded again, and the record is gone once decode returns
     record.write_text(json.dumps({"id": ids[0], "attempts": 1, "job": job, "pid": 1}))
-    out = label.decode_batch(batch, decode_timeout_s=None, **kw)
-    assert out.column("error").to_pylist() == [None, None] and list(attempts.iterdir()) == []
+    out = decode.decode_batch(batch, decode_timeout_s=None, **kw)
+    assert out.column("error").to_pylist() == [None, None] and list(records.iterdir()) == []
 
     # the watchdog behind DecodeConfig.timeout_s: a call that does not return is abandoned
-    with pytest.raises(label.DecodeHung, match="still running after 0.2 s"):
-        label._call_with_deadline(time.sleep, 0.2, 5)
-    assert label._call_with_deadline(lambda x: x + 1, 1.0, 1) == 2
+    with pytest.raises(attempts.DecodeHung, match="still running after 0.2 s"):
+        attempts.call_with_deadline(time.sleep, 0.2, 5)
+    assert attempts.call_with_deadline(lambda x: x + 1, 1.0, 1) == 2
+    assert attempts.watchdog_s(30.0) == 70.0  # twice the decoder's own limit, plus 10 s
 
 
 def test_cli_help_covers_every_flag(capsys):
@@ -238,7 +245,8 @@ def test_folder_hostile_rows_rerun_and_predictor_parity(ray_local, tmp_path, med
         assert len(r["emotion_probs"]) == 7 and abs(sum(r["emotion_probs"]) - 1) < 1e-4
         assert len(r["sentiment_probs"]) == 3 and r["transcript"] is None and r["start"] is None
     assert rows["everyday/av.mp4"]["modalities"] == ["audio", "video"]
-    assert rows["everyday/video_only.mp4"]["modalities"] == ["video"] and rows["everyday/video_only.mp4"]["audio_emotion"] is None
+    assert rows["everyday/video_only.mp4"]["modalities"] == ["video"]
+    assert rows["everyday/video_only.mp4"]["audio_emotion"] is None
     assert rows["everyday/audio_only.wav"]["modalities"] == ["audio"]
     # nothing half-written or staged is visible as output
     visible = [p.name for p in out.iterdir() if p.is_file()]
@@ -254,7 +262,8 @@ def test_folder_hostile_rows_rerun_and_predictor_parity(ray_local, tmp_path, med
         got = rows[id_]
         np.testing.assert_allclose(got["emotion_probs"], want["emotion_probs"], atol=1e-5)
         np.testing.assert_allclose(got["sentiment_probs"], want["sentiment_probs"], atol=1e-5)
-        assert (got["emotion"], got["model_id"], got["modalities"]) == (want["emotion"], want["model_id"], want["modalities"])
+        keys = ("emotion", "model_id", "modalities")
+        assert [got[k] for k in keys] == [want[k] for k in keys]
 
     # re-run: everything is already there
     assert label.main(args) == 0
@@ -284,7 +293,8 @@ def test_manifest_transcripts_and_windows(ray_local, tmp_path, media_dir, tiny_c
     rows = by_id(read_out(out))
     window_id = f"{av}#t=0.5,1.5"
     assert set(rows) == {"whole", window_id, "bad", "gone"}
-    assert rows["whole"]["transcript"] == "Oh my God, I can't believe it!" and rows["whole"]["modalities"] == ["text", "audio", "video"]
+    assert rows["whole"]["transcript"] == "Oh my God, I can't believe it!"
+    assert rows["whole"]["modalities"] == ["text", "audio", "video"]
     assert (rows[window_id]["start"], rows[window_id]["end"], rows[window_id]["transcript"]) == (0.5, 1.5, "I'm fine.")
     assert rows["bad"]["error"] and rows["bad"]["transcript"] == "hello"
     assert "missing.mp4" in rows["gone"]["error"]
@@ -391,7 +401,7 @@ def test_worker_killed_while_decoding_is_retried_then_recorded(ray_local, tmp_pa
     shutil.copy(media_dir / "everyday" / "av.mp4", src / "a.mp4")
     shutil.copy(media_dir / "everyday" / "video_only.mp4", src / "b.mp4")
     out = tmp_path / "labels"
-    record = out / label.ATTEMPTS_DIR / (hashlib.sha1(b"long.wav").hexdigest() + ".json")
+    record = out / attempts.ATTEMPTS_DIR / (hashlib.sha1(b"long.wav").hexdigest() + ".json")
     config = label.parse_args([str(src), "--checkpoint", str(tiny_checkpoint), "--output", str(out),
                                "--decode-batch-size", "3", "--max-decode-attempts", "1"])
     result: dict = {}

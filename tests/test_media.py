@@ -14,9 +14,14 @@ import pytest
 sys.path.insert(0, str(Path(__file__).parent))
 import mediagen  # noqa: E402
 
-from mmsa_ray import bitstream  # noqa: E402
-from mmsa_ray import media as media_module  # noqa: E402
-from mmsa_ray.media import Clip, DecodeConfig, MediaError, decode_clip  # noqa: E402
+from mmsa_ray.media import (  # noqa: E402
+    Clip,
+    DecodeConfig,
+    MediaError,
+    bitstream,  # noqa: E402
+    decode_clip,
+)
+from mmsa_ray.media import decode as decoder  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -67,7 +72,7 @@ def test_containers_and_codecs(media, name, codec, audio):
     assert clip.duration == pytest.approx(1.0, abs=0.1)
     want = expected_indices(0, clip.end, 15, 15)
     if name == "avi":  # AVI has no pts: the muxer/demuxer guess puts mpeg4's frames one slot late
-        assert all(0 <= w - g <= 1 for g, w in zip(indices(clip), want)) and indices(clip)[-1] == 14
+        assert all(0 <= w - g <= 1 for g, w in zip(indices(clip), want, strict=True)) and indices(clip)[-1] == 14
     else:
         assert indices(clip) == want
     assert clip.frame_times.shape == (16,) and np.all(np.diff(clip.frame_times) >= 0)
@@ -119,7 +124,7 @@ def test_long_clip_skips_frames_but_spans_window(media):
     assert clip.frames.shape == (8, 3, 32, 48)
     got = indices(clip)
     want = expected_indices(0, 4.0, 30, 120, T=8)
-    assert all(abs(w - g) <= 2 for g, w in zip(got, want)), (got, want)  # the nearest decoded frame
+    assert all(abs(w - g) <= 2 for g, w in zip(got, want, strict=True)), (got, want)  # the nearest decoded frame
     np.testing.assert_allclose(clip.frame_times, np.array(got) / 30, atol=1e-6)
     assert got[0] <= 8 and got[-1] >= 108
 
@@ -150,7 +155,7 @@ def test_window_in_mpegts(media, seconds, gop, start, end, decode_from, ts_offse
     with av.open(str(path)) as container:  # where decoding starts: the last keyframe before the window
         t0, vs = container.start_time / 1e6, container.streams.video[0]
         assert (t0 < 0) == (ts_offset > 0)
-        media_module._seek(container, vs, t0 + start, t0)
+        bitstream.seek_to_keyframe(container, vs, t0 + start, t0)
         key = next(p for p in container.demux(vs) if p.is_keyframe)
         assert decode_from <= float(key.pts * key.time_base) - t0 <= start
 
@@ -177,37 +182,38 @@ def test_raw_elementary_stream_is_timed_by_counting(media, ext, codec):
 def test_header_only_probe_decodes_what_the_full_probe_does(media, monkeypatch, name, codec, options):
     # decode_clip opens without FFmpeg's probe decode (it repeats a keyframe decode);
     # the frames, audio and facts must be the same as after a normal open
+    import av
+
     path = mediagen.write_video(media / f"probe.{name}", 2.0, 96, 64, 15, codec=codec, options=options,
                                 pattern="texture", audio=(48000, 2, None))
-    opens = []
-    real_open = media_module._open
-    monkeypatch.setattr(media_module, "_open", lambda *a: opens.append(a[-1]) or real_open(*a))
+    opens = []  # the options of each av.open
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **kw: opens.append(kw.get("options")) or real_open(*a, **kw))
     fast = [decode_clip(path), decode_clip(path, 0.7, 1.9)]
-    assert opens == [media_module._HEADER_PROBE] * 2  # one open each: no fallback for these
-    monkeypatch.setattr(media_module, "_HEADER_PROBE", None)
+    assert opens == [decoder.HEADER_PROBE_OPTIONS] * 2  # one open each: no fallback for these
+    monkeypatch.setattr(decoder, "HEADER_PROBE_OPTIONS", None)
     slow = [decode_clip(path), decode_clip(path, 0.7, 1.9)]
-    for a, b in zip(fast, slow):
+    for a, b in zip(fast, slow, strict=True):
         np.testing.assert_array_equal(a.frames, b.frames)
         np.testing.assert_array_equal(a.audio, b.audio)
         np.testing.assert_array_equal(a.frame_times, b.frame_times)
         assert (a.duration, a.fps, a.width, a.height) == (b.duration, b.fps, b.width, b.height)
 
 
-def test_full_probe_fallback_rewinds_file_objects(av_clip, monkeypatch):
+def test_full_probe_fallback_rewinds_file_objects(media, monkeypatch):
     # when the header-only open lacks something, decode_clip opens again with the full
-    # probe; a file object must be read again from where the caller left it
-    ref = decode_clip(av_clip, 0.5, 1.5)
-    decode_container = media_module._decode_container
-    opens = []
+    # probe; a file object must be read again from where the caller left it. A header-only
+    # probe of 32 bytes does not learn that this Matroska file's H.264 reorders frames
+    # (B-frames): the decoder finds out mid-stream, and the clip is decoded again.
+    import av
 
-    def header_probe_fails(container, *args, header_probe, **kwargs):
-        opens.append(header_probe)
-        if header_probe:
-            raise media_module._NeedsFullProbe
-        return decode_container(container, *args, header_probe=header_probe, **kwargs)
-
-    monkeypatch.setattr(media_module, "_decode_container", header_probe_fails)
-    with open(av_clip, "rb") as f:
+    path = mediagen.write_video(media / "fallback.mkv", 2.0, 160, 120, 15, audio=(44100, 2, "aac"))
+    ref = decode_clip(path, 0.5, 1.5)
+    opens = []  # whether each av.open was a header-only probe
+    real_open = av.open
+    monkeypatch.setattr(av, "open", lambda *a, **kw: opens.append("skip_frame" in kw["options"]) or real_open(*a, **kw))
+    monkeypatch.setattr(decoder, "HEADER_PROBE_OPTIONS", {**decoder.HEADER_PROBE_OPTIONS, "probesize": "32"})
+    with open(path, "rb") as f:
         clip = decode_clip(f, 0.5, 1.5)
     assert opens == [True, False]
     np.testing.assert_array_equal(clip.frames, ref.frames)
@@ -331,7 +337,7 @@ def test_held_frame_shows_until_the_next(media, ext):
     clip = decode_clip(path)
     samples = (np.arange(16) + 0.5) * clip.duration / 16
     held = (samples >= 1.0) & (samples < 8.0)
-    assert held.sum() == 12 and all(i == 10 for i, h in zip(indices(clip), held) if h)
+    assert held.sum() == 12 and all(i == 10 for i, h in zip(indices(clip), held, strict=True) if h)
     assert np.all(clip.frame_times[held] == pytest.approx(1.0))
     assert indices(decode_clip(path, 3.0, 6.0)) == [10] * 16
 
@@ -359,7 +365,9 @@ def test_cover_art_is_not_video(media):
         assert len(clip.audio) == pytest.approx(32000, abs=1200) and abs(peak_hz(clip.audio, 16000) - 440) < 5
 
 
-@pytest.mark.parametrize("ext,rate,channels", [("wav", 44100, 2), ("m4a", 44100, 2), ("mp3", 22050, 1), ("opus", 48000, 2)])
+@pytest.mark.parametrize("ext,rate,channels", [
+    ("wav", 44100, 2), ("m4a", 44100, 2), ("mp3", 22050, 1), ("opus", 48000, 2),
+])
 def test_audio_only_resampled_to_16k_mono(media, ext, rate, channels):
     path = mediagen.write_audio(media / f"tone.{ext}", 1.0, rate, channels, freq=440)
     clip = decode_clip(path)
@@ -416,7 +424,7 @@ def test_impossible_header_duration_is_measured(media):
 
     import av
 
-    from mmsa_ray.segments import segment_windows
+    from mmsa_ray.batch.segments import segment_windows
     from mmsa_ray.media import probe_duration
 
     good = mediagen.write_video(media / "dur_ok.mkv", 3.0, 64, 48, 15, audio=(16000, 1, "aac"))
@@ -695,7 +703,7 @@ def test_skipped_frames_leave_sampled_frames_exact(media, ref):
     clip = decode_clip(path, config=DecodeConfig(num_frames=8, height=32, width=48))
     full = _full_decode(path, 32, 48)
     types = []
-    for img, t in zip(clip.frames, clip.frame_times):
+    for img, t in zip(clip.frames, clip.frame_times, strict=True):
         ref_img, kind = full[round(float(t), 6)]
         np.testing.assert_array_equal(img, ref_img)
         types.append(kind)
@@ -703,7 +711,7 @@ def test_skipped_frames_leave_sampled_frames_exact(media, ref):
     if ref == 1:
         assert 3 not in types, types
     got, want = np.round(clip.frame_times * 30).astype(int), expected_indices(0, 4.0, 30, 120, T=8)
-    assert all(abs(w - g) <= 2 for g, w in zip(got, want)), (got, want)  # the nearest decoded frame
+    assert all(abs(w - g) <= 2 for g, w in zip(got, want, strict=True)), (got, want)  # the nearest decoded frame
 
 
 @pytest.mark.parametrize("ref", [1, 3])
@@ -720,7 +728,7 @@ def test_short_window_skips_only_frames_before_it(media, ref):
     clip = decode_clip(path, start, end, config=DecodeConfig(num_frames=8, height=32, width=48))
     want = [float(k) / 30 for k in expected_indices(start, end, 30, 120, T=8)]
     np.testing.assert_allclose(clip.frame_times, want, atol=1e-6)
-    for img, t in zip(clip.frames, clip.frame_times):
+    for img, t in zip(clip.frames, clip.frame_times, strict=True):
         np.testing.assert_array_equal(img, full[round(float(t), 6)][0])
     assert 3 in {k for _, k in full.values()}  # there were B-frames before the window to skip
 
@@ -738,7 +746,7 @@ def _assert_exact_showing_frames(path: Path, clip: Clip, start: float, end: floa
     full = _full_decode(path, clip.frames.shape[2], clip.frames.shape[3])
     times = np.array(sorted(full)) - t0
     samples = start + (np.arange(len(clip.frame_times)) + 0.5) * (end - start) / len(clip.frame_times)
-    for img, t, s in zip(clip.frames, clip.frame_times, samples):
+    for img, t, s in zip(clip.frames, clip.frame_times, samples, strict=True):
         np.testing.assert_array_equal(img, full[round(float(t + t0), 6)][0])
         showing = np.searchsorted(times, s + 1e-5) - 1  # full decode times are rounded to 1 us
         assert abs(np.searchsorted(times, t - 1e-5) - showing) <= max_off, (t, s)
@@ -775,10 +783,10 @@ def test_main_video_track_not_a_thumbnail(media):
     path = media / "thumbnail_first.mp4"
     with av.open(str(path), "w") as c:
         tracks = [c.add_stream("libx264", rate=10) for _ in range(2)]
-        for track, (w, h) in zip(tracks, [(32, 24), (160, 120)]):
+        for track, (w, h) in zip(tracks, [(32, 24), (160, 120)], strict=True):
             track.width, track.height, track.pix_fmt = w, h, "yuv420p"
         for i in range(20):
-            for track, pattern in zip(tracks, ["texture", "index"]):
+            for track, pattern in zip(tracks, ["texture", "index"], strict=True):
                 frame = av.VideoFrame.from_ndarray(
                     mediagen._picture(i, i / 10, track.width, track.height, pattern, np.random.default_rng(0)),
                     format="rgb24")
@@ -874,16 +882,17 @@ def test_window_audio_starts_settled(media):
     path = mediagen.write_video(media / "opus.webm", 3.0, 64, 48, 15, codec="libvpx-vp9", audio=(48000, 2, "libopus"),
                                 options={"g": "15"})
     whole = decode_clip(path).audio
+
+    def error(window, i, lag, a, b):  # window[a:b] against the whole clip's samples from i + lag on
+        return np.abs(window[a:b] - whole[i + lag + a:i + lag + b]).max()
+
     for start in (1.0, 2.0):  # on a keyframe
         window = decode_clip(path, start, start + 0.9).audio
         i = int(start * 16000)
-
-        def error(lag, a, b):
-            return np.abs(window[a:b] - whole[i + lag + a:i + lag + b]).max()
-
-        lag = min(range(-16, 17), key=lambda lag: error(lag, 2000, 6000))  # within 1 ms (the tone's period is 2.3 ms)
-        assert error(lag, 2000, 6000) < 0.01
-        assert error(lag, 0, 640) < 0.02  # the first 40 ms too
+        errors = {lag: error(window, i, lag, 2000, 6000) for lag in range(-16, 17)}
+        lag = min(errors, key=errors.get)  # within 1 ms (the tone's period is 2.3 ms)
+        assert error(window, i, lag, 2000, 6000) < 0.01
+        assert error(window, i, lag, 0, 640) < 0.02  # the first 40 ms too
 
 
 def test_packed_bitstream_placeholder_is_not_a_clean_start():

@@ -1,4 +1,4 @@
-"""mmsa_ray.meld on the real MELD CSVs (skipped where absent) and on tiny synthetic roots."""
+"""mmsa_ray.train.meld on the real MELD CSVs (skipped where absent) and on tiny synthetic roots."""
 
 import csv
 import os
@@ -9,10 +9,10 @@ import numpy as np
 import pyarrow.parquet as pq
 import pytest
 
-from mmsa_ray import meld
 from mmsa_ray.labels import EMOTIONS
-from mmsa_ray.meld import CSV_COLUMNS, MeldFormatError, read_meld
-from mmsa_ray.sample_data import write_clip
+from mmsa_ray.train import meld
+from mmsa_ray.train.meld import CSV_COLUMNS, MeldFormatError, read_meld
+from mmsa_ray.train.sample_data import write_clip
 
 
 def _real_meld_dir() -> Path | None:
@@ -105,7 +105,7 @@ def test_real_manifest_round_trip(real_train, tmp_path, suffix):
         assert table.num_rows == 9989
         assert table.column("path").null_count == 9989
         counts = np.bincount(table.column("emotion_index").to_numpy(), minlength=7)
-        assert dict(zip(EMOTIONS, counts.tolist())) == real_train.emotion_counts()
+        assert dict(zip(EMOTIONS, counts.tolist(), strict=True)) == real_train.emotion_counts()
 
 
 # ---------------------------------------------------------------- synthetic roots
@@ -244,11 +244,14 @@ def test_bad_header_and_empty_file(tmp_path):
 
 
 def test_wrong_root_and_split(tmp_path):
-    with pytest.raises(FileNotFoundError, match="is not a directory; expected it to hold train_sent_emo.csv and train_splits/"):
+    with pytest.raises(FileNotFoundError,
+                       match="is not a directory; expected it to hold train_sent_emo.csv and train_splits/"):
         read_meld(tmp_path / "nope", "train")
-    with pytest.raises(FileNotFoundError, match=r"needs .*dev_sent_emo.csv .*dev_splits_complete.*CSVs present in .*: none"):
+    with pytest.raises(FileNotFoundError,
+                       match=r"needs .*dev_sent_emo.csv .*dev_splits_complete.*CSVs present in .*: none"):
         read_meld(tmp_path, "dev")
-    with pytest.raises(ValueError, match=r"unknown MELD split 'validation'; expected one of \['train', 'dev', 'test'\]"):
+    with pytest.raises(ValueError,
+                       match=r"unknown MELD split 'validation'; expected one of \['train', 'dev', 'test'\]"):
         read_meld(tmp_path, "validation")
 
 
@@ -295,7 +298,8 @@ def test_manifest_errors_name_the_file_row_and_columns(clip_root, tmp_path):
     text = good.read_text()
     bad_label = tmp_path / "bad_label.csv"
     bad_label.write_text(text.replace(f",{records[1].emotion},", ",calm,", 1))
-    with pytest.raises(meld.MeldFormatError, match=rf"bad_label.csv: row 2 \('{records[1].id}'\): unknown emotion 'calm'"):
+    with pytest.raises(meld.MeldFormatError,
+                       match=rf"bad_label.csv: row 2 \('{records[1].id}'\): unknown emotion 'calm'"):
         meld.read_manifest(bad_label)
     no_speaker = tmp_path / "no_speaker.csv"
     no_speaker.write_text(text.replace("speaker,", "who,", 1))

@@ -17,7 +17,7 @@ import numpy as np
 import pytest
 import torch
 
-from mmsa_ray import labels
+from mmsa_ray import checkpoint, labels
 from mmsa_ray.checkpoint import CONFIG_FILE, TEXT_ENCODER_DIR, WEIGHTS_FILE
 from mmsa_ray.model import ModelConfig, MultimodalSentimentModel, build_video_trunk
 
@@ -172,7 +172,9 @@ def test_every_trainable_parameter_gets_a_gradient(model, late_model, fusion):
         cached = m.backbone_features(batch)  # the frozen trunks get no gradient anyway
         out = m({"audio": batch["audio"], "mask": batch["mask"], **cached})
         loss = out["emotion"].sum() + out["sentiment"].sum()
-        loss = loss + sum(out["per_modality"][mod][k].sum() for mod in labels.MODALITIES for k in ("emotion", "sentiment"))
+        loss = loss + sum(
+            out["per_modality"][mod][k].sum() for mod in labels.MODALITIES for k in ("emotion", "sentiment")
+        )
         loss.backward()
         missing = [n for n, p in m.named_parameters() if p.requires_grad and p.grad is None]
         assert not missing, missing
@@ -202,7 +204,9 @@ def test_frozen_backbones_stay_frozen_through_training(model):
     assert m.training and m.fusion.training and m.audio_encoder.training
     assert not m.video_backbone.training and not m.text_encoder.training
     assert all(not mod.training for mod in m.video_backbone.modules())
-    frozen_before = {k: v.clone() for k, v in m.state_dict().items() if k.startswith(("video_backbone.", "text_encoder."))}
+    frozen_before = {
+        k: v.clone() for k, v in m.state_dict().items() if k.startswith(("video_backbone.", "text_encoder."))
+    }
     trainable_before = {k: v.detach().clone() for k, v in m.named_parameters() if v.requires_grad}
     assert any("running_mean" in k for k in frozen_before)
     opt = torch.optim.AdamW(m.trainable_parameters(), lr=1e-2)
@@ -268,8 +272,8 @@ def test_kinetics_weights_offline_error_is_clear(monkeypatch, tmp_path):
 
 _ROUND_TRIP = r"""
 import sys, numpy as np, torch
-from mmsa_ray.model import MultimodalSentimentModel
-model = MultimodalSentimentModel.load(sys.argv[1])
+from mmsa_ray import checkpoint
+model = checkpoint.load(sys.argv[1])
 batch = {k: torch.from_numpy(v) for k, v in np.load(sys.argv[2]).items()}
 with torch.no_grad():
     out = model(batch)
@@ -283,13 +287,14 @@ def test_checkpoint_round_trip_in_a_fresh_offline_process(tiny_checkpoint, small
     assert sorted(p.name for p in ck.iterdir()) == sorted([CONFIG_FILE, WEIGHTS_FILE, TEXT_ENCODER_DIR])
     assert not any(p.suffix == ".safetensors" or p.suffix == ".bin" for p in (ck / TEXT_ENCODER_DIR).iterdir())
     meta = json.loads((ck / CONFIG_FILE).read_text())
-    assert meta["labels"] == {"emotions": list(labels.EMOTIONS), "sentiments": list(labels.SENTIMENTS), "modalities": list(labels.MODALITIES)}
+    assert meta["labels"] == {"emotions": list(labels.EMOTIONS), "sentiments": list(labels.SENTIMENTS),
+                              "modalities": list(labels.MODALITIES)}
     assert set(meta["versions"]) == {"mmsa_ray", "torch", "transformers"}
     assert ModelConfig.from_dict(meta["model"]) == small_model_config
 
     torch.manual_seed(123)
     state = torch.random.get_rng_state()
-    model = MultimodalSentimentModel.load(ck)
+    model = checkpoint.load(ck)
     assert torch.equal(torch.random.get_rng_state(), state), "load must not consume the caller's RNG"
     assert not model.training
     batch = _batch(model.config)
@@ -302,7 +307,8 @@ def test_checkpoint_round_trip_in_a_fresh_offline_process(tiny_checkpoint, small
         got = model(batch)
     _assert_outputs_equal(want, got)
 
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "2"}
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1", "PYTHONPATH": str(REPO),
+           "OMP_NUM_THREADS": "2"}
     subprocess.run([sys.executable, "-c", _ROUND_TRIP, str(ck), str(tmp_path / "batch.npz"), str(tmp_path / "out.npz")],
                    check=True, env=env, cwd=tmp_path, timeout=300)
     out = np.load(tmp_path / "out.npz")
@@ -329,7 +335,7 @@ def _broken_copy(src: Path, dst: Path, edit=None, weights: bool = True, text: bo
 
 def test_load_errors_name_the_problem(tiny_checkpoint, tmp_path):
     src = Path(tiny_checkpoint)
-    load = MultimodalSentimentModel.load
+    load = checkpoint.load
     with pytest.raises(FileNotFoundError, match="no such directory"):
         load(tmp_path / "nowhere")
     with pytest.raises(FileNotFoundError, match="config.json is missing"):
@@ -364,16 +370,16 @@ def test_load_errors_name_the_problem(tiny_checkpoint, tmp_path):
 
 def test_save_is_atomic_and_overwrites_only_checkpoints(model, tmp_path, monkeypatch):
     target = tmp_path / "ck"
-    model.save(target)
+    checkpoint.save(model, target)
     first = (target / WEIGHTS_FILE).stat().st_mtime_ns
-    model.save(target)  # replacing a checkpoint is fine
+    checkpoint.save(model, target)  # replacing a checkpoint is fine
     assert (target / WEIGHTS_FILE).stat().st_mtime_ns >= first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck"], "no temporary directories left behind"
     other = tmp_path / "notes"
     other.mkdir()
     (other / "todo.txt").write_text("keep me")
     with pytest.raises(FileExistsError, match="not an mmsa_ray checkpoint"):
-        model.save(other)
+        checkpoint.save(model, other)
     assert (other / "todo.txt").read_text() == "keep me"
 
     # A save that fails midway leaves neither a half checkpoint nor its temporary directory.
@@ -384,5 +390,5 @@ def test_save_is_atomic_and_overwrites_only_checkpoints(model, tmp_path, monkeyp
 
     monkeypatch.setattr(safetensors.torch, "save_model", disk_full)
     with pytest.raises(OSError, match="No space"):
-        model.save(tmp_path / "partial")
+        checkpoint.save(model, tmp_path / "partial")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["ck", "notes"]

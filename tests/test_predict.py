@@ -8,6 +8,7 @@ import hashlib
 import math
 from pathlib import Path
 
+import mediagen
 import numpy as np
 import pytest
 import torch
@@ -17,10 +18,9 @@ from mmsa_ray.features import collate
 from mmsa_ray.media import MediaError
 from mmsa_ray.predict import Predictor, Preprocessing
 
-import mediagen
-
 ROW_KEYS = {"emotion", "emotion_probs", "sentiment", "sentiment_probs", "modalities",
-            "text_emotion", "audio_emotion", "video_emotion", "model_id"}
+            "text_emotion", "audio_emotion", "video_emotion", "model_id", "no_label_reason", "emotion_uncertain",
+            "sentiment_uncertain"}
 
 
 @pytest.fixture(scope="module")
@@ -104,7 +104,7 @@ def test_predict_batch_rows(predictor, media):
     assert len(rows) == 3
     for row in rows:
         assert set(row) == ROW_KEYS
-        assert row["model_id"] == predictor.model_id
+        assert row["model_id"] == predictor.model_id and row["no_label_reason"] is None
         assert len(row["emotion_probs"]) == 7 and len(row["sentiment_probs"]) == 3
         assert all(type(p) is float for p in row["emotion_probs"] + row["sentiment_probs"])
         assert math.isclose(sum(row["emotion_probs"]), 1.0, abs_tol=1e-5)
@@ -119,11 +119,31 @@ def test_predict_batch_rows(predictor, media):
     # the probabilities are the model's softmax, and do not depend on the batch
     with torch.no_grad():
         out = predictor.model({k: torch.from_numpy(v) for k, v in collate(feats).items()})
-    np.testing.assert_allclose(np.array([r["emotion_probs"] for r in rows]), torch.softmax(out["emotion"], -1).numpy(), atol=1e-6)
+    np.testing.assert_allclose(np.array([r["emotion_probs"] for r in rows]), torch.softmax(out["emotion"], -1).numpy(),
+                               atol=1e-6)
     own = out["per_modality"]["video"]["emotion"][0].argmax().item()
     assert rows[0]["video_emotion"] == labels.EMOTIONS[own]
     alone = predictor.predict_batch(collate(feats[1:2]))[0]
     np.testing.assert_allclose(alone["emotion_probs"], rows[1]["emotion_probs"], atol=1e-5)
+
+
+def test_no_signal_no_label(predictor, media, tmp_path):
+    """A clip none of whose modalities the checkpoint reads is present gets no class: null
+    emotion, sentiment and probabilities, and the reason; its neighbours in the batch keep theirs."""
+    from mmsa_ray.pretrained import default_checkpoint
+
+    starter = Predictor.from_checkpoint(str(default_checkpoint()), device="cpu")  # text only
+    feats = [starter.preprocess(str(media["av"])), starter.preprocess(str(media["av"]), transcript="I love it!")]
+    silent, spoken = starter.predict_batch(collate(feats))
+    assert silent == {"emotion": None, "emotion_probs": None, "sentiment": None, "sentiment_probs": None,
+                      "modalities": [], "text_emotion": None, "audio_emotion": None, "video_emotion": None,
+                      "model_id": starter.model_id, "no_label_reason": "no transcript", "emotion_uncertain": None,
+                      "sentiment_uncertain": None}
+    assert spoken["emotion"] in labels.EMOTIONS and spoken["no_label_reason"] is None
+    nothing = predictor.dummy_features()
+    nothing["mask"] = np.zeros_like(nothing["mask"])  # a full model with every input absent
+    (row,) = predictor.predict_batch(collate([nothing]))
+    assert row["emotion"] is None and row["no_label_reason"] == "no transcript, audio or video"
 
 
 def test_predict_batch_accepts_cached_embeddings(predictor):
@@ -155,8 +175,8 @@ def test_cuda_fp32_matches_cpu_and_bf16_is_close(tiny_checkpoint, predictor, med
     cpu = predictor.predict_batch(feats)
     gpu = Predictor.from_checkpoint(str(tiny_checkpoint), device="cuda")
     assert gpu.model_id == predictor.model_id
-    for a, b in zip(cpu, gpu.predict_batch(feats)):
+    for a, b in zip(cpu, gpu.predict_batch(feats), strict=True):
         np.testing.assert_allclose(a["emotion_probs"], b["emotion_probs"], atol=1e-4)
     bf16 = Predictor.from_checkpoint(str(tiny_checkpoint), device="cuda", dtype="bf16")
-    for a, b in zip(cpu, bf16.predict_batch(feats)):
+    for a, b in zip(cpu, bf16.predict_batch(feats), strict=True):
         np.testing.assert_allclose(a["emotion_probs"], b["emotion_probs"], atol=2e-2)

@@ -12,6 +12,7 @@ import sys
 
 import pytest
 
+from mmsa_ray import checkpoint
 from mmsa_ray.features import collate
 from mmsa_ray.pretrained import default_checkpoint
 
@@ -82,12 +83,12 @@ def test_context_changes_an_ambiguous_line(starter):
     # only the last context_turns (4) earlier utterances count
     older = ["You ate my sandwich again! I'm furious with you!", "Can you pass me the salt?", "Here you go.",
              "Is it raining?", "A little."]
-    assert _predict(starter, "Great.", older)["emotion_probs"] == _predict(starter, "Great.", older[1:])["emotion_probs"]
+    assert (_predict(starter, "Great.", older)["emotion_probs"]
+            == _predict(starter, "Great.", older[1:])["emotion_probs"])
 
 
 @pytest.mark.parametrize("damage", ["missing", "truncated"])
 def test_damaged_starter_files_are_named(tmp_path, damage):
-    from mmsa_ray.model import MultimodalSentimentModel
 
     copy = tmp_path / "meld-text"
     shutil.copytree(default_checkpoint(), copy)
@@ -95,23 +96,21 @@ def test_damaged_starter_files_are_named(tmp_path, damage):
     if damage == "missing":
         weights.unlink()
         with pytest.raises(FileNotFoundError, match=r"model\.safetensors is missing"):
-            MultimodalSentimentModel.load(copy)
+            checkpoint.load(copy)
     else:
         weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
         with pytest.raises(ValueError, match=r"model\.safetensors is damaged"):
-            MultimodalSentimentModel.load(copy)
+            checkpoint.load(copy)
 
 
-def test_default_checkpoint_names_a_missing_file(tmp_path, monkeypatch):
-    import mmsa_ray.pretrained as pretrained
+def test_default_checkpoint_names_a_missing_file(tmp_path):
+    from mmsa_ray.pretrained import STARTER
 
-    fake = tmp_path / "pkg" / "__init__.py"
-    fake.parent.mkdir()
-    shutil.copytree(default_checkpoint(), fake.parent / pretrained.STARTER)
-    (fake.parent / pretrained.STARTER / "config.json").unlink()
-    monkeypatch.setattr(pretrained, "__file__", str(fake))
+    shutil.copytree(default_checkpoint(), tmp_path / STARTER)
+    assert default_checkpoint(tmp_path) == tmp_path / STARTER
+    (tmp_path / STARTER / "config.json").unlink()
     with pytest.raises(FileNotFoundError, match=r"meld-text/config\.json is missing"):
-        pretrained.default_checkpoint()
+        default_checkpoint(tmp_path)
 
 
 def test_model_card_has_the_command_and_the_numbers():

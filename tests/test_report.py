@@ -9,13 +9,14 @@ from collections import Counter
 from html.parser import HTMLParser
 from pathlib import Path
 
+import browser
+import mediagen
 import pyarrow.dataset as pads
 import pytest
 
-import browser
-import mediagen
-from mmsa_ray import report, subtitles
 from mmsa_ray.labels import EMOTIONS, SENTIMENTS
+from mmsa_ray.report import html as report
+from mmsa_ray.report import subtitles
 
 MARKUP = "<b>bold</b> & more --> yes"
 TRANSCRIPTS = {(0.0, 2.0): "I can't believe it!", (2.0, 4.0): MARKUP, (4.0, 6.0): None}
@@ -25,7 +26,7 @@ TRANSCRIPTS = {(0.0, 2.0): "I can't believe it!", (2.0, 4.0): MARKUP, (4.0, 6.0)
 def labels_out(tmp_path_factory, ray_local, tiny_checkpoint) -> Path:
     """`label` over a manifest: a 6 s clip in three windows with transcripts, a whole
     A+V clip, a whole wav, and two files that fail (text bytes, empty)."""
-    from mmsa_ray.label import LabelConfig, label
+    from mmsa_ray.batch.label import LabelConfig, label
 
     d = tmp_path_factory.mktemp("report")
     media = d / "media"
@@ -140,7 +141,8 @@ def page(made) -> _Page:
 @pytest.mark.slow
 def test_html_parses_and_names_every_source_file(page, rows):
     assert page.errors == [] and page.stack == [], (page.errors, page.stack)
-    for needed in ("summary", "filters", "files", "failures", "models", "mmsa-data", "mmsa-charts", "mmsa-timeline-spec"):
+    for needed in ("summary", "filters", "files", "failures", "models", "mmsa-data", "mmsa-charts",
+                   "mmsa-timeline-spec"):
         assert needed in page.ids, needed
     data = json.loads(page.scripts["mmsa-data"])
     names = {f["name"] for f in data["files"]}
@@ -158,8 +160,8 @@ def test_one_timeline_mark_per_row(page, rows):
     spec = json.loads(page.scripts["mmsa-timeline-spec"])
     # the timeline: two strips of rect marks, each over the rows the page fills in
     assert spec["data"] == {"name": "rows"}
-    assert [(v["mark"]["type"], v["encoding"]["x"]["field"], v["encoding"]["x2"]["field"]) for v in spec["vconcat"]] == \
-        [("rect", "t0", "t1")] * 2
+    strips = [(v["mark"]["type"], v["encoding"]["x"]["field"], v["encoding"]["x2"]["field"]) for v in spec["vconcat"]]
+    assert strips == [("rect", "t0", "t1")] * 2
     assert len(data["rows"]) == len(rows)
     per_file = Counter(r["f"] for r in data["rows"])
     by_uri = Counter(r["uri"] for r in rows)
@@ -179,7 +181,8 @@ def test_one_timeline_mark_per_row(page, rows):
             assert r["text_emotion"] == src["text_emotion"]
     # whole files span their duration, read from the media: the 2 s clip and the 1 s wav
     spans = {data["files"][r["f"]]["name"]: (r["t0"], r["t1"]) for r in data["rows"]}
-    assert spans["av.mp4"] == (0, pytest.approx(2.0, abs=0.1)) and spans["tone.wav"] == (0, pytest.approx(1.0, abs=0.05))
+    assert (spans["av.mp4"] == (0, pytest.approx(2.0, abs=0.1))
+            and spans["tone.wav"] == (0, pytest.approx(1.0, abs=0.05)))
 
 
 @pytest.mark.slow
@@ -229,8 +232,32 @@ def parse_vtt(text: str) -> list[tuple[float, float, str]]:
     return cues
 
 
+def test_rows_without_a_signal_are_shown_as_such_never_as_a_class(tmp_path):
+    """A row with no label (no_label_reason) is 'no signal' on the page, counted apart in the
+    summary, and its cue says why; it is neither labeled nor failed."""
+    base = {"uri": "/m/a.wav", "start": 0.0, "end": 1.0, "emotion_probs": [0.1] * 6 + [0.4],
+            "sentiment_probs": [0.2, 0.2, 0.6], "modalities": ["text"], "transcript": "wow", "error": None,
+            "model_id": "m"}
+    raw = [{**base, "id": "a#t=0,1", "emotion": "surprise", "sentiment": "positive"},
+           {**base, "id": "a#t=1,2", "start": 1.0, "end": 2.0, "emotion": None, "sentiment": None,
+            "emotion_probs": None, "sentiment_probs": None, "modalities": [], "transcript": None,
+            "no_label_reason": "no speech"},
+           {**base, "id": "a#t=2,3", "start": 2.0, "end": 3.0, "emotion": None, "sentiment": None,
+            "emotion_probs": None, "sentiment_probs": None, "error": "/m/a.wav: corrupt"}]
+    s = report.summarize(raw)
+    assert (s["labeled"], s["no_signal"], s["failed"]) == (1, 1, 1)
+    assert s["no_signal_reasons"] == [("no speech", 1)] and sum(s["emotions"].values()) == 1
+    model = report.build_model(raw, str(tmp_path), probe=False)
+    assert [(r["emotion"], r["sentiment"], r["no_label_reason"]) for r in model["rows"]] == [
+        ("surprise", "positive", None), ("no signal", "no signal", "no speech"), ("failed", "failed", None)]
+    cues = report.cues_by_file(model)[0]
+    assert [c.text for c in cues] == ["[surprise 0.40 · positive] wow", "[no signal: no speech]"]
+    assert subtitles.no_signal_text(None, "hm") == "[no signal: nothing to read] hm"
+
+
 def test_cue_text_and_timestamps():
-    assert subtitles.cue_text("joy", 0.8234, "positive", "I can't\nbelieve it!") == "[joy 0.82 · positive] I can't believe it!"
+    assert (subtitles.cue_text("joy", 0.8234, "positive", "I can't\nbelieve it!")
+            == "[joy 0.82 · positive] I can't believe it!")
     assert subtitles.cue_text("anger", 0.5, "negative", None) == "[anger 0.50 · negative]"
     assert subtitles.timestamp(3725.5) == "01:02:05.500" and subtitles.timestamp(0.0004, ",") == "00:00:00,000"
     assert subtitles.timestamp(400 * 3600 + 0.0126) == "400:00:00.013"
@@ -249,10 +276,11 @@ def test_webvtt_tracks_parse_one_cue_per_labeled_row(made, rows):
     for name, text in tracks.items():
         cues = parse_vtt(text)
         source = next(r for r in rows if subtitles.track_name(report.file_name(r["id"]), "vtt") == name)
-        labeled = sorted((r for r in rows if r["uri"] == source["uri"] and not r["error"]), key=lambda r: r["start"] or 0)
+        labeled = sorted((r for r in rows if r["uri"] == source["uri"] and not r["error"]),
+                         key=lambda r: r["start"] or 0)
         assert len(cues) == len(labeled), name
         assert [c[0] for c in cues] == sorted(c[0] for c in cues) and all(c[1] > c[0] for c in cues)
-        for (start, end, body), r in zip(cues, labeled):
+        for (start, _end, body), r in zip(cues, labeled, strict=True):
             assert start == pytest.approx(r["start"] or 0.0, abs=1e-3)
             assert body.startswith(f"[{r['emotion']} {max(r['emotion_probs']):.2f} · {r['sentiment']}]"), body
     long_cues = parse_vtt(next(t for n, t in tracks.items() if n.endswith("long.mp4.vtt")))
@@ -269,7 +297,7 @@ def test_srt_tracks_parse_one_cue_per_labeled_row(made, rows):
     tracks = {p.name: p.read_text(encoding="utf-8") for p in (made / "srt" / "subtitles").glob("*.srt")}
     assert len(tracks) == 5
     total = 0
-    for name, text in tracks.items():
+    for text in tracks.values():
         cues = list(srt.parse(text, ignore_errors=False))
         assert [c.index for c in cues] == list(range(1, len(cues) + 1))
         assert all(c.end > c.start for c in cues) and [c.start for c in cues] == sorted(c.start for c in cues)
@@ -304,8 +332,10 @@ def test_report_in_headless_chromium(made, page, rows, tmp_path):
     index = made / "html" / "index.html"
     with browser.chrome() as d:
         d.get(index.as_uri())
-        browser.wait(d, "window.mmsaReportReady && document.querySelectorAll('.timeline svg').length === 5", what="timelines")
-        assert d.execute_async_script("const done = arguments[0]; window.mmsaReportReady.then(() => done(true), e => done(String(e)))") is True
+        browser.wait(d, "window.mmsaReportReady && document.querySelectorAll('.timeline svg').length === 5",
+                     what="timelines")
+        assert d.execute_async_script("const done = arguments[0]; "
+                                      "window.mmsaReportReady.then(() => done(true), e => done(String(e)))") is True
         # summary charts drawn: 7 emotion bars, 3 sentiment bars
         assert len(d.find_elements(By.CSS_SELECTOR, "#chart-emotions svg g.mark-rect path")) == 7
         assert len(d.find_elements(By.CSS_SELECTOR, "#chart-sentiments svg g.mark-rect path")) == 3
@@ -321,7 +351,8 @@ def test_report_in_headless_chromium(made, page, rows, tmp_path):
         browser.wait(d, "Array.from(document.querySelectorAll('video, audio')).every(v => v.readyState >= 1)",
                      what="media metadata")
         # the player's own WebVTT parser reads our track: one cue per row, the escaped markup shown as text
-        cues = browser.wait(d, f"(t => t && t.cues && t.cues.length ? Array.from(t.cues).map(c => [c.startTime, c.endTime, c.getCueAsHTML().textContent])"
+        cues = browser.wait(d, "(t => t && t.cues && t.cues.length ? Array.from(t.cues)"
+                            ".map(c => [c.startTime, c.endTime, c.getCueAsHTML().textContent])"
                             f" : null)({player}.textTracks[0])", what="the subtitle track")
         assert [c[:2] for c in cues] == [[0, 2], [2, 4], [4, 6]] and cues[1][2].endswith("<b>bold</b> & more -> yes")
         # a transcript line seeks the player to its row
@@ -336,7 +367,8 @@ def test_report_in_headless_chromium(made, page, rows, tmp_path):
         # filters: only the failed rows -> the two failing files
         Select(d.find_element(By.ID, "f-emotion")).select_by_value("failed")
         browser.wait(d, "document.querySelectorAll('section.file').length === 2", timeout=10, what="the filter")
-        assert {s.get_attribute("data-file") for s in d.find_elements(By.CSS_SELECTOR, "section.file")} == {"broken.mp4", "empty.mp4"}
+        shown = {s.get_attribute("data-file") for s in d.find_elements(By.CSS_SELECTOR, "section.file")}
+        assert shown == {"broken.mp4", "empty.mp4"}
         assert "2 of 7 rows in 2 of 5 files" in d.find_element(By.ID, "match-count").text
         assert browser.console_errors(d) == []
 
@@ -369,7 +401,7 @@ def test_report_written_into_labels_and_unreachable_media(tmp_path):
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    from mmsa_ray.label import LABEL_SCHEMA
+    from mmsa_ray.batch.label import LABEL_SCHEMA
 
     labels = tmp_path / "labels"
     labels.mkdir()
@@ -391,7 +423,8 @@ def test_report_written_into_labels_and_unreachable_media(tmp_path):
     web = next(r for r in model["rows"] if r["id"] == "web.mp4")
     assert (web["t0"], web["t1"]) == (0, 1)
     text = (labels / "report" / "subtitles" / "b__x.mp4.srt").read_text(encoding="utf-8")
-    assert text.startswith("1\n00:00:00,000 --> 00:00:04,000\n[joy 0.60 · positive] a\n\n2\n00:00:04,000 --> 00:00:09,500\n")
+    assert text.startswith("1\n00:00:00,000 --> 00:00:04,000\n[joy 0.60 · positive] a\n\n"
+                           "2\n00:00:04,000 --> 00:00:09,500\n")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no Parquet files"):
         report.read_rows(str(tmp_path / "empty"))

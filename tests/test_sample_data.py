@@ -1,4 +1,4 @@
-"""mmsa_ray.sample_data: MELD layout, decodable clips, determinism, per-modality separability."""
+"""mmsa_ray.train.sample_data: MELD layout, decodable clips, determinism, per-modality separability."""
 
 import hashlib
 import json
@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 
 from mmsa_ray.labels import EMOTIONS, SENTIMENTS
-from mmsa_ray.meld import CSV_COLUMNS, SPLITS, check_clips, read_meld
-from mmsa_ray.sample_data import MARKER, STYLES, SampleConfig, make_sample_data, synth_audio, synth_frames
+from mmsa_ray.train.meld import CSV_COLUMNS, SPLITS, check_clips, read_meld
+from mmsa_ray.train.sample_data import MARKER, STYLES, SampleConfig, make_sample_data, synth_audio, synth_frames
 
 SIZES = {"train": 3, "dev": 2, "test": 1}
 
@@ -105,7 +105,8 @@ def test_decode_clip_contract(splits):
     # The clip's mean chromaticity is nearest to its emotion's colour.
     mean_rgb = clip.frames.mean(axis=(0, 2, 3))
     colours = np.array([STYLES[e].colour for e in EMOTIONS], float)
-    dist = np.linalg.norm(colours / np.linalg.norm(colours, axis=1, keepdims=True) - mean_rgb / np.linalg.norm(mean_rgb), axis=1)
+    unit = colours / np.linalg.norm(colours, axis=1, keepdims=True)
+    dist = np.linalg.norm(unit - mean_rgb / np.linalg.norm(mean_rgb), axis=1)
     assert EMOTIONS[int(np.argmin(dist))] == r.emotion
 
 
@@ -127,7 +128,7 @@ def _nearest_centroid_accuracy(train_x, train_y, test_x, test_y):
     train_x, test_x = np.asarray(train_x, float), np.asarray(test_x, float)
     centroids = np.stack([train_x[np.asarray(train_y) == e].mean(0) for e in EMOTIONS])
     pred = np.argmin(((test_x[:, None, :] - centroids[None]) ** 2).sum(-1), axis=1)
-    return float(np.mean([EMOTIONS[p] == y for p, y in zip(pred, test_y)]))
+    return float(np.mean([EMOTIONS[p] == y for p, y in zip(pred, test_y, strict=True)]))
 
 
 def test_each_modality_separates_emotions(splits):
@@ -173,7 +174,7 @@ def test_every_template_carries_only_its_own_cue_words():
     for emotion, style in STYLES.items():
         for template in style.templates:
             for obj in style.objects:
-                counts = dict(zip(CUE_WORDS, _cue_counts(template.format(obj=obj))))
+                counts = dict(zip(CUE_WORDS, _cue_counts(template.format(obj=obj)), strict=True))
                 own = counts.pop(emotion, None)
                 assert own is None or own >= 1, (emotion, template)
                 assert sum(counts.values()) == 0, (emotion, template, obj, counts)

@@ -8,6 +8,7 @@ import concurrent.futures as cf
 import socket
 from pathlib import Path
 
+import mediagen
 import numpy as np
 import pytest
 import requests
@@ -15,8 +16,6 @@ import yaml
 
 from mmsa_ray.labels import EMOTIONS
 from mmsa_ray.serve import ServeConfig, add_serve_args, app, build_app, http_options, serve_config_from_args
-
-import mediagen
 
 REPO = Path(__file__).resolve().parents[1]
 APP = "mmsa-test"
@@ -28,7 +27,8 @@ PROB_FIELDS = ("emotion_probs", "sentiment_probs")
 
 
 def test_config_from_strings_and_unknown_keys():
-    config = ServeConfig.from_dict({"checkpoint": "ck", "max_batch_size": "4", "num_gpus": "none", "max_upload_mb": "1.5"})
+    config = ServeConfig.from_dict({"checkpoint": "ck", "max_batch_size": "4", "num_gpus": "none",
+                                    "max_upload_mb": "1.5"})
     assert (config.max_batch_size, config.num_gpus, config.max_upload_bytes) == (4, None, int(1.5 * 1024 * 1024))
     assert config.resolved_max_ongoing_requests() == 8
     with pytest.raises(ValueError, match="unknown serve option"):
@@ -39,7 +39,8 @@ def test_config_from_strings_and_unknown_keys():
         ServeConfig(checkpoint="ck", max_batch_size=8, max_ongoing_requests=4)
     from mmsa_ray.pretrained import default_checkpoint
 
-    assert ServeConfig().checkpoint == ServeConfig(checkpoint=" ").checkpoint == str(default_checkpoint())  # the starter
+    # the starter checkpoint
+    assert ServeConfig().checkpoint == ServeConfig(checkpoint=" ").checkpoint == str(default_checkpoint())
     with pytest.raises(ValueError, match=r"max_batch_size=0 must be > 0"):
         ServeConfig(checkpoint="ck", max_batch_size=0)
 
@@ -53,6 +54,39 @@ def test_cli_flags_map_onto_config():
     config = serve_config_from_args(args)
     assert (config.checkpoint, config.max_batch_size, config.num_gpus, config.port) == ("ck", 1, 0.0, 9001)
     assert config.request_timeout_s == ServeConfig(checkpoint="x").request_timeout_s
+
+
+def test_resource_plan_fits_the_machine_it_starts_on():
+    """Auto CPUs share the cluster's: every deployment fits 2 CPUs and 1 CPU; a big machine
+    scales replicas out; explicit settings are kept and checked."""
+    from mmsa_ray.serve.plan import plan_resources
+
+    config = ServeConfig(checkpoint="ck", num_gpus=0)
+    for cpus in (2.0, 1.0):
+        plan = plan_resources(config, {"CPU": cpus})
+        assert [d.name for d in plan.deployments()] == ["Ingress", "Speech", "Preprocessor", "Model"]
+        assert plan.minimum()["CPU"] <= cpus and plan.model.num_cpus == plan.speech.num_cpus > 0
+        assert [(d.min_replicas, d.max_replicas) for d in plan.deployments()] == [(1, 1)] * 4
+        assert plan.speech.threads == plan.model.threads == 1
+        plan.check_fits({"CPU": cpus})
+    assert plan_resources(config, {"CPU": 2.0}).model.num_cpus == 0.66
+    assert plan_resources(config, {"CPU": 2.0}).max_inflight_requests == 8  # 4 uploads per CPU
+    assert plan_resources(ServeConfig(checkpoint="ck", num_gpus=0, max_inflight_requests=3),
+                          {"CPU": 2.0}).max_inflight_requests == 3
+    big = plan_resources(config, {"CPU": 32.0})
+    assert (big.model.num_cpus, big.model.max_replicas, big.preprocessor.max_replicas, big.speech.max_replicas) \
+        == (1.0, 4, 8, 8)
+    gpu = plan_resources(ServeConfig(checkpoint="ck", num_gpus=1), {"CPU": 16.0, "GPU": 2.0})
+    assert (gpu.model.num_gpus, gpu.model.max_replicas, gpu.model.num_cpus) == (1.0, 2, 1.0)
+    # the seed's fixed 1 CPU each does not fit 2 CPUs: said before anything waits on it
+    fixed = plan_resources(ServeConfig(checkpoint="ck", num_gpus=0, model_num_cpus=1, preprocess_num_cpus=1,
+                                       speech_num_cpus=1), {"CPU": 2.0})
+    with pytest.raises(ValueError, match=r"needs 3 CPU .*Speech 1 x \(1 CPU, 0 GPU\).* has 2 CPU"):
+        fixed.check_fits({"CPU": 2.0})
+    # an autoscaling cluster scaled to zero: one CPU and one replica each
+    empty = plan_resources(config, {})
+    assert (empty.model.num_cpus, empty.speech.max_replicas) == (1.0, 1)
+    assert "Speech       replicas 1     0.66 CPU  0 GPU  1 thread each" in plan_resources(config, {"CPU": 2}).lines()
 
 
 def test_serve_yaml_is_a_valid_serve_config():
@@ -83,11 +117,12 @@ def _free_port() -> int:
 def checkpoint(tmp_path_factory) -> Path:
     import torch
 
+    from mmsa_ray import checkpoint
     from mmsa_ray.model import ModelConfig, MultimodalSentimentModel
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("serve") / "checkpoint"
-    MultimodalSentimentModel(ModelConfig()).save(str(path))
+    checkpoint.save(MultimodalSentimentModel(ModelConfig()), str(path))
     return path
 
 
@@ -176,7 +211,7 @@ def test_concurrent_requests_are_batched_and_stay_in_order(server, clips, predic
         responses = list(pool.map(lambda t: _post(server, clips["av"], transcript=t), transcripts))
     assert [r.status_code for r in responses] == [200, 200, 200], [r.text for r in responses]
     wants = _in_process(predictor, clips["av"], transcripts)
-    for r, want in zip(responses, wants):
+    for r, want in zip(responses, wants, strict=True):
         _assert_same_prediction(r.json(), want)
     assert "text" not in responses[2].json()["modalities"]
 
@@ -194,7 +229,7 @@ def test_model_deployment_batches_handle_calls(server, clips, predictor):
     assert after["batches"] - before["batches"] == 1 and after["largest_batch"] == 4
     from mmsa_ray.features import collate
 
-    for row, want in zip(rows, predictor.predict_batch(collate(feats))):
+    for row, want in zip(rows, predictor.predict_batch(collate(feats)), strict=True):
         _assert_same_prediction(row, want)
 
 
@@ -212,7 +247,8 @@ def test_hostile_uploads_get_4xx_with_reason_and_server_stays_healthy(server, cl
         "bad window": requests.post(f"{server}/v1/predict", files={"file": ("c.mp4", good, "video/mp4")},
                                     data={"start": "2", "end": "1"}, timeout=30),
         "broken multipart": requests.post(
-            f"{server}/v1/predict", data=b"--zz\r\nnonsense", headers={"content-type": "multipart/form-data; boundary=zz"}, timeout=30),
+            f"{server}/v1/predict", data=b"--zz\r\nnonsense",
+            headers={"content-type": "multipart/form-data; boundary=zz"}, timeout=30),
     }
     expected = {"empty": 400, "too large": 413, "text/plain part": 415, "png part": 415, "json body": 415,
                 "no file field": 422, "bad window": 422, "broken multipart": 400}
@@ -222,7 +258,8 @@ def test_hostile_uploads_get_4xx_with_reason_and_server_stays_healthy(server, cl
         if name in expected:
             assert r.status_code == expected[name], (name, r.status_code, r.text)
     assert cases["text as mp4"].status_code == 422 and cases["truncated"].status_code == 422
-    assert cases["text as mp4"].json()["error"].startswith("cannot use uploaded file 'clip.mp4': not a readable media file")
+    assert cases["text as mp4"].json()["error"].startswith(
+        "cannot use uploaded file 'clip.mp4': not a readable media file")
 
     health = requests.get(f"{server}/healthz", timeout=30)
     assert health.status_code == 200 and health.json()["status"] == "ok"
@@ -289,7 +326,7 @@ def test_post_equals_the_batch_labelers_row(server, checkpoint, clips, tmp_path)
     Data pipeline, gives the same probabilities (1e-5) and labels."""
     import pyarrow.dataset as pads
 
-    from mmsa_ray.label import LabelConfig, label
+    from mmsa_ray.batch.label import LabelConfig, label
 
     transcript = "Wait, you did what? That is amazing!"
     manifest = tmp_path / "manifest.csv"
@@ -347,7 +384,7 @@ def test_upload_without_transcript_returns_utterances(server, speech_clip, predi
     _assert_same_prediction(got, whole)  # the whole clip: today's result, unchanged
     utts = got["utterances"]
     assert len(utts) == 2, [u["transcript"] for u in utts]
-    for u, sentence in zip(utts, SPOKEN):
+    for u, sentence in zip(utts, SPOKEN, strict=True):
         # tiny.en on espeak: a word or two may come back changed ("jump" for "jumps")
         assert len(_words(u["transcript"]) & _words(sentence)) >= len(_words(sentence)) - 2, u["transcript"]
         assert 0 <= u["start"] < u["end"] and [w["word"] for w in u["words"]]
@@ -355,7 +392,7 @@ def test_upload_without_transcript_returns_utterances(server, speech_clip, predi
     assert utts[0]["end"] + 1.0 < utts[1]["start"]
     feats = [predictor.preprocess(str(speech_clip), transcript=u["transcript"], start=u["start"], end=u["end"],
                                   context=context + [x["transcript"] for x in utts[:i]]) for i, u in enumerate(utts)]
-    for u, want in zip(utts, predictor.predict_batch(collate(feats))):
+    for u, want in zip(utts, predictor.predict_batch(collate(feats)), strict=True):
         _assert_same_prediction(u, want)
 
 

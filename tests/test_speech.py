@@ -3,6 +3,7 @@ in audio-only files and muxed with a video track, through the offline Whisper ti
 
 from __future__ import annotations
 
+import itertools
 import math
 import shutil
 import sys
@@ -16,7 +17,14 @@ import pytest
 
 from mmsa_ray.media import MediaError, stream_audio
 from mmsa_ray.speech import (
-    SpeechConfig, SpeechRecognizer, Utterance, Word, _TimedWord, build_utterances, speech_chunks, utterance_rows,
+    SpeechConfig,
+    SpeechRecognizer,
+    TimedWord,
+    Utterance,
+    Word,
+    build_utterances,
+    speech_chunks,
+    utterance_rows,
 )
 
 sys.path.insert(0, str(Path(__file__).parent))
@@ -85,7 +93,7 @@ def test_sentences_come_back_as_utterances(speech, recognizer, kind):
     utts = recognizer.transcribe(speech["files"][kind])
     assert len(utts) == len(SENTENCES), [u.text for u in utts]
     assert _wer(utts, SENTENCES) <= 0.15, [u.text for u in utts]
-    for u, (start, end) in zip(utts, speech["spans"]):
+    for u, (start, end) in zip(utts, speech["spans"], strict=True):
         assert abs(u.start - start) <= 0.3 and abs(u.end - end) <= 0.3, (u.start, u.end, start, end)
         assert u.words and u.words[0].start == u.start and u.words[-1].end == u.end
         assert all(w.start <= w.end for w in u.words)
@@ -139,8 +147,8 @@ def test_unreadable_sources_raise_media_error(tmp_path, recognizer):
         recognizer.transcribe(video_only)
 
 
-def _w(start: float, end: float, text: str) -> _TimedWord:
-    return _TimedWord(start, end, " " + text, 0.9, -0.2, 0.01)
+def _w(start: float, end: float, text: str) -> TimedWord:
+    return TimedWord(start, end, " " + text, 0.9, -0.2, 0.01)
 
 
 def test_utterance_rules():
@@ -240,7 +248,7 @@ def test_chunk_borders_cut_in_silence(recognizer, tmp_path):
     path = mediagen.write_audio(tmp_path / "story.mp3", rate=ESPEAK_RATE, channels=1, samples=wave[None])
     pieces = list(speech_chunks(str(path), None, None, 20.0))
     assert len(pieces) >= 3
-    for (t, audio), (t_next, _) in zip(pieces, pieces[1:]):
+    for (t, audio), (t_next, _) in itertools.pairwise(pieces):
         cut = t + len(audio) / 16000
         assert cut == pytest.approx(t_next)
         assert not any(s + 0.05 < cut < e - 0.05 for s, e in spans), (cut, spans)  # never inside a sentence
@@ -249,7 +257,7 @@ def test_chunk_borders_cut_in_silence(recognizer, tmp_path):
     utts = chunker.transcribe(path)
     assert _wer(utts, STORY) <= 0.1, [u.text for u in utts]
     assert len(utts) == len(STORY), [u.text for u in utts]
-    for u, (start, end) in zip(utts, spans):
+    for u, (start, end) in zip(utts, spans, strict=True):
         assert abs(u.start - start) <= 0.3 and abs(u.end - end) <= 0.3, (u.start, u.end, start, end, u.text)
 
 

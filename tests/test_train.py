@@ -21,9 +21,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from mmsa_ray import featurize, train
+from mmsa_ray import checkpoint
 from mmsa_ray.labels import MODALITIES
-from mmsa_ray.meld import ClipRecord, read_meld
+from mmsa_ray.train import driver as train
+from mmsa_ray.train import featurize
+from mmsa_ray.train.meld import ClipRecord, read_meld
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,13 +41,15 @@ def features(ray_local, sample_root, small_model_config, cache_dir):
     model = featurize.build_model(small_model_config, init_seed=0)
     out = {}
     for split in ("train", "dev"):
-        out[split] = featurize.featurize_records(read_meld(sample_root, split).records, model, split, cache_dir=str(cache_dir), batch_size=16)
+        out[split] = featurize.featurize_records(read_meld(sample_root, split).records, model, split,
+                                                 cache_dir=str(cache_dir), batch_size=16)
     return out
 
 
 def _run(tmp_path, sample_root, config, cache_dir, name, *, epochs=8, workers=2, modalities=MODALITIES, **kw):
-    job = train.JobConfig(meld_dir=str(sample_root), output=str(tmp_path / name / "model"), storage_path=str(tmp_path / "store"),
-                          name=name, num_workers=workers, cache_dir=str(cache_dir), max_failures=kw.pop("max_failures", 1))
+    job = train.JobConfig(meld_dir=str(sample_root), output=str(tmp_path / name / "model"),
+                          storage_path=str(tmp_path / "store"), name=name, num_workers=workers,
+                          cache_dir=str(cache_dir), max_failures=kw.pop("max_failures", 1))
     cfg = train.TrainConfig(modalities=modalities, epochs=epochs, batch_size=8, lr=3e-3, encoder_lr=3e-3, patience=0,
                             seed=0, label_smoothing=0.05, **kw)
     return train.run(job, cfg, config)
@@ -64,13 +68,15 @@ def test_featurize_sample(features, sample_root, small_model_config, cache_dir):
     assert str(t.schema.field("audio").type) == "list<element: halffloat>"
     # in record order (a deterministic cache: cached and end-to-end training see the same batches)
     assert t.column("id").to_pylist() == [r.id for r in read_meld(sample_root, "train").records]
-    assert t.num_rows == tr.rows and pq.ParquetFile(next(Path(tr.path).glob("*.parquet"))).metadata.row_group(0).num_rows == 64
+    assert t.num_rows == tr.rows
+    assert pq.ParquetFile(next(Path(tr.path).glob("*.parquet"))).metadata.row_group(0).num_rows == 64
     assert np.abs(np.asarray(row["video_emb"])).sum() > 0 and np.abs(np.asarray(row["text_emb"])).sum() > 0
     # a second run is a cache hit (no Ray work), and so is a subset of the modalities
     model = featurize.build_model(small_model_config, init_seed=0)
-    again = featurize.featurize_records(read_meld(sample_root, "train").records, model, "train", cache_dir=str(cache_dir))
+    train_records = read_meld(sample_root, "train").records
+    again = featurize.featurize_records(train_records, model, "train", cache_dir=str(cache_dir))
     assert again.reused and again.path == tr.path
-    sub = featurize.featurize_records(read_meld(sample_root, "train").records, model, "train", modalities=("audio",), cache_dir=str(cache_dir))
+    sub = featurize.featurize_records(train_records, model, "train", modalities=("audio",), cache_dir=str(cache_dir))
     assert sub.reused and sub.path == tr.path
 
 
@@ -91,7 +97,8 @@ def test_featurize_error_rows_and_text_only(ray_local, sample_root, small_model_
     assert rows["dev/dia9_utt8"]["mask"] == [1.0, 0.0, 0.0] and rows["dev/dia9_utt8"]["audio"] == []
     assert rows[good.id]["mask"] == [1.0, 1.0, 1.0]
     # text only never opens a media file: the corrupt clip is fine
-    text = featurize.featurize_records([good, bad, none], model, "dev", modalities=("text",), cache_dir=str(tmp_path / "c"), reuse_superset=False)
+    text = featurize.featurize_records([good, bad, none], model, "dev", modalities=("text",),
+                                       cache_dir=str(tmp_path / "c"), reuse_superset=False)
     assert text.errors == [] and text.key != res.key
 
 
@@ -117,7 +124,8 @@ def test_ddp_training_survives_a_killed_worker(features, sample_root, small_mode
 
     t = threading.Thread(target=killer, daemon=True)
     t.start()
-    res = _run(tmp_path, sample_root, small_model_config, cache_dir, "ddp", epochs=8, pid_dir=str(pid_dir), modality_dropout=0.2)
+    res = _run(tmp_path, sample_root, small_model_config, cache_dir, "ddp", epochs=8, pid_dir=str(pid_dir),
+               modality_dropout=0.2)
     t.join(timeout=5)
     assert killed, "the killer never found epoch_001 and rank 1's pid"
     assert int((pid_dir / "rank1.pid").read_text()) != killed["pid"], "rank 1 was not restarted"
@@ -131,15 +139,17 @@ def test_ddp_training_survives_a_killed_worker(features, sample_root, small_mode
     assert (Path(res["report_dir"]) / "confusion_emotion.png").is_file()
     assert any((run_dir / "tensorboard").iterdir())
     # the checkpoint loads in a fresh, offline process and predicts the same as here
-    code = ("import sys, torch; sys.path.insert(0, sys.argv[2]); from mmsa_ray.model import MultimodalSentimentModel as M;"
-            "m = M.load(sys.argv[1]); print(sum(float(p.double().sum()) for p in m.parameters() if p.requires_grad))")
+    code = ("import sys, torch; sys.path.insert(0, sys.argv[2]); from mmsa_ray import checkpoint;"
+            "m = checkpoint.load(sys.argv[1]);"
+            "print(sum(float(p.double().sum()) for p in m.parameters() if p.requires_grad))")
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    proc = subprocess.run([sys.executable, "-c", code, str(out), str(REPO)], capture_output=True, text=True, env=env, timeout=120)
+    proc = subprocess.run([sys.executable, "-c", code, str(out), str(REPO)], capture_output=True, text=True, env=env,
+                          timeout=120)
     assert proc.returncode == 0, proc.stderr[-2000:]
-    from mmsa_ray.model import MultimodalSentimentModel
 
-    here = MultimodalSentimentModel.load(out)
-    assert float(proc.stdout.strip().splitlines()[-1]) == pytest.approx(sum(float(p.double().sum()) for p in here.parameters() if p.requires_grad))
+    here = checkpoint.load(out)
+    here_sum = sum(float(p.double().sum()) for p in here.parameters() if p.requires_grad)
+    assert float(proc.stdout.strip().splitlines()[-1]) == pytest.approx(here_sum)
 
 
 @pytest.mark.parametrize("modality", MODALITIES)
@@ -173,10 +183,12 @@ def test_cached_and_end_to_end_agree(features, sample_root, small_model_config, 
 MELD = os.environ.get("MELD_DIR") or str(Path(__file__).resolve().parents[2] / "shared" / "meld")
 
 
-@pytest.mark.skipif(not Path(MELD, "train_sent_emo.csv").is_file(), reason="real MELD CSVs not found in $MELD_DIR or ../shared/meld")
+@pytest.mark.skipif(not Path(MELD, "train_sent_emo.csv").is_file(),
+                    reason="real MELD CSVs not found in $MELD_DIR or ../shared/meld")
 def test_text_only_on_real_meld_csvs(ray_local, tmp_path):
     """The MELD CSVs alone (no clips): text-only training through the CLI entry point."""
-    rc = train.main(["--meld-dir", MELD, "--modalities", "text", "--limit", "200", "--epochs", "2", "--num-workers", "2",
+    rc = train.main(["--meld-dir", MELD, "--modalities", "text", "--limit", "200", "--epochs", "2",
+                     "--num-workers", "2",
                      "--storage-path", str(tmp_path / "store"), "--name", "meld", "--output", str(tmp_path / "ckpt")])
     assert rc == 0
     report = json.loads((tmp_path / "ckpt_report" / "report.json").read_text())

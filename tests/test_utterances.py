@@ -11,16 +11,16 @@ import signal
 import time
 from pathlib import Path
 
+import mediagen
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
 
-import mediagen
-from mmsa_ray import label, transcribe, utterances
+from mmsa_ray.batch import label, transcribe, utterances
+from mmsa_ray.batch.staging import STAGING_SCHEMA
 from mmsa_ray.labels import EMOTIONS, SENTIMENTS
-from mmsa_ray.staging import STAGING_SCHEMA
 
 pytestmark = pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed")
 
@@ -126,7 +126,8 @@ def test_speech_stage_items_cache_context_and_done(tmp_path, speech_dir):
     given[0]["transcript"] = "a transcript of my own"  # broken.mp4: not read at all
     out = {r["id"]: r for r in again(pa.Table.from_pylist(given, schema=STAGING_SCHEMA)).to_pylist()}
     assert out["broken.mp4"]["transcript"] == "a transcript of my own" and out["broken.mp4"]["error"] is None
-    assert [(out[k]["start"], out[k]["end"]) for k in sorted(out) if k.startswith("quiet.wav")] == [(0, 1), (1, 2), (2, 3)]
+    windows = [(out[k]["start"], out[k]["end"]) for k in sorted(out) if k.startswith("quiet.wav")]
+    assert windows == [(0, 1), (1, 2), (2, 3)]
     assert [(out[k]["start"], out[k]["end"]) for k in sorted(out) if k.startswith("mute.mp4")] == [(0, 1), (1, 2)]
     assert all(out[k]["speech"] == "none" for k in out if k.startswith(("quiet", "mute")))
 
@@ -154,13 +155,32 @@ def test_speech_actors_fit_beside_the_model_and_a_task(ray_local, capsys):
     """On a cluster too small for speech actors + model actors + a 1-CPU task, the speech
     actors reserve less, so Ray Data never waits forever (ray_local has 4 CPUs)."""
     cfg = label.LabelConfig("in", "c", "o", cpus_per_actor=2.0, decode_cpus=0.5)
-    assert label._fit_asr(cfg) == cfg.asr and capsys.readouterr().err == ""  # 2 + 1 + 1 fits
+    assert label.fit_speech_actors(cfg) == cfg.asr and capsys.readouterr().err == ""  # 2 + 1 + 1 fits
     cfg = label.LabelConfig("in", "c", "o", cpus_per_actor=2.5)
-    assert label._fit_asr(cfg).cpus_per_actor == 0.5
+    assert label.fit_speech_actors(cfg).cpus_per_actor == 0.5
     assert "each speech actor reserves 0.5 CPUs" in capsys.readouterr().err
     gpu = label.LabelConfig("in", "c", "o", cpus_per_actor=4, asr=utterances.SpeechStageConfig(gpus_per_actor=1))
-    assert label._fit_asr(gpu) == gpu.asr  # GPU actors are placed by their GPUs
+    assert label.fit_speech_actors(gpu) == gpu.asr  # GPU actors are placed by their GPUs
 
+
+
+def test_starter_gives_no_label_where_there_is_no_speech(ray_local, tmp_path, speech_dir, capsys):
+    """The README's `mmsa-ray label DIR` (the text-only starter): a file without speech has
+    nothing the model reads, so its row carries no class, only the reason, and the summary
+    counts it apart."""
+    out = tmp_path / "labels"
+    assert label.main([str(speech_dir), "--output", str(out), *FAST]) == 0
+    text = capsys.readouterr().out
+    assert "labeled 3, no signal 2, failed 1, skipped 0 (already in output) of 6 items" in text, text
+    assert "no signal: 2 rows have no label (no speech: 2)" in text
+    rows = read(out, label.LABEL_SCHEMA)
+    for name in ("quiet.wav", "mute.mp4"):
+        r = rows[name]
+        assert (r["speech"], r["emotion"], r["sentiment"], r["emotion_probs"], r["no_label_reason"]) == \
+            ("none", None, None, None, "no speech")
+        assert r["modalities"] == [] and r["error"] is None
+    labeled = [r for r in rows.values() if r["speech"] == "found"]
+    assert len(labeled) == 3 and all(r["emotion"] in EMOTIONS and r["no_label_reason"] is None for r in labeled)
 
 
 def test_label_utterances_parity_rerun_and_transcribe(ray_local, tmp_path, speech_dir, tiny_checkpoint, capsys):
@@ -224,13 +244,14 @@ def text_checkpoint(tmp_path_factory, small_model_config) -> Path:
 
     import torch
 
+    from mmsa_ray import checkpoint
     from mmsa_ray.features import FeatureConfig
     from mmsa_ray.model import MultimodalSentimentModel
 
     torch.manual_seed(1)
     config = dataclasses.replace(small_model_config, modalities=("text",), features=FeatureConfig(context_turns=2))
     path = tmp_path_factory.mktemp("checkpoint") / "text_ctx"
-    MultimodalSentimentModel(config).save(str(path))
+    checkpoint.save(MultimodalSentimentModel(config), str(path))
     return path
 
 

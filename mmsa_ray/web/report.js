@@ -13,7 +13,7 @@
   const byFile = files.map(function () { return []; });
   rows.forEach(function (r) { byFile[r.f].push(r); });
   const $ = function (id) { return document.getElementById(id); };
-  const state = { emotion: "", sentiment: "", minConf: 0, file: "", text: "", sortFiles: "name", sortRows: "time", page: 0, linePage: {} };
+  const state = { emotion: "", sentiment: "", minConf: 0, file: "", text: "", hideUncertain: false, sortFiles: "name", sortRows: "time", page: 0, linePage: {} };
 
   const fileSelect = $("f-file");
   files.forEach(function (f) {
@@ -40,6 +40,8 @@
     if (state.emotion && r.emotion !== state.emotion) return false;
     if (state.sentiment && r.sentiment !== state.sentiment) return false;
     if (state.minConf > 0 && !(r.ec != null && r.ec >= state.minConf)) return false;
+    // uncertain: a calibrated top probability below the checkpoint's threshold (either head)
+    if (state.hideUncertain && (r.eu || r.su)) return false;
     if (state.text) {
       const hay = ((r.transcript || "") + " " + r.id + " " + (r.error || "")).toLowerCase();
       if (hay.indexOf(state.text) < 0) return false;
@@ -89,8 +91,10 @@
       el("span", { class: "time", text: fmtTime(r.t0) + "–" + fmtTime(r.t1) }),
       chip("emotion", r.emotion),
       r.ec != null ? el("span", { class: "conf", text: r.ec.toFixed(2) }) : null,
-      r.error ? null : chip("sentiment", r.sentiment),
+      r.error || r.emotion === "no signal" ? null : chip("sentiment", r.sentiment),
+      r.no_label_reason ? el("span", { class: "conf", text: r.no_label_reason }) : null,
       r.sc != null ? el("span", { class: "conf", text: r.sc.toFixed(2) }) : null,
+      r.eu || r.su ? el("span", { class: "conf", text: "uncertain" }) : null,
       r.asr != null ? el("span", { class: "conf", text: "ASR " + r.asr.toFixed(2) }) : null,
       r.speech === "none" ? el("span", { class: "conf", text: "no speech found" }) : null,
       r.no_speech != null ? el("span", { class: "conf", text: "no speech " + r.no_speech.toFixed(2) }) : null,
@@ -215,14 +219,15 @@
     $("f-conf-value").textContent = (+e.target.value).toFixed(2); update("minConf", +e.target.value, true);
   });
   $("f-file").addEventListener("change", function (e) { update("file", e.target.value); });
+  $("f-uncertain").addEventListener("change", function (e) { update("hideUncertain", e.target.checked); });
   $("f-text").addEventListener("input", function (e) { update("text", e.target.value.trim().toLowerCase(), true); });
   $("f-sort-files").addEventListener("change", function (e) { update("sortFiles", e.target.value); });
   $("f-sort-rows").addEventListener("change", function (e) { update("sortRows", e.target.value); });
   $("f-reset").addEventListener("click", function () {
     ["f-emotion", "f-sentiment", "f-file", "f-text"].forEach(function (id) { $(id).value = ""; });
-    $("f-conf").value = 0; $("f-conf-value").textContent = "0.00";
+    $("f-conf").value = 0; $("f-conf-value").textContent = "0.00"; $("f-uncertain").checked = false;
     $("f-sort-files").value = "name"; $("f-sort-rows").value = "time";
-    Object.assign(state, { emotion: "", sentiment: "", minConf: 0, file: "", text: "", sortFiles: "name", sortRows: "time", page: 0, linePage: {} });
+    Object.assign(state, { emotion: "", sentiment: "", minConf: 0, file: "", text: "", hideUncertain: false, sortFiles: "name", sortRows: "time", page: 0, linePage: {} });
     render();
   });
   render();

@@ -63,8 +63,11 @@
     const ec = top(body.emotion_probs), sc = top(body.sentiment_probs);
     const head = $("result-head");
     head.innerHTML = "";
-    [el("span", { text: (body.source || file.name) + ": " }), chip("emotion", body.emotion),
-     el("span", { class: "conf", text: ec == null ? "" : ec.toFixed(2) }), chip("sentiment", body.sentiment),
+    const whole = mmsaTimelineRow(body, 0);  // "no signal" when none of the model's inputs was there
+    [el("span", { text: (body.source || file.name) + ": " }), chip("emotion", whole.emotion),
+     el("span", { class: "conf", text: ec == null ? "" : ec.toFixed(2) }),
+     body.no_label_reason ? el("span", { class: "conf", text: body.no_label_reason })
+       : chip("sentiment", whole.sentiment),
      el("span", { class: "conf", text: sc == null ? "" : sc.toFixed(2) }),
      el("span", { class: "conf", text: "· modalities " + (body.modalities || []).join("+") +
        (utterances.length ? " · " + utterances.length + " utterances" : "") + " · model " + (body.model_id || "?") }),
@@ -100,8 +103,10 @@
         el("span", { class: "time", text: fmtTime(t.t0) + "–" + fmtTime(t.t1) }), chip("emotion", t.emotion),
         el("span", { class: "conf", text: t.ec == null ? "" : t.ec.toFixed(2) }), chip("sentiment", t.sentiment),
         el("span", { class: "conf", text: t.sc == null ? "" : t.sc.toFixed(2) }),
+        r.emotion_uncertain || r.sentiment_uncertain ? el("span", { class: "conf", text: "uncertain" }) : null,
         r.asr_confidence != null ? el("span", { class: "conf", text: "ASR " + r.asr_confidence.toFixed(2) }) : null,
         r.error ? el("span", { class: "err", text: r.error }) : null,
+        r.no_label_reason ? el("span", { class: "conf", text: r.no_label_reason }) : null,
         t.transcript ? el("span", { class: "transcript", text: t.transcript }) : null]);
       li.addEventListener("click", function () { seek(r.i); });
       lines.appendChild(li);

@@ -14,17 +14,21 @@
 
   // A label row (report row or the API's JSON) -> a timeline row (fields in timeline.py).
   window.mmsaTimelineRow = function (r, i) {
-    const failed = !!r.error || !r.emotion || r.emotion === "failed";
-    const ec = failed ? 1 : (r.ec != null ? r.ec : top(r.emotion_probs));
-    const sc = failed ? 1 : (r.sc != null ? r.sc : top(r.sentiment_probs));
+    const failed = !!r.error || r.emotion === "failed";
+    // no label, by design: none of the checkpoint's modalities had a signal (no_label_reason)
+    const nosignal = !failed && (!r.emotion || r.emotion === "no signal");
+    const unlabeled = failed || nosignal;
+    const ec = unlabeled ? 1 : (r.ec != null ? r.ec : top(r.emotion_probs));
+    const sc = unlabeled ? 1 : (r.sc != null ? r.sc : top(r.sentiment_probs));
     const t0 = r.t0 != null ? r.t0 : (r.start || 0);
     let t1 = r.t1 != null ? r.t1 : r.end;
     if (t1 == null || !(t1 > t0)) t1 = t0 + 1;
     return {
       i: r.i != null ? r.i : i, t0: t0, t1: t1,
-      emotion: failed ? "failed" : r.emotion, ec: ec,
-      sentiment: failed ? "failed" : r.sentiment, sc: sc,
+      emotion: failed ? "failed" : nosignal ? "no signal" : r.emotion, ec: ec,
+      sentiment: failed ? "failed" : nosignal ? "no signal" : r.sentiment, sc: sc,
       label: failed ? "failed: " + (r.error || "no prediction")
+        : nosignal ? "no signal: " + (r.no_label_reason || "nothing to read")
         : r.emotion + " " + (ec == null ? "" : ec.toFixed(2)) + " · " + r.sentiment,
       transcript: r.transcript || r.text || "",
       text_emotion: r.text_emotion || "absent", audio_emotion: r.audio_emotion || "absent",

@@ -1,0 +1,96 @@
+"""The model stage of `mmsa-ray label` and the rows it writes: LABEL_SCHEMA, and the
+LabelPredictor actor that turns a batch of decoded features into those rows (error rows pass
+through, rows without a signal get their no_label_reason).
+"""
+
+from __future__ import annotations
+
+import os
+from datetime import UTC, datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+
+from mmsa_ray.batch.decode import SPEECH_COLUMNS
+from mmsa_ray.batch.staging import str_or_none
+from mmsa_ray.batch.utterances import WORD_TYPE
+from mmsa_ray.features import FEATURE_KEYS
+from mmsa_ray.sources import float_or_none
+
+# One row per input item. Probabilities follow labels.EMOTIONS (7) and labels.SENTIMENTS (3);
+# every prediction column is null on error rows.
+LABEL_SCHEMA = pa.schema([
+    ("id", pa.string()),  # unique per item: path relative to INPUT, the manifest's id, or uri#t=start,end
+    ("uri", pa.string()),  # local path or cloud URI of the media
+    ("start", pa.float64()),  # window start, seconds (null: from the beginning)
+    ("end", pa.float64()),  # window end, seconds (null: to the end; longer than max_duration_s is an error)
+    ("transcript", pa.string()),  # from the manifest or speech recognition (--utterances); null when none
+    ("asr_confidence", pa.float64()),  # --utterances: exp(mean token log-probability) of the transcript, 0..1
+    ("words", pa.list_(WORD_TYPE)),  # --utterances: {start, end, word, probability}, seconds in the file's time
+    ("speech", pa.string()),  # --utterances: "found", or "none" (no speech in the file); null otherwise
+    ("emotion", pa.string()),
+    ("emotion_probs", pa.list_(pa.float32())),  # 7, labels.EMOTIONS order
+    ("sentiment", pa.string()),
+    ("sentiment_probs", pa.list_(pa.float32())),  # 3, labels.SENTIMENTS order
+    # calibrated top probability below the checkpoint's threshold (null: uncalibrated checkpoint, or no label)
+    ("emotion_uncertain", pa.bool_()),
+    ("sentiment_uncertain", pa.bool_()),
+    ("modalities", pa.list_(pa.string())),  # present ones, labels.MODALITIES order
+    ("text_emotion", pa.string()),  # each modality's own top emotion; null when absent
+    ("audio_emotion", pa.string()),
+    ("video_emotion", pa.string()),
+    ("error", pa.string()),  # null when labeled; otherwise "<uri>: <cause>"
+    # why emotion and sentiment are null on a row without error: none of the checkpoint's
+    # modalities had a signal ("no speech", "no transcript", "no transcript, audio or video")
+    ("no_label_reason", pa.string()),
+    ("model_id", pa.string()),  # checkpoint dir name + short hash of its weights
+    ("labeled_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+class LabelPredictor:
+    """Actor: features of good rows -> Predictor.predict_batch; error rows pass through.
+    Returns a pyarrow.Table in LABEL_SCHEMA (no feature columns)."""
+
+    def __init__(self, checkpoint: str, device: str):
+        import torch
+
+        from mmsa_ray.predict import Predictor
+
+        if device == "cpu":
+            torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
+        self.predictor = Predictor.from_checkpoint(checkpoint, device=device)
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
+        n = len(batch["id"])
+        errors = [str_or_none(e) for e in batch["error"]]
+        good = [i for i in range(n) if errors[i] is None]
+        preds: dict[int, dict[str, Any]] = {}
+        if good:
+            rows = self.predictor.predict_batch({k: batch[k][good] for k in FEATURE_KEYS})
+            preds = dict(zip(good, rows, strict=True))
+        now = datetime.now(UTC)
+        columns: dict[str, list] = {name: [] for name in LABEL_SCHEMA.names}
+        for i in range(n):
+            p = preds.get(i, {})
+            columns["id"].append(str(batch["id"][i]))
+            columns["uri"].append(str(batch["uri"][i]))
+            columns["start"].append(float_or_none(batch["start"][i]))
+            columns["end"].append(float_or_none(batch["end"][i]))
+            columns["transcript"].append(str_or_none(batch["transcript"][i]))
+            speech = {k: batch[k][i] if k in batch else None for k in SPEECH_COLUMNS}
+            columns["asr_confidence"].append(float_or_none(speech["asr_confidence"]))
+            columns["words"].append(None if speech["words"] is None else [dict(w) for w in speech["words"]])
+            columns["speech"].append(str_or_none(speech["speech"]))
+            for k in ("emotion", "emotion_probs", "sentiment", "sentiment_probs", "emotion_uncertain",
+                      "sentiment_uncertain", "modalities", "text_emotion", "audio_emotion", "video_emotion"):
+                columns[k].append(p.get(k))
+            columns["error"].append(errors[i])
+            reason = p.get("no_label_reason")
+            if reason == "no transcript" and columns["speech"][-1] == "none":
+                reason = "no speech"  # the speech stage heard none in this file or window
+            columns["no_label_reason"].append(reason)
+            columns["model_id"].append(self.predictor.model_id)
+            columns["labeled_at"].append(now)
+        return pa.Table.from_pydict(columns, schema=LABEL_SCHEMA)

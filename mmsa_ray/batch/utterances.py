@@ -1,0 +1,285 @@
+"""The speech stage of `label --utterances` and `transcribe`: staged file rows -> one item
+per spoken utterance, in a Ray Data actor pool that loads the Whisper model once per actor
+(mmsa_ray.speech.SpeechRecognizer).
+
+    file row {id, uri, transcript, start, end}
+      ─► SpeechStage (actor pool; CPUs by default, GPUs on a cluster)
+      ─► items (ITEM_SCHEMA): one per utterance, id "<file id>#t=<start>,<end>" (seconds in
+         the file's time), with transcript, words, asr_confidence, speech="found" and the
+         file's earlier transcripts as `context` (time order, the last `context_turns`)
+
+A file without speech (or without an audio stream) becomes one item without transcript
+(its whole file or window), or its `--segment` windows, with speech="none"; a file whose
+audio cannot be read becomes one error item whose id is the file id. With `keep_transcripts` (label), a row that already
+has a transcript (a manifest's) passes through untouched, not transcribed.
+
+Never transcribed twice: the recognizer's output for a file (its utterances, "no speech",
+or why its audio could not be read) is cached under OUT before any item of the file moves
+on, as OUT/_speech/<SpeechConfig.cache_key()>/<sha1(file id, uri, window)>.parquet,
+written to a hidden name and renamed when complete. A re-run (after a kill -9 at any
+point, or a finished run) reads the cache instead of transcribing, so it gets the same
+utterances and ids; the items whose ids are already committed in OUT (`done`) are dropped
+here, so a file whose utterances are all committed costs one small read. A worker death
+while transcribing is bounded like a decode (mmsa_ray.batch.attempts): after `max_attempts`
+deaths in one job the file becomes an error item.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import posixpath
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.fs as pafs
+
+from mmsa_ray import console
+from mmsa_ray.batch.attempts import AttemptLog, RepeatedDeaths, attempt, call_with_deadline, current_job
+from mmsa_ray.batch.staging import STAGING_SCHEMA, is_done
+from mmsa_ray.sources import earlier_transcripts, open_media, resolve
+
+NO_AUDIO = "no audio stream"  # media.MediaError's cause for a file without audio: no speech, not an error
+SPEECH_DIR = "_speech"  # under OUT: the speech stage's cache, one folder per SpeechConfig.cache_key()
+
+WORD_TYPE = pa.struct([("start", pa.float64()), ("end", pa.float64()), ("word", pa.string()),
+                       ("probability", pa.float64())])
+
+# What the speech stage emits: the staging columns, then what speech recognition found.
+ITEM_SCHEMA = pa.schema([
+    *STAGING_SCHEMA,
+    ("file_id", pa.string()),  # the listed file's (or manifest row's) id
+    ("words", pa.list_(WORD_TYPE)),  # seconds in the file's time
+    ("asr_confidence", pa.float64()),  # exp(mean token log-probability) of the utterance, 0..1
+    ("no_speech_prob", pa.float64()),  # Whisper's probability that the segment holds no speech
+    ("speech", pa.string()),  # "found" | "none" (no speech in the file) | null (not transcribed / error)
+    ("error", pa.string()),  # null when fine; otherwise "<uri>: <cause>"
+])
+CACHE_SCHEMA = pa.schema([f for f in ITEM_SCHEMA if f.name != "context"])
+
+# `mmsa-ray transcribe`'s output: one row per utterance (or per file without speech / failed).
+UTTERANCE_SCHEMA = pa.schema([
+    ("id", pa.string()),  # "<file id>#t=<start>,<end>"; the file id for a file without speech or an error
+    ("file_id", pa.string()),  # path relative to INPUT, or the manifest's id
+    ("uri", pa.string()),  # local path or cloud URI of the media
+    ("start", pa.float64()),  # seconds in the file's time
+    ("end", pa.float64()),
+    ("transcript", pa.string()),
+    ("words", pa.list_(WORD_TYPE)),
+    ("asr_confidence", pa.float64()),
+    ("no_speech_prob", pa.float64()),
+    ("speech", pa.string()),  # "found" | "none"; null on error rows
+    ("error", pa.string()),
+    ("asr_model", pa.string()),  # SpeechConfig.model + "@" + its cache key
+    ("transcribed_at", pa.timestamp("us", tz="UTC")),
+])
+
+
+@dataclass
+class SpeechStageConfig:
+    """How the speech stage runs in a pipeline: its actor pool and its bookkeeping."""
+
+    actors: tuple[int, int] = (1, 1)  # speech actor pool (min, max)
+    cpus_per_actor: float = 1.0  # CPUs reserved per speech actor (also faster-whisper's threads)
+    gpus_per_actor: float = 0.0  # 0: CPU actors; 1 on GPU nodes (the model then runs on cuda)
+
+    def __post_init__(self) -> None:
+        lo, hi = self.actors
+        if not (1 <= lo <= hi):
+            raise ValueError(f"asr actors must be MIN,MAX with 1 <= MIN <= MAX, got {self.actors}")
+        if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
+            raise ValueError("asr cpus/gpus per actor must be >= 0")
+
+
+def actor_speech_config(speech, stage: SpeechStageConfig):
+    """The SpeechConfig an actor loads: on a GPU actor a "cpu" device becomes "cuda"; threads
+    default to the CPUs Ray reserved for it."""
+    import dataclasses
+
+    changes: dict[str, Any] = {}
+    if stage.gpus_per_actor > 0 and speech.device == "cpu":
+        changes["device"] = "cuda"
+    if not speech.cpu_threads:
+        changes["cpu_threads"] = max(1, int(stage.cpus_per_actor))
+    return dataclasses.replace(speech, **changes)
+
+
+def cache_uri(out_uri: str, speech) -> str:
+    """Where the speech stage's output for `speech` (a SpeechConfig) is cached under OUT."""
+    return f"{out_uri}/{SPEECH_DIR}/{speech.cache_key()}"
+
+
+def _cache_name(row: dict[str, Any]) -> str:
+    key = "\n".join(str(row[k]) for k in ("id", "uri", "start", "end"))
+    return hashlib.sha1(key.encode()).hexdigest() + ".parquet"
+
+
+def file_key(item_id: str, file_ids: set[str]) -> str | None:
+    """The listed file an item id belongs to (its id, or its id without the last `#t=`), or None."""
+    if item_id in file_ids:
+        return item_id
+    head = item_id.rsplit("#t=", 1)[0]
+    return head if head in file_ids else None
+
+
+class SpeechStage:
+    """Actor: staged file rows (STAGING_SCHEMA) -> items (ITEM_SCHEMA); see the module docstring.
+
+    `done`: sorted ids already committed in OUT (dropped); `context_turns`: how many earlier
+    transcripts each item carries (0: none); `segment_s`: a file without speech is cut into
+    windows of about this many seconds (segments.segment_windows), None: one item;
+    `probe_timeout_s`: limit on reading a file's duration for that."""
+
+    def __init__(self, speech, cache: str, attempts_uri: str, max_attempts: int, done: np.ndarray | None = None,
+                 keep_transcripts: bool = False, context_turns: int = 0, segment_s: float | None = None,
+                 probe_timeout_s: float = 30.0):
+        from mmsa_ray.speech import SpeechRecognizer
+
+        self.recognizer = SpeechRecognizer(speech)
+        self.fs, self.cache_dir = resolve(cache)
+        self.fs.create_dir(self.cache_dir, recursive=True)
+        attempts_fs, attempts_dir = resolve(attempts_uri)
+        self.log = AttemptLog(attempts_fs, attempts_dir, current_job())
+        self.max_attempts, self.done = max_attempts, done
+        self.keep_transcripts, self.context_turns = keep_transcripts, context_turns
+        self.segment_s, self.probe_timeout_s = segment_s, probe_timeout_s
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        items: list[dict[str, Any]] = []
+        for row in batch.select(STAGING_SCHEMA.names).cast(STAGING_SCHEMA).to_pylist():
+            if self.keep_transcripts and row["transcript"] is not None:
+                file_items = [_item(row, file_id=row["id"])]
+            elif not row["uri"]:
+                file_items = [_item(row, file_id=row["id"], error="no media path given for this id in the manifest")]
+            else:
+                file_items = self._expand(row, self._recognized(row))
+            items += _with_context(file_items, self.context_turns)
+        items = [it for it, seen in zip(items, is_done(self.done, [it["id"] for it in items]), strict=True) if not seen]
+        return pa.Table.from_pylist(items, schema=ITEM_SCHEMA)
+
+    # the recognizer's output for one file, cached
+    def _recognized(self, row: dict[str, Any]) -> list[dict[str, Any]]:
+        import pyarrow.parquet as pq
+
+        path = f"{self.cache_dir}/{_cache_name(row)}"
+        try:
+            with self.fs.open_input_file(path) as f:
+                return pq.read_table(f, schema=CACHE_SCHEMA).to_pylist()
+        except FileNotFoundError:
+            pass
+        rows, cacheable = self._transcribe(row)
+        if cacheable:
+            tmp = f"{self.cache_dir}/.{posixpath.basename(path)}.inprogress"
+            with self.fs.open_output_stream(tmp) as f:
+                pq.write_table(pa.Table.from_pylist(rows, schema=CACHE_SCHEMA), f)
+            self.fs.move(tmp, path)
+        return rows
+
+    def _transcribe(self, row: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
+        """-> (rows, cacheable): utterance rows, one "none" row, or one error row. Errors
+        other than unreadable media (a network hiccup, say) are not cached."""
+        from mmsa_ray.media import MediaError
+        from mmsa_ray.speech import utterance_rows
+
+        id_, uri = row["id"], row["uri"]
+        try:
+            with attempt(self.log, f"speech:{id_}", uri, self.max_attempts) as source:
+                utterances = self.recognizer.transcribe(source, start=row["start"], end=row["end"])
+        except RepeatedDeaths as e:
+            return [_item(row, file_id=id_, error=f"{uri}: the speech worker died {e.deaths} times on this file "
+                          "(crash or kill); not retried")], True
+        except MediaError as e:
+            cause = getattr(e, "cause", None) or str(e)
+            if cause == NO_AUDIO:  # a silent video: nothing to transcribe, its pictures still to label
+                return [_item(row, file_id=id_, speech="none")], True
+            return [_item(row, file_id=id_, error=f"{uri}: {cause}")], True
+        except Exception as e:  # noqa: BLE001 - every failure is recorded on its row
+            return [_item(row, file_id=id_, error=f"{uri}: {type(e).__name__}: {e}")], False
+        if not utterances:
+            return [_item(row, file_id=id_, speech="none")], True
+        return [{**u, "uri": uri, "file_id": id_, "speech": "found", "error": None}
+                for u in utterance_rows(id_, utterances)], True
+
+    def _expand(self, row: dict[str, Any], recognized: list[dict[str, Any]]) -> list[dict[str, Any]]:
+        """A file without speech, with segment_s and no window of its own -> its windows."""
+        if (self.segment_s is None or len(recognized) != 1 or recognized[0]["speech"] != "none"
+                or row["start"] is not None or row["end"] is not None):
+            return recognized
+        from mmsa_ray.batch.segments import segment_windows
+        from mmsa_ray.media import DecodeConfig, probe_duration
+
+        try:
+            with open_media(row["uri"]) as source:
+                duration = call_with_deadline(probe_duration, self.probe_timeout_s, source, DecodeConfig())
+        except Exception:  # noqa: BLE001 - the whole file stays one item; its decode says why if it fails
+            return recognized
+        return [_item(row, file_id=row["id"], id=f"{row['id']}#t={a:g},{b:g}", start=a, end=b, speech="none")
+                for a, b in segment_windows(duration, self.segment_s)]
+
+
+def _item(row: dict[str, Any], **changes) -> dict[str, Any]:
+    item = {name: None for name in ITEM_SCHEMA.names}
+    item.update({k: row[k] for k in STAGING_SCHEMA.names})
+    item.update(changes)
+    return item
+
+
+def _with_context(items: list[dict[str, Any]], turns: int) -> list[dict[str, Any]]:
+    """Each utterance item gets the transcripts of the file's earlier ones (by start time,
+    oldest first, at most `turns`); others get none."""
+    if turns <= 0:
+        return items
+    spoken = [it for it in items if it["speech"] == "found"]
+    for it, context in zip(spoken, earlier_transcripts(spoken, turns), strict=True):
+        it["context"] = context
+    return items
+
+
+def speech_stage(ds, speech, stage: SpeechStageConfig, out_uri: str, attempts_uri: str, max_attempts: int,
+                 **stage_kwargs):
+    """ds (staged file rows) -> ds of items: the SpeechStage actor pool, one file per call,
+    caching under OUT (`out_uri`) by the settings the actors run with (actor_speech_config).
+    `max_attempts`: worker deaths while transcribing one file before it is an error item."""
+    from ray.data import ActorPoolStrategy
+
+    speech = actor_speech_config(speech, stage)
+    return ds.repartition(target_num_rows_per_block=1).map_batches(
+        SpeechStage,
+        fn_constructor_kwargs={"speech": speech, "cache": cache_uri(out_uri, speech),
+                               "attempts_uri": attempts_uri, "max_attempts": max_attempts, **stage_kwargs},
+        compute=ActorPoolStrategy(min_size=stage.actors[0], max_size=stage.actors[1]),
+        batch_size=1,
+        batch_format="pyarrow",
+        num_cpus=stage.cpus_per_actor,
+        num_gpus=stage.gpus_per_actor,
+    )
+
+
+def rows_before(fs: pafs.FileSystem, path: str, schema: pa.Schema, time_column: str, run_start: datetime,
+                file_ids: set[str]) -> int:
+    """Rows of OUT written before `run_start` that belong to one of `file_ids` (file_key):
+    the items a run skipped because an earlier one wrote them."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
+
+    n = 0
+    cutoff = pa.scalar(run_start, type=schema.field(time_column).type)
+    dataset = pads.dataset(path, filesystem=fs, format="parquet", schema=schema)
+    for batch in dataset.to_batches(columns=["id", time_column]):
+        older = batch.filter(pc.less(batch.column(time_column), cutoff))
+        n += sum(file_key(i, file_ids) is not None for i in older.column("id").to_pylist())
+    return n
+
+
+def add_stage_args(p, d: SpeechStageConfig) -> None:
+    """--asr-actors, --asr-cpus-per-actor, --asr-gpus-per-actor (the speech actor pool)."""
+    p.add_argument("--asr-actors", type=console.min_max, default=d.actors, metavar="MIN,MAX",
+                   help=f"speech recognition actor pool size (default {d.actors[0]},{d.actors[1]}); each loads the "
+                   "ASR model once")
+    p.add_argument("--asr-cpus-per-actor", type=float, default=d.cpus_per_actor,
+                   help=f"CPUs reserved per speech actor, also its threads (default {d.cpus_per_actor:g})")
+    p.add_argument("--asr-gpus-per-actor", type=float, default=d.gpus_per_actor,
+                   help="GPUs per speech actor: 0 runs speech recognition on CPU (default); 1 on GPU nodes "
+                   "(the ASR model then runs on cuda)")
