@@ -137,7 +137,8 @@ def in_process_speech_seconds(checkpoint: str, data: bytes, repeats: int) -> flo
     the whole clip, then transcription, then every utterance's window with its context."""
     from mmsa_ray.features import collate
     from mmsa_ray.predict import Predictor
-    from mmsa_ray.speech import SpeechConfig, SpeechRecognizer, utterance_rows
+    from mmsa_ray.speech import SpeechConfig, SpeechRecognizer
+    from mmsa_ray.utterances import utterance_rows
 
     predictor = Predictor.from_checkpoint(checkpoint, device="cpu")
     recognizer = SpeechRecognizer(SpeechConfig(cpu_threads=1))

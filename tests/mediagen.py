@@ -237,15 +237,16 @@ def write_audio(
 ESPEAK_RATE = 22050  # Hz, what espeak-ng writes
 
 
-def espeak(text: str, directory: str | os.PathLike) -> np.ndarray:
-    """espeak-ng's speech of `text` (needs the espeak-ng program), trimmed of its own
-    leading and trailing silence: float32 [N] in [-1, 1] at ESPEAK_RATE."""
+def espeak(text: str, directory: str | os.PathLike, voice: str | None = None) -> np.ndarray:
+    """espeak-ng's speech of `text` (needs the espeak-ng program; `voice` one of
+    `espeak-ng --voices`, default its own), trimmed of its own leading and trailing silence:
+    float32 [N] in [-1, 1] at ESPEAK_RATE."""
     import subprocess
 
     import av
 
     path = Path(directory) / "espeak.wav"
-    subprocess.run(["espeak-ng", "-w", str(path), text], check=True)
+    subprocess.run(["espeak-ng", *(["-v", voice] if voice else []), "-w", str(path), text], check=True)
     with av.open(str(path)) as c:
         x = np.concatenate([f.to_ndarray().reshape(-1) for f in c.decode(audio=0)]).astype(np.float32) / 32768
     loud = np.flatnonzero(np.abs(x) > 0.02)
@@ -362,3 +363,83 @@ def mutate(data: bytes, kind: str, rng: np.random.Generator) -> bytes:
     else:
         raise ValueError(f"unknown mutation {kind!r}; one of {MUTATIONS}")
     return bytes(b)
+
+
+TALK_SENTENCES = [
+    "My grandmother grew tomatoes behind the old stone barn.",
+    "Every summer the river flooded the lower fields.",
+    "We walked to the market on Saturday mornings.",
+    "The baker sold warm bread and small apple pies.",
+    "Our teacher read stories about sailors and whales.",
+    "In winter the lake froze and children skated for hours.",
+    "My brother built a wooden boat with his friends.",
+    "The library closed early because of the storm.",
+    "Nobody expected the train to arrive so late.",
+    "She painted the kitchen door a bright yellow.",
+    "The museum opened a new exhibition about volcanoes.",
+    "After dinner we played cards until midnight.",
+    "The mayor promised to repair the bridge next spring.",
+    "Thousands of people gathered in the square to hear the band.",
+    "The doctor said the results would arrive on Monday.",
+    "A small dog followed us all the way home from the park.",
+    "The company will open a new factory near the harbour.",
+    "Please turn off the lights when you leave the office.",
+    "The students cheered when the exam was cancelled.",
+    "My neighbour plays the piano every evening after work.",
+    "The storm knocked down three trees on our street.",
+    "We watched the sunset from the top of the hill.",
+    "The restaurant serves fresh fish every Friday.",
+    "He forgot his keys at the station again.",
+    "The farmers expect a good harvest this autumn.",
+    "Our flight was delayed by four hours because of fog.",
+    "The children built a snowman in the garden.",
+    "The new road will connect the two villages.",
+    "I have never seen so many stars in the sky.",
+    "The orchestra rehearsed the symphony all afternoon.",
+]
+
+
+def long_talk(directory: str | os.PathLike, voice: str = "en-us") -> tuple[np.ndarray, list[tuple[float, float, str]]]:
+    """A talk of a little over ten minutes (float32 [N] mono at 16 kHz) made to stress the
+    speech stage's chunking: TALK_SENTENCES spoken by espeak-ng, some apart with pauses, some
+    back to back across the 300 s and 600 s chunk borders, a 20 s stretch of speech over
+    noise, and music-like tones, noise and silence between. -> (audio, [(start, end, text)]
+    seconds of each sentence, in order)."""
+    rate = 16000
+    said = [np.interp(np.arange(round(len(x) * rate / ESPEAK_RATE)) / rate, np.arange(len(x)) / ESPEAK_RATE,
+                      x).astype(np.float32) * 0.7 for x in (espeak(s, directory, voice) for s in TALK_SENTENCES)]
+    rng = np.random.default_rng(7)
+    audio = np.zeros(625 * rate, np.float32)
+    spans: list[tuple[float, float, str]] = []
+    queue = iter(range(len(TALK_SENTENCES)))
+
+    def say(t: float, gap_s: float, until: float) -> float:
+        """Sentences from t on, gap_s apart, while they start before `until`; -> where the last ended."""
+        while t < until:
+            i = next(queue)
+            a = round(t * rate)
+            audio[a:a + len(said[i])] += said[i]
+            spans.append((t, t + len(said[i]) / rate, TALK_SENTENCES[i]))
+            t += len(said[i]) / rate + gap_s
+        return t - gap_s
+
+    def bed(t0: float, t1: float, kind: str, level: float) -> None:
+        a, b = round(t0 * rate), round(t1 * rate)
+        t = np.arange(b - a) / rate
+        if kind == "noise":
+            audio[a:b] += (rng.standard_normal(b - a) * level).astype(np.float32)
+        else:  # a chord that changes every half second: music-like
+            roots = np.array([220.0, 246.9, 261.6, 293.7])[(t * 2).astype(int) % 4]
+            audio[a:b] += (level * sum(np.sin(2 * np.pi * roots * k * t) / k for k in (1.0, 1.25, 1.5))
+                           ).astype(np.float32)
+
+    t = say(2.0, 1.5, 22.0)  # apart, with pauses
+    bed(t + 2.0, t + 10.0, "music", 0.1)
+    bed(t + 12.0, t + 17.0, "noise", 0.05)
+    t = say(t + 20.0, 0.4, t + 38.0)  # 20 s of speech over noise
+    bed(t - 22.0, t + 2.0, "noise", 0.02)
+    say(287.0, 0.25, 303.0)  # back to back across the first chunk border
+    bed(400.0, 410.0, "music", 0.1)
+    say(588.0, 0.25, 603.0)  # and the second
+    say(612.0, 1.0, 615.0)
+    return audio, spans

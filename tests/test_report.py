@@ -243,15 +243,23 @@ def test_rows_without_a_signal_are_shown_as_such_never_as_a_class(tmp_path):
             "emotion_probs": None, "sentiment_probs": None, "modalities": [], "transcript": None,
             "no_label_reason": "no speech"},
            {**base, "id": "a#t=2,3", "start": 2.0, "end": 3.0, "emotion": None, "sentiment": None,
-            "emotion_probs": None, "sentiment_probs": None, "error": "/m/a.wav: corrupt"}]
+            "emotion_probs": None, "sentiment_probs": None, "error": "/m/a.wav: corrupt"},
+           {**base, "id": "a#t=3,6.5", "start": 3.0, "end": 6.5, "emotion": None, "sentiment": None,
+            "emotion_probs": None, "sentiment_probs": None, "modalities": [], "transcript": None,
+            "speech": "unrecognized", "no_label_reason": "speech not recognized"}]
     s = report.summarize(raw)
-    assert (s["labeled"], s["no_signal"], s["failed"]) == (1, 1, 1)
-    assert s["no_signal_reasons"] == [("no speech", 1)] and sum(s["emotions"].values()) == 1
+    assert (s["labeled"], s["no_signal"], s["failed"]) == (1, 2, 1)
+    assert (s["unrecognized"], s["unrecognized_s"]) == (1, 3.5)
+    assert s["no_signal_reasons"] == [("no speech", 1), ("speech not recognized", 1)]
+    assert sum(s["emotions"].values()) == 1
     model = report.build_model(raw, str(tmp_path), probe=False)
     assert [(r["emotion"], r["sentiment"], r["no_label_reason"]) for r in model["rows"]] == [
-        ("surprise", "positive", None), ("no signal", "no signal", "no speech"), ("failed", "failed", None)]
+        ("surprise", "positive", None), ("no signal", "no signal", "no speech"), ("failed", "failed", None),
+        ("no signal", "no signal", "speech not recognized")]
+    assert model["rows"][3]["speech"] == "unrecognized"
     cues = report.cues_by_file(model)[0]
-    assert [c.text for c in cues] == ["[surprise 0.40 · positive] wow", "[no signal: no speech]"]
+    assert [c.text for c in cues] == ["[surprise 0.40 · positive] wow", "[no signal: no speech]",
+                                      "[no signal: speech not recognized]"]
     assert subtitles.no_signal_text(None, "hm") == "[no signal: nothing to read] hm"
 
 

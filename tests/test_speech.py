@@ -16,16 +16,8 @@ import numpy as np
 import pytest
 
 from mmsa_ray.media import MediaError, stream_audio
-from mmsa_ray.speech import (
-    SpeechConfig,
-    SpeechRecognizer,
-    TimedWord,
-    Utterance,
-    Word,
-    build_utterances,
-    speech_chunks,
-    utterance_rows,
-)
+from mmsa_ray.speech import SpeechConfig, SpeechRecognizer, speech_chunks
+from mmsa_ray.utterances import TimedWord, Utterance, Word, build_utterances, utterance_rows
 
 sys.path.insert(0, str(Path(__file__).parent))
 import mediagen  # noqa: E402
@@ -313,10 +305,12 @@ def test_speech_flags_map_onto_config():
     assert speech_config_from_args(parser.parse_args([])) == SpeechConfig()
     args = parser.parse_args(["--asr-model", "large-v3", "--asr-device", "cuda", "--asr-compute-type", "int8_float16",
                               "--asr-threads", "4", "--asr-language", "auto", "--utterance-pause", "0.7",
-                              "--utterance-min", "2", "--utterance-max", "8"])
+                              "--utterance-min", "2", "--utterance-max", "8", "--asr-gap", "3",
+                              "--asr-timeout", "600", "0.5"])
     config = speech_config_from_args(args)
     assert (config.model, config.device, config.compute_type, config.cpu_threads, config.language) == (
         "large-v3", "cuda", "int8_float16", 4, None)
     assert (config.pause_s, config.min_utterance_s, config.max_utterance_s) == (0.7, 2.0, 8.0)
+    assert (config.min_gap_s, config.timeout_s, config.timeout_per_audio_s) == (3.0, 600.0, 0.5)
     with pytest.raises(SystemExit):
         parser.parse_args(["--asr-device", "tpu"])

@@ -21,8 +21,10 @@ from mmsa_ray.batch.attempts import AttemptLog, RepeatedDeaths, attempt, call_wi
 from mmsa_ray.batch.staging import STAGING_SCHEMA
 from mmsa_ray.features import FEATURE_KEYS
 from mmsa_ray.sources import resolve
+from mmsa_ray.utterances import model_transcript
 
-SPEECH_COLUMNS = ("asr_confidence", "words", "speech")  # what the speech stage adds to a labeled row
+# what the speech stage adds to a labeled row
+SPEECH_COLUMNS = ("asr_confidence", "transcript_reliable", "words", "speech")
 
 
 def item_tasks(ds, fn, fn_kwargs: dict[str, Any], *, batch_size: int, num_cpus: float, max_attempts: int):
@@ -76,6 +78,9 @@ def decode_batch(
     log = AttemptLog(fs, attempts_dir, current_job())
     rows = batch.select(STAGING_SCHEMA.names).cast(STAGING_SCHEMA).to_pylist()
     given_errors = batch.column("error").to_pylist() if "error" in batch.column_names else [None] * len(rows)
+    if "transcript_reliable" in batch.column_names:  # an unreliable transcript is kept, not read
+        for row, reliable in zip(rows, batch.column("transcript_reliable").to_pylist(), strict=True):
+            row["transcript_reliable"] = reliable
     errors: list[str | None] = []
     feats: list[dict[str, np.ndarray]] = []
     for row, given_error in zip(rows, given_errors, strict=True):
@@ -103,7 +108,7 @@ def _decode_row(row: dict[str, Any], prep, log: AttemptLog, max_attempts: int) -
     try:
         with attempt(log, row["id"], uri, max_attempts) as source:
             return call_with_deadline(prep, watchdog_s(prep.decode_config.timeout_s), source,
-                                      transcript=row["transcript"], start=row["start"], end=row["end"],
+                                      transcript=model_transcript(row), start=row["start"], end=row["end"],
                                       context=row["context"])
     except RepeatedDeaths as e:
         return f"{uri}: the decoding worker died {e.deaths} times on this file (crash or kill); not retried"

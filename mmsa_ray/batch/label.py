@@ -98,7 +98,7 @@ from mmsa_ray.batch.staging import (
     remove_inprogress,
     stage_sources,
 )
-from mmsa_ray.batch.utterances import SpeechStageConfig, rows_before, speech_stage
+from mmsa_ray.batch.utterances import SpeechCoverage, SpeechStageConfig, rows_before, speech_stage
 from mmsa_ray.sink import ordered_parquet_datasink
 from mmsa_ray.sources import (
     MEDIA_EXTENSIONS,
@@ -182,6 +182,7 @@ class LabelSummary:
     notes: list[str] = field(default_factory=list)  # hints for the user, printed last
     no_signal: int = 0  # rows written by this run without error and without a label (no_label_reason)
     no_signal_reasons: list[tuple[str, int]] = field(default_factory=list)  # (reason, rows), most first
+    coverage: SpeechCoverage | None = None  # of this run's rows, when it transcribed speech
 
     def __str__(self) -> str:
         lines = [
@@ -190,6 +191,8 @@ class LabelSummary:
             f"of {self.staged} items in {self.seconds:.1f} s; {self.output} holds {self.total_rows} rows",
         ]
         lines += [f"  failed: {i}: {e}" for i, e in self.errors]
+        if self.coverage is not None:
+            lines.append(f"  {self.coverage}")
         if self.no_signal:
             reasons = ", ".join(f"{r}: {n}" for r, n in self.no_signal_reasons)
             lines.append(f"  no signal: {self.no_signal} rows have no label ({reasons}); see no_label_reason")
@@ -414,13 +417,17 @@ def summarize(fs: pafs.FileSystem, path: str, run_start: datetime, staged: int, 
     total = labeled = failed = other = 0
     errors: list[tuple[str, str]] = []
     reasons: Counter[str] = Counter()
+    coverage = SpeechCoverage()
     dataset = pads.dataset(path, filesystem=fs, format="parquet", schema=LABEL_SCHEMA)
     cutoff = pa.scalar(run_start, type=LABEL_SCHEMA.field("labeled_at").type)
-    for batch in dataset.to_batches(columns=["id", "error", "no_label_reason", "labeled_at", "model_id"]):
+    columns = ["id", "error", "no_label_reason", "labeled_at", "model_id", "speech", "start", "end",
+               "transcript_reliable"]
+    for batch in dataset.to_batches(columns=columns):
         total += batch.num_rows
         if model_id is not None:
             other += pc.sum(pc.not_equal(batch.column("model_id"), model_id)).as_py() or 0
         this_run = pc.greater_equal(batch.column("labeled_at"), cutoff)
+        coverage.add(batch.filter(this_run))
         is_err = pc.is_valid(batch.column("error"))
         failed_mask = pc.and_(this_run, is_err)
         failed += pc.sum(failed_mask).as_py() or 0
@@ -434,7 +441,8 @@ def summarize(fs: pafs.FileSystem, path: str, run_start: datetime, staged: int, 
     no_signal = sum(reasons.values())
     return LabelSummary(staged=staged, labeled=labeled, failed=failed, skipped=staged - labeled - failed - no_signal,
                         total_rows=total, seconds=0.0, output=output, errors=errors, other_model_rows=other,
-                        no_signal=no_signal, no_signal_reasons=reasons.most_common())
+                        no_signal=no_signal, no_signal_reasons=reasons.most_common(),
+                        coverage=coverage if coverage.transcribed_s or coverage.unrecognized else None)
 
 
 # ----------------------------------------------------------------------------- CLI

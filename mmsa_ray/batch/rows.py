@@ -17,6 +17,7 @@ from mmsa_ray.batch.staging import str_or_none
 from mmsa_ray.batch.utterances import WORD_TYPE
 from mmsa_ray.features import FEATURE_KEYS
 from mmsa_ray.sources import float_or_none
+from mmsa_ray.utterances import no_speech_reason
 
 # One row per input item. Probabilities follow labels.EMOTIONS (7) and labels.SENTIMENTS (3);
 # every prediction column is null on error rows.
@@ -28,7 +29,12 @@ LABEL_SCHEMA = pa.schema([
     ("transcript", pa.string()),  # from the manifest or speech recognition (--utterances); null when none
     ("asr_confidence", pa.float64()),  # --utterances: exp(mean token log-probability) of the transcript, 0..1
     ("words", pa.list_(WORD_TYPE)),  # --utterances: {start, end, word, probability}, seconds in the file's time
-    ("speech", pa.string()),  # --utterances: "found", or "none" (no speech in the file); null otherwise
+    # --utterances: false when its ASR confidence is below transcript_checks.MIN_CONFIDENCE (the model did not
+    # read it); null without speech recognition
+    ("transcript_reliable", pa.bool_()),
+    # --utterances: "found", "unrecognized" (VAD speech without words: no transcript) or "none" (no speech in the
+    # file); null otherwise
+    ("speech", pa.string()),
     ("emotion", pa.string()),
     ("emotion_probs", pa.list_(pa.float32())),  # 7, labels.EMOTIONS order
     ("sentiment", pa.string()),
@@ -42,7 +48,8 @@ LABEL_SCHEMA = pa.schema([
     ("video_emotion", pa.string()),
     ("error", pa.string()),  # null when labeled; otherwise "<uri>: <cause>"
     # why emotion and sentiment are null on a row without error: none of the checkpoint's
-    # modalities had a signal ("no speech", "no transcript", "no transcript, audio or video")
+    # modalities had a signal ("no speech", "speech not recognized", "transcript unreliable", "no transcript",
+    # "no transcript, audio or video")
     ("no_label_reason", pa.string()),
     ("model_id", pa.string()),  # checkpoint dir name + short hash of its weights
     ("labeled_at", pa.timestamp("us", tz="UTC")),
@@ -83,13 +90,14 @@ class LabelPredictor:
             columns["asr_confidence"].append(float_or_none(speech["asr_confidence"]))
             columns["words"].append(None if speech["words"] is None else [dict(w) for w in speech["words"]])
             columns["speech"].append(str_or_none(speech["speech"]))
+            reliable = speech["transcript_reliable"]
+            columns["transcript_reliable"].append(None if reliable is None else bool(reliable))
             for k in ("emotion", "emotion_probs", "sentiment", "sentiment_probs", "emotion_uncertain",
                       "sentiment_uncertain", "modalities", "text_emotion", "audio_emotion", "video_emotion"):
                 columns[k].append(p.get(k))
             columns["error"].append(errors[i])
-            reason = p.get("no_label_reason")
-            if reason == "no transcript" and columns["speech"][-1] == "none":
-                reason = "no speech"  # the speech stage heard none in this file or window
+            reason = no_speech_reason(p.get("no_label_reason"), {
+                "speech": columns["speech"][-1], "transcript_reliable": columns["transcript_reliable"][-1]})
             columns["no_label_reason"].append(reason)
             columns["model_id"].append(self.predictor.model_id)
             columns["labeled_at"].append(now)

@@ -30,6 +30,7 @@ from mmsa_ray.batch.attempts import ATTEMPTS_DIR
 from mmsa_ray.batch.staging import CHECKPOINT_DIR, committed_ids, nothing_to_restore, remove_inprogress, stage_sources
 from mmsa_ray.batch.utterances import (
     UTTERANCE_SCHEMA,
+    SpeechCoverage,
     SpeechStageConfig,
     actor_speech_config,
     rows_before,
@@ -79,11 +80,12 @@ class TranscribeSummary:
     seconds: float
     output: str
     errors: list[tuple[str, str]] = field(default_factory=list)
+    coverage: SpeechCoverage = field(default_factory=SpeechCoverage)  # of the rows this run wrote
 
     def __str__(self) -> str:
         lines = [f"{self.files} files: {self.utterances} utterances and {self.no_speech} files without speech written, "
                  f"failed {self.failed}, skipped {self.skipped} (already in output) in {self.seconds:.1f} s; "
-                 f"{self.output} holds {self.total_rows} rows"]
+                 f"{self.output} holds {self.total_rows} rows", f"  {self.coverage}"]
         lines += [f"  failed: {i}: {e}" for i, e in self.errors]
         return "\n".join(lines)
 
@@ -157,11 +159,14 @@ def _summarize(fs, path: str, run_start: datetime, file_ids: set[str], output: s
 
     total = utterances = no_speech = failed = 0
     errors: list[tuple[str, str]] = []
+    coverage = SpeechCoverage()
     cutoff = pa.scalar(run_start, type=UTTERANCE_SCHEMA.field("transcribed_at").type)
     dataset = pads.dataset(path, filesystem=fs, format="parquet", schema=UTTERANCE_SCHEMA)
-    for batch in dataset.to_batches(columns=["id", "speech", "error", "transcribed_at"]):
+    columns = ["id", "speech", "error", "transcribed_at", "start", "end", "transcript_reliable"]
+    for batch in dataset.to_batches(columns=columns):
         total += batch.num_rows
         new = batch.filter(pc.greater_equal(batch.column("transcribed_at"), cutoff))
+        coverage.add(new)
         speech, error = new.column("speech").to_pylist(), new.column("error").to_pylist()
         utterances += speech.count("found")
         no_speech += speech.count("none")
@@ -170,7 +175,8 @@ def _summarize(fs, path: str, run_start: datetime, file_ids: set[str], output: s
         errors += [(i, e) for i, e in pairs if e is not None][: 10 - len(errors)]
     skipped = rows_before(fs, path, UTTERANCE_SCHEMA, "transcribed_at", run_start, file_ids)
     return TranscribeSummary(files=len(file_ids), utterances=utterances, no_speech=no_speech, failed=failed,
-                             skipped=skipped, total_rows=total, seconds=0.0, output=output, errors=errors)
+                             skipped=skipped, total_rows=total, seconds=0.0, output=output, errors=errors,
+                             coverage=coverage)
 
 
 # ----------------------------------------------------------------------------- CLI

@@ -5,8 +5,10 @@ per spoken utterance, in a Ray Data actor pool that loads the Whisper model once
     file row {id, uri, transcript, start, end}
       ─► SpeechStage (actor pool; CPUs by default, GPUs on a cluster)
       ─► items (ITEM_SCHEMA): one per utterance, id "<file id>#t=<start>,<end>" (seconds in
-         the file's time), with transcript, words, asr_confidence, speech="found" and the
-         file's earlier transcripts as `context` (time order, the last `context_turns`)
+         the file's time), with transcript, words, asr_confidence, transcript_reliable,
+         speech="found" and the file's earlier transcripts as `context` (time order, the
+         last `context_turns`); or, for a stretch of speech without words, speech="unrecognized"
+         and no transcript
 
 A file without speech (or without an audio stream) becomes one item without transcript
 (its whole file or window), or its `--segment` windows, with speech="none"; a file whose
@@ -39,7 +41,7 @@ import pyarrow.fs as pafs
 from mmsa_ray import console
 from mmsa_ray.batch.attempts import AttemptLog, RepeatedDeaths, attempt, call_with_deadline, current_job
 from mmsa_ray.batch.staging import STAGING_SCHEMA, is_done
-from mmsa_ray.sources import earlier_transcripts, open_media, resolve
+from mmsa_ray.sources import open_media, resolve
 
 NO_AUDIO = "no audio stream"  # media.MediaError's cause for a file without audio: no speech, not an error
 SPEECH_DIR = "_speech"  # under OUT: the speech stage's cache, one folder per SpeechConfig.cache_key()
@@ -54,7 +56,10 @@ ITEM_SCHEMA = pa.schema([
     ("words", pa.list_(WORD_TYPE)),  # seconds in the file's time
     ("asr_confidence", pa.float64()),  # exp(mean token log-probability) of the utterance, 0..1
     ("no_speech_prob", pa.float64()),  # Whisper's probability that the segment holds no speech
-    ("speech", pa.string()),  # "found" | "none" (no speech in the file) | null (not transcribed / error)
+    ("transcript_reliable", pa.bool_()),  # asr_confidence >= transcript_checks.MIN_CONFIDENCE; null: no transcript
+    # "found" | "unrecognized" (VAD speech without words) | "none" (no speech in the file) | null (not
+    # transcribed / error)
+    ("speech", pa.string()),
     ("error", pa.string()),  # null when fine; otherwise "<uri>: <cause>"
 ])
 CACHE_SCHEMA = pa.schema([f for f in ITEM_SCHEMA if f.name != "context"])
@@ -70,7 +75,8 @@ UTTERANCE_SCHEMA = pa.schema([
     ("words", pa.list_(WORD_TYPE)),
     ("asr_confidence", pa.float64()),
     ("no_speech_prob", pa.float64()),
-    ("speech", pa.string()),  # "found" | "none"; null on error rows
+    ("transcript_reliable", pa.bool_()),  # false: kept, but not read by label's model (low ASR confidence)
+    ("speech", pa.string()),  # "found" | "unrecognized" (no transcript) | "none"; null on error rows
     ("error", pa.string()),
     ("asr_model", pa.string()),  # SpeechConfig.model + "@" + its cache key
     ("transcribed_at", pa.timestamp("us", tz="UTC")),
@@ -181,7 +187,8 @@ class SpeechStage:
         """-> (rows, cacheable): utterance rows, one "none" row, or one error row. Errors
         other than unreadable media (a network hiccup, say) are not cached."""
         from mmsa_ray.media import MediaError
-        from mmsa_ray.speech import utterance_rows
+        from mmsa_ray.speech import TranscriptionTimeout
+        from mmsa_ray.utterances import utterance_rows
 
         id_, uri = row["id"], row["uri"]
         try:
@@ -195,12 +202,13 @@ class SpeechStage:
             if cause == NO_AUDIO:  # a silent video: nothing to transcribe, its pictures still to label
                 return [_item(row, file_id=id_, speech="none")], True
             return [_item(row, file_id=id_, error=f"{uri}: {cause}")], True
+        except TranscriptionTimeout as e:  # not cached: a re-run, perhaps on a faster machine, tries again
+            return [_item(row, file_id=id_, error=f"{uri}: {e}")], False
         except Exception as e:  # noqa: BLE001 - every failure is recorded on its row
             return [_item(row, file_id=id_, error=f"{uri}: {type(e).__name__}: {e}")], False
         if not utterances:
             return [_item(row, file_id=id_, speech="none")], True
-        return [{**u, "uri": uri, "file_id": id_, "speech": "found", "error": None}
-                for u in utterance_rows(id_, utterances)], True
+        return [{**u, "uri": uri, "file_id": id_, "error": None} for u in utterance_rows(id_, utterances)], True
 
     def _expand(self, row: dict[str, Any], recognized: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A file without speech, with segment_s and no window of its own -> its windows."""
@@ -228,12 +236,14 @@ def _item(row: dict[str, Any], **changes) -> dict[str, Any]:
 
 def _with_context(items: list[dict[str, Any]], turns: int) -> list[dict[str, Any]]:
     """Each utterance item gets the transcripts of the file's earlier ones (by start time,
-    oldest first, at most `turns`); others get none."""
+    oldest first, at most `turns`; unreliable ones left out); others get none."""
     if turns <= 0:
         return items
-    spoken = [it for it in items if it["speech"] == "found"]
-    for it, context in zip(spoken, earlier_transcripts(spoken, turns), strict=True):
-        it["context"] = context
+    recent: list[str] = []
+    for it in sorted((it for it in items if it["speech"] == "found"), key=lambda it: it["start"]):
+        it["context"] = recent[-turns:]
+        if it["transcript_reliable"] is not False:
+            recent.append(it["transcript"] or "")
     return items
 
 
@@ -255,6 +265,36 @@ def speech_stage(ds, speech, stage: SpeechStageConfig, out_uri: str, attempts_ur
         num_cpus=stage.cpus_per_actor,
         num_gpus=stage.gpus_per_actor,
     )
+
+
+@dataclass
+class SpeechCoverage:
+    """How much of the speech a run heard has words: seconds of utterances with a transcript
+    against seconds of VAD speech left "unrecognized" (speech.SpeechRecognizer), and how
+    many transcripts were too doubtful to label (transcript_reliable false)."""
+
+    transcribed_s: float = 0.0
+    unrecognized_s: float = 0.0
+    unrecognized: int = 0  # stretches
+    unreliable: int = 0  # utterances
+
+    def add(self, rows: pa.Table | pa.RecordBatch) -> None:
+        """rows: with `speech`, `start`, `end` and `transcript_reliable` columns."""
+        for speech, start, end, reliable in zip(*(rows.column(k).to_pylist() for k in
+                                                  ("speech", "start", "end", "transcript_reliable")), strict=True):
+            if speech == "found":
+                self.transcribed_s += end - start
+                self.unreliable += reliable is False
+            elif speech == "unrecognized":
+                self.unrecognized_s += end - start
+                self.unrecognized += 1
+
+    def __str__(self) -> str:
+        heard = self.transcribed_s + self.unrecognized_s
+        share = 100.0 * self.transcribed_s / heard if heard else 100.0
+        return (f"speech: {self.transcribed_s:.1f} s transcribed ({share:.1f}% of the speech heard), "
+                f"{self.unrecognized} stretches unrecognized ({self.unrecognized_s:.1f} s), "
+                f"{self.unreliable} transcripts unreliable (not labeled from their text)")
 
 
 def rows_before(fs: pafs.FileSystem, path: str, schema: pa.Schema, time_column: str, run_start: datetime,

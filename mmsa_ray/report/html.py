@@ -41,7 +41,7 @@ from mmsa_ray.sources import resolve
 REQUIRED_COLUMNS = ("id", "uri", "start", "end", "emotion", "emotion_probs", "sentiment", "sentiment_probs", "error")
 OPTIONAL_COLUMNS = ("transcript", "modalities", "text_emotion", "audio_emotion", "video_emotion", "model_id",
                     "labeled_at", "asr_confidence", "no_speech_prob", "speech", "no_label_reason",
-                    "emotion_uncertain", "sentiment_uncertain")
+                    "emotion_uncertain", "sentiment_uncertain", "transcript_reliable")
 AUDIO_EXTENSIONS = (".m4a", ".wav", ".aif", ".aiff", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".aac", ".wma", ".m4b")
 _WINDOW_SUFFIX = re.compile(r"#t=[0-9.eE+-]*,[0-9.eE+-]*$")
 
@@ -229,8 +229,10 @@ def _page_row(r: dict[str, Any], fallback_end: float | None) -> dict[str, Any]:
         row["asr"] = _round(r["asr_confidence"])
     if r.get("no_speech_prob") is not None:
         row["no_speech"] = _round(r["no_speech_prob"])
-    if r.get("speech") == "none":  # --utterances found no speech in this file
-        row["speech"] = "none"
+    if r.get("speech") in ("none", "unrecognized"):  # no speech in this file / speech without words here
+        row["speech"] = r["speech"]
+    if r.get("transcript_reliable") is False:  # kept for the reader, not read by the model
+        row["unreliable"] = True
     return row
 
 
@@ -275,6 +277,9 @@ def summarize(raw: list[dict[str, Any]]) -> dict[str, Any]:
         "labeled": len(ok),
         "no_signal": sum(no_signal.values()),  # rows without a label: none of their modalities had a signal
         "no_signal_reasons": no_signal.most_common(),
+        # stretches of speech in which speech recognition found no words (`speech` = "unrecognized")
+        "unrecognized": sum(1 for r in raw if r.get("speech") == "unrecognized"),
+        "unrecognized_s": sum(float(r["end"]) - float(r["start"]) for r in raw if r.get("speech") == "unrecognized"),
         # calibrated top probability below the checkpoint's threshold on either head
         "uncertain": sum(1 for r in ok if r.get("emotion_uncertain") or r.get("sentiment_uncertain")),
         "failed": len(raw) - len(ok) - sum(no_signal.values()),
@@ -395,6 +400,7 @@ def _summary_section(s: dict[str, Any], charts: dict[str, dict]) -> str:
     embedded specs), the models table and the failures."""
     cards = [("rows", s["rows"]), ("source files", s["files"]), ("labeled", s["labeled"]),
              ("no signal (no label)", s["no_signal"]), ("uncertain", s["uncertain"]), ("failed", s["failed"]),
+             ("speech unrecognized", f"{s['unrecognized']} ({s['unrecognized_s']:.0f} s)"),
              ("mean emotion confidence", _fmt(s["mean_emotion_confidence"])),
              ("mean sentiment confidence", _fmt(s["mean_sentiment_confidence"]))]
     cards_html = "".join(f'<div class="card"><div class="num">{_e(v)}</div><div>{_e(k)}</div></div>' for k, v in cards)

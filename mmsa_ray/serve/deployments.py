@@ -61,6 +61,7 @@ from mmsa_ray.serve.request import (
     UploadForm,
     check_form,
 )
+from mmsa_ray.utterances import model_transcript, no_speech_reason
 
 logger = logging.getLogger("ray.serve")
 
@@ -127,9 +128,10 @@ class Speech:
         self._max_duration_s = max_duration_s
 
     async def transcribe(self, data: bytes, file_id: str, start: float | None, end: float | None) -> dict[str, Any]:
-        """-> {"utterances": speech.utterance_rows(file_id, ...)} or {"error": cause}."""
+        """-> {"utterances": utterances.utterance_rows(file_id, ...)} or {"error": cause}."""
         from mmsa_ray.media import MediaError
-        from mmsa_ray.speech import utterance_rows
+        from mmsa_ray.speech import TranscriptionTimeout
+        from mmsa_ray.utterances import utterance_rows
 
         # A running transcription cannot be stopped (a request that times out leaves it
         # going): never more than max_duration_s of audio, the longest clip served anyway.
@@ -140,6 +142,8 @@ class Speech:
             utterances = await loop.run_in_executor(self._pool, self._recognizer.transcribe, data, start, end)
         except MediaError as e:
             return {"error": e.cause}
+        except TranscriptionTimeout as e:
+            return {"error": str(e)}
         return {"utterances": utterance_rows(file_id, utterances)}
 
 
@@ -406,10 +410,11 @@ class Ingress:
         utterances = speech["utterances"]
         texts = list(context or [])
         windows = []
-        for u in utterances:
-            windows.append({"transcript": u["transcript"], "start": u["start"], "end": u["end"],
+        for u in utterances:  # an unreliable transcript is returned, not read, nor context for the next
+            windows.append({"transcript": model_transcript(u), "start": u["start"], "end": u["end"],
                             "context": list(texts)})
-            texts.append(u["transcript"])
+            if model_transcript(u) is not None:
+                texts.append(model_transcript(u))
         out = []
         # max_batch_size windows at a time: one request never floods the model's queue,
         # and at most one batch of features is in flight
@@ -420,7 +425,11 @@ class Ingress:
             rows = iter(await self._model.predict_many.remote(ok) if ok else [])
             for u, r in zip(utterances[i:i + self._batch], results, strict=True):
                 fields = {k: v for k, v in u.items() if k != "id"}
-                out.append({**fields, "error": r["error"]} if "error" in r else {**fields, **next(rows)})
+                if "error" in r:
+                    out.append({**fields, "error": r["error"]})
+                    continue
+                row = next(rows)
+                out.append({**fields, **row, "no_label_reason": no_speech_reason(row["no_label_reason"], u)})
         return {"utterances": out}
 
     async def _read_form(self, request: Request) -> UploadForm:

@@ -97,6 +97,8 @@
       r.eu || r.su ? el("span", { class: "conf", text: "uncertain" }) : null,
       r.asr != null ? el("span", { class: "conf", text: "ASR " + r.asr.toFixed(2) }) : null,
       r.speech === "none" ? el("span", { class: "conf", text: "no speech found" }) : null,
+      r.speech === "unrecognized" ? el("span", { class: "conf", text: "speech not recognized" }) : null,
+      r.unreliable ? el("span", { class: "conf", text: "transcript unreliable" }) : null,
       r.no_speech != null ? el("span", { class: "conf", text: "no speech " + r.no_speech.toFixed(2) }) : null,
       r.error ? el("span", { class: "err", text: r.error }) : null,
       r.transcript ? el("span", { class: "transcript", text: r.transcript }) : null,
