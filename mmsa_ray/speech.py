@@ -46,6 +46,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import threading
@@ -351,6 +352,7 @@ def _snap_edges(words: list[TimedWord], audio: np.ndarray, offset: float, pause_
     to_frame = lambda t: int(np.clip(round((t - offset) * SAMPLE_RATE / frame), 0, m))  # noqa: E731
     to_time = lambda k: offset + k * frame / SAMPLE_RATE  # noqa: E731
     reach = int(round(_EXTEND_S * 50))
+    _open_silent_pauses(words, db, to_frame, to_time, pause_s)
 
     runs, i = [], 0
     for k in range(1, len(words) + 1):
@@ -376,6 +378,39 @@ def _snap_edges(words: list[TimedWord], audio: np.ndarray, offset: float, pause_
         # a word keeps some length: never past the first word's end / the last word's start
         first.start = float(round(min(to_time(a2), first.end - 0.02), 3))
         last.end = float(round(max(to_time(b2), last.start + 0.02), 3))
+
+
+def _open_silent_pauses(words: list[TimedWord], db: np.ndarray, to_frame, to_time, pause_s: float) -> None:
+    """Where Whisper's times run two neighbouring words together across a silence of at least
+    pause_s (a sentence's last word stretched over the pause after it), pull each word that
+    overlaps the silence back to the side of it where the word is loud, in place, so the
+    utterances split there. db: [m] level of each 20 ms frame; silence: frames more than
+    _TRIM_DB below the loudest 5% of the two words."""
+    need = pause_s * 50  # frames
+    for a, b in itertools.pairwise(words):
+        if b.start - a.end >= pause_s:
+            continue
+        lo, hi = to_frame(a.start), to_frame(b.end)
+        if hi - lo <= need:
+            continue
+        level = db[lo:hi]
+        quiet = level < np.percentile(level, 95) - _TRIM_DB
+        edges = np.flatnonzero(np.diff(np.concatenate([[0], quiet.astype(np.int8), [0]])))  # run starts, ends
+        length, start = max(((stop - begin, begin) for begin, stop in zip(edges[::2], edges[1::2], strict=True)),
+                            default=(0, 0))
+        if length < need:
+            continue
+        s0, s1 = lo + start, lo + start + length  # the silence, frames
+        for w in (a, b):
+            w0, w1 = to_frame(w.start), to_frame(w.end)
+            if w1 <= s0 or w0 >= s1:
+                continue
+            loud_before = int(np.sum(~quiet[max(w0, lo) - lo:s0 - lo]))
+            loud_after = int(np.sum(~quiet[s1 - lo:min(w1, hi) - lo]))
+            if loud_before >= loud_after:
+                w.end = float(round(max(to_time(s0), w.start + 0.02), 3))
+            else:
+                w.start = float(round(min(to_time(s1), w.end - 0.02), 3))
 
 
 def add_speech_args(parser: argparse.ArgumentParser) -> None:

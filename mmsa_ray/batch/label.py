@@ -33,7 +33,9 @@ Utterances (`--utterances`; default `auto`: on when the checkpoint uses text alo
 The listed files go to OUT/_files/ and the pipeline starts with the speech stage
 (mmsa_ray.batch.utterances, an actor pool that loads the Whisper model once per actor): each file
 becomes one item per spoken utterance (id `<file id>#t=<start>,<end>`, its transcript, words
-and ASR confidence, and the file's earlier transcripts as the model's dialogue context),
+and ASR confidence, and the file's earlier reliable transcripts as the model's dialogue
+context; a transcript flagged unreliable is kept but not read), one item without transcript
+per stretch of speech Whisper found no words in (speech = "unrecognized"),
 one item without transcript (speech = "none") when it has no speech (its `--segment`
 windows with --segment), or an error item when its audio cannot be read. Decode, speech
 and the model each scale on their own. Items that carry a transcript (a manifest's) are

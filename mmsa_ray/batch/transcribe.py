@@ -8,9 +8,11 @@ and the same bookkeeping (mmsa_ray.batch.staging): Ray Data's id checkpoint comm
 file, a re-run skips the ids already committed, and the speech stage's cache under
 OUT/_speech means no file is transcribed twice, whatever point a run was killed at.
 
-One row per utterance (id "<file id>#t=<start>,<end>"); a file without speech is one row
-with speech="none" and no transcript; a file whose audio cannot be read is one row whose
-`error` says why. The job exits 0 and prints the counts.
+One row per utterance (id "<file id>#t=<start>,<end>"); a stretch of speech without words is
+a row with speech="unrecognized" and no transcript; a file without speech is one row with
+speech="none"; a file whose audio cannot be read (or whose transcription ran past the
+watchdog) is one row whose `error` says why. The job exits 0 and prints the counts and the
+speech coverage.
 """
 
 from __future__ import annotations
