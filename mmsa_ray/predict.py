@@ -10,7 +10,10 @@ A row (one per clip):
     sentiment: str, sentiment_probs: list[float] (3, labels.SENTIMENTS order),
     modalities: list[str] (present ones, labels.MODALITIES order),
     text_emotion / audio_emotion / video_emotion: str | None (that modality's own top
-    emotion; None when it is absent), model_id: str,
+    emotion; None when it is absent),
+    emotion_driver: str | None (the present modality whose own head gives the label's emotion
+    the highest probability: the one that carries the label; None without a label),
+    model_id: str,
     no_label_reason: str | None,
     emotion_uncertain / sentiment_uncertain: bool | None (calibrated top probability below the
     checkpoint's threshold; None for an uncalibrated checkpoint or a row without a label).
@@ -226,7 +229,8 @@ class Predictor:
             out = self.model(inputs)
         emotion = torch.softmax(out["emotion"].float() / self._temperature("emotion"), dim=-1).cpu().numpy()
         sentiment = torch.softmax(out["sentiment"].float() / self._temperature("sentiment"), dim=-1).cpu().numpy()
-        own = {m: out["per_modality"][m]["emotion"].float().argmax(dim=-1).cpu().numpy() for m in labels.MODALITIES}
+        own = {m: torch.softmax(out["per_modality"][m]["emotion"].float(), dim=-1).cpu().numpy()
+               for m in labels.MODALITIES}  # each modality's own emotion head
         present = inputs["mask"].float().cpu().numpy() > 0.5
         rows = []
         for i in range(emotion.shape[0]):
@@ -239,7 +243,9 @@ class Predictor:
                 "modalities": [m for j, m in enumerate(labels.MODALITIES) if present[i, j]],
             }
             for j, m in enumerate(labels.MODALITIES):
-                row[f"{m}_emotion"] = labels.EMOTIONS[int(own[m][i])] if present[i, j] else None
+                row[f"{m}_emotion"] = labels.EMOTIONS[int(own[m][i].argmax())] if present[i, j] else None
+            top = int(emotion[i].argmax())
+            row["emotion_driver"] = max(row["modalities"], key=lambda m: own[m][i, top]) if signal else None
             row["model_id"] = self.model_id
             row["no_label_reason"] = None if signal else self.no_signal_reason()
             for head, probs in (("emotion", emotion[i]), ("sentiment", sentiment[i])):

@@ -20,7 +20,7 @@ from mmsa_ray.predict import Predictor, Preprocessing
 
 ROW_KEYS = {"emotion", "emotion_probs", "sentiment", "sentiment_probs", "modalities",
             "text_emotion", "audio_emotion", "video_emotion", "model_id", "no_label_reason", "emotion_uncertain",
-            "sentiment_uncertain"}
+            "sentiment_uncertain", "emotion_driver"}
 
 
 @pytest.fixture(scope="module")
@@ -123,6 +123,11 @@ def test_predict_batch_rows(predictor, media):
                                atol=1e-6)
     own = out["per_modality"]["video"]["emotion"][0].argmax().item()
     assert rows[0]["video_emotion"] == labels.EMOTIONS[own]
+    # the driver: of the present modalities, the one whose own head backs the label's emotion most
+    top = labels.EMOTIONS.index(rows[0]["emotion"])
+    backing = {m: torch.softmax(out["per_modality"][m]["emotion"][0], -1)[top].item() for m in labels.MODALITIES}
+    assert rows[0]["emotion_driver"] == max(backing, key=backing.get)
+    assert rows[1]["emotion_driver"] == "video" and rows[2]["emotion_driver"] in ("text", "audio")
     alone = predictor.predict_batch(collate(feats[1:2]))[0]
     np.testing.assert_allclose(alone["emotion_probs"], rows[1]["emotion_probs"], atol=1e-5)
 
@@ -138,7 +143,8 @@ def test_no_signal_no_label(predictor, media, tmp_path):
     assert silent == {"emotion": None, "emotion_probs": None, "sentiment": None, "sentiment_probs": None,
                       "modalities": [], "text_emotion": None, "audio_emotion": None, "video_emotion": None,
                       "model_id": starter.model_id, "no_label_reason": "no transcript", "emotion_uncertain": None,
-                      "sentiment_uncertain": None}
+                      "sentiment_uncertain": None, "emotion_driver": None}
+    assert spoken["emotion_driver"] == "text"  # its only modality
     assert spoken["emotion"] in labels.EMOTIONS and spoken["no_label_reason"] is None
     nothing = predictor.dummy_features()
     nothing["mask"] = np.zeros_like(nothing["mask"])  # a full model with every input absent

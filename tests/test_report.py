@@ -179,6 +179,7 @@ def test_one_timeline_mark_per_row(page, rows):
             assert r["emotion"] == src["emotion"] in EMOTIONS and r["sentiment"] == src["sentiment"] in SENTIMENTS
             assert r["ec"] == pytest.approx(max(src["emotion_probs"]), abs=1e-3)
             assert r["text_emotion"] == src["text_emotion"]
+            assert r["driver"] == src["emotion_driver"] in src["modalities"]
     # whole files span their duration, read from the media: the 2 s clip and the 1 s wav
     spans = {data["files"][r["f"]]["name"]: (r["t0"], r["t1"]) for r in data["rows"]}
     assert (spans["av.mp4"] == (0, pytest.approx(2.0, abs=0.1))
@@ -371,6 +372,8 @@ def test_report_in_headless_chromium(made, page, rows, tmp_path):
         mark = long.find_elements(By.CSS_SELECTOR, ".timeline svg g.mark-rect")[0].find_elements(By.TAG_NAME, "path")[2]
         ActionChains(d).move_to_element(mark).click().perform()
         browser.wait(d, f"Math.abs({player}.currentTime - 4) < 0.05", timeout=10, what="the mark click to seek")
+        drivers = [e.text for e in d.find_elements(By.CSS_SELECTOR, "ol.lines li .driver")]
+        assert sorted(drivers) == sorted(f"from {r['emotion_driver']}" for r in rows if r["emotion_driver"])
         browser.screenshot(d, tmp_path, "report.png")
         # filters: only the failed rows -> the two failing files
         Select(d.find_element(By.ID, "f-emotion")).select_by_value("failed")

@@ -390,6 +390,13 @@ def test_upload_without_transcript_returns_utterances(server, speech_clip, predi
         assert 0 <= u["start"] < u["end"] and [w["word"] for w in u["words"]]
         assert 0 < u["asr_confidence"] <= 1 and "text" in u["modalities"]
     assert utts[0]["end"] + 1.0 < utts[1]["start"]
+    # the same utterances as `transcribe` and `label` give (the recognizer in this process)
+    from mmsa_ray.speech import SpeechRecognizer
+    from mmsa_ray.utterances import utterance_rows
+
+    keys = ("start", "end", "transcript", "words", "speech", "transcript_reliable", "asr_confidence")
+    here = utterance_rows("talk.mp4", SpeechRecognizer().transcribe(str(speech_clip)))
+    assert [{k: u[k] for k in keys} for u in utts] == [{k: u[k] for k in keys} for u in here]
     feats = [predictor.preprocess(str(speech_clip), transcript=u["transcript"], start=u["start"], end=u["end"],
                                   context=context + [x["transcript"] for x in utts[:i]]) for i, u in enumerate(utts)]
     for u, want in zip(utts, predictor.predict_batch(collate(feats)), strict=True):

@@ -46,6 +46,7 @@ LABEL_SCHEMA = pa.schema([
     ("text_emotion", pa.string()),  # each modality's own top emotion; null when absent
     ("audio_emotion", pa.string()),
     ("video_emotion", pa.string()),
+    ("emotion_driver", pa.string()),  # the present modality whose own head backs the emotion most; null: no label
     ("error", pa.string()),  # null when labeled; otherwise "<uri>: <cause>"
     # why emotion and sentiment are null on a row without error: none of the checkpoint's
     # modalities had a signal ("no speech", "speech not recognized", "transcript unreliable", "no transcript",
@@ -93,7 +94,8 @@ class LabelPredictor:
             reliable = speech["transcript_reliable"]
             columns["transcript_reliable"].append(None if reliable is None else bool(reliable))
             for k in ("emotion", "emotion_probs", "sentiment", "sentiment_probs", "emotion_uncertain",
-                      "sentiment_uncertain", "modalities", "text_emotion", "audio_emotion", "video_emotion"):
+                      "sentiment_uncertain", "modalities", "text_emotion", "audio_emotion", "video_emotion",
+                      "emotion_driver"):
                 columns[k].append(p.get(k))
             columns["error"].append(errors[i])
             reason = no_speech_reason(p.get("no_label_reason"), {

@@ -41,7 +41,7 @@ from mmsa_ray.sources import resolve
 REQUIRED_COLUMNS = ("id", "uri", "start", "end", "emotion", "emotion_probs", "sentiment", "sentiment_probs", "error")
 OPTIONAL_COLUMNS = ("transcript", "modalities", "text_emotion", "audio_emotion", "video_emotion", "model_id",
                     "labeled_at", "asr_confidence", "no_speech_prob", "speech", "no_label_reason",
-                    "emotion_uncertain", "sentiment_uncertain", "transcript_reliable")
+                    "emotion_uncertain", "sentiment_uncertain", "transcript_reliable", "emotion_driver")
 AUDIO_EXTENSIONS = (".m4a", ".wav", ".aif", ".aiff", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".aac", ".wma", ".m4b")
 _WINDOW_SUFFIX = re.compile(r"#t=[0-9.eE+-]*,[0-9.eE+-]*$")
 
@@ -219,7 +219,7 @@ def _page_row(r: dict[str, Any], fallback_end: float | None) -> dict[str, Any]:
         "sp": None if error else [_round(p) for p in r.get("sentiment_probs") or []],
         "modalities": list(r.get("modalities") or []),
         "text_emotion": r.get("text_emotion"), "audio_emotion": r.get("audio_emotion"),
-        "video_emotion": r.get("video_emotion"),
+        "video_emotion": r.get("video_emotion"), "driver": r.get("emotion_driver"),
         "transcript": r.get("transcript"),
         "error": _cause(error, r.get("uri") or "") if error else None,
         "no_label_reason": None if error else r.get("no_label_reason"),

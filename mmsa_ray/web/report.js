@@ -93,6 +93,7 @@
       r.ec != null ? el("span", { class: "conf", text: r.ec.toFixed(2) }) : null,
       r.error || r.emotion === "no signal" ? null : chip("sentiment", r.sentiment),
       r.no_label_reason ? el("span", { class: "conf", text: r.no_label_reason }) : null,
+      r.driver ? el("span", { class: "conf driver", text: "from " + r.driver }) : null,
       r.sc != null ? el("span", { class: "conf", text: r.sc.toFixed(2) }) : null,
       r.eu || r.su ? el("span", { class: "conf", text: "uncertain" }) : null,
       r.asr != null ? el("span", { class: "conf", text: "ASR " + r.asr.toFixed(2) }) : null,
