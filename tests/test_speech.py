@@ -204,20 +204,7 @@ def test_stream_audio_chunks_are_decode_clip_audio(speech):
 
 # distinct sentences for the long files (Whisper conditions on earlier text: a repeated
 # passage invites it to "continue" the repetition, which no real recording asks of it)
-STORY = [
-    "My grandmother grew tomatoes behind the old stone barn.",
-    "Every summer the river flooded the lower fields.",
-    "We walked to the market on Saturday mornings.",
-    "The baker sold warm bread and small apple pies.",
-    "Our teacher read stories about sailors and whales.",
-    "In winter the lake froze and children skated for hours.",
-    "My brother built a wooden boat with his friends.",
-    "The library closed early because of the storm.",
-    "Nobody expected the train to arrive so late.",
-    "She painted the kitchen door a bright yellow.",
-    "The museum opened a new exhibition about volcanoes.",
-    "After dinner we played cards until midnight.",
-]
+STORY = mediagen.TALK_SENTENCES[:12]  # sentences with known text, said one after another
 
 
 def _story(tmp, rate: int, gap_s: float) -> tuple[np.ndarray, list[tuple[float, float]]]:
