@@ -47,6 +47,9 @@ class FeatureConfig:
     sample_rate: int = 16000  # Hz; must equal the decoder's sample_rate
     max_text_length: int = 128  # tokens per transcript (truncated / padded), dialogue context included
     context_turns: int = 0  # earlier utterances of the dialogue encoded with each transcript (0 = none)
+    # each context utterance starts with utterances.SAME_SPEAKER or OTHER_SPEAKER: who said it, relative to
+    # the current speaker (MELD's speakers in training, diarized ones in label and serve)
+    context_speakers: bool = False
 
     @property
     def mel_shape(self) -> tuple[int, int, int]:
@@ -54,8 +57,10 @@ class FeatureConfig:
         return (1, self.n_mels, self.mel_frames)
 
     def __post_init__(self) -> None:
-        bad = [f"{k}={v!r}" for k, v in vars(self).items()
-               if not (isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if k == "context_turns" else v > 0))]
+        bad = [f"{k}={v!r}" for k, v in vars(self).items() if k != "context_speakers"
+               and not (isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if k == "context_turns" else v > 0))]
+        if not isinstance(self.context_speakers, bool):
+            bad.append(f"context_speakers={self.context_speakers!r}")
         if bad:
             raise ValueError("invalid FeatureConfig (positive ints; context_turns >= 0): " + ", ".join(bad))
         if self.hop_length > self.n_fft:

@@ -53,13 +53,16 @@ import threading
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 import numpy as np
 
 from mmsa_ray import transcript_checks
 from mmsa_ray.sources import open_media
 from mmsa_ray.utterances import TimedWord, Utterance, build_utterances
+
+if TYPE_CHECKING:
+    from mmsa_ray.speakers import VoiceTrack
 
 SAMPLE_RATE = 16000  # Hz: what Whisper takes
 _CUT_SEARCH_S = 10.0  # a chunk is cut in a silence within its last this many seconds
@@ -168,18 +171,25 @@ class SpeechRecognizer:
                             cpu_threads=c.cpu_threads)
 
     def transcribe(self, source: str | os.PathLike | bytes | BinaryIO, start: float | None = None,
-                   end: float | None = None) -> list[Utterance]:
+                   end: float | None = None, voices: VoiceTrack | None = None) -> list[Utterance]:
         """source: local path / URI (pyarrow fs) / bytes / binary file object; [start, end)
         in seconds (default: all of it). Decodes 16 kHz mono with PyAV in chunks (bounded
         memory). Returns utterances in file time, in order, [] when no speech; stretches of
-        speech without words are utterances with speech="unrecognized". Raises
-        mmsa_ray.media.MediaError when the audio cannot be read / there is no audio stream,
-        TranscriptionTimeout past the watchdog's limit."""
-        words, unrecognized = self._watched(source, start, end)
+        speech without words are utterances with speech="unrecognized". With `voices` (a
+        fresh mmsa_ray.speakers.VoiceTrack) every chunk's voices are collected as it is
+        recognized, the file's speakers found at the end (voices.speakers), and utterances
+        split at every change of speaker. Raises mmsa_ray.media.MediaError when the audio
+        cannot be read / there is no audio stream, TranscriptionTimeout past the watchdog's limit."""
+        words, unrecognized = self._watched(source, start, end, voices)
         blanks = [Utterance(a, b, "", speech="unrecognized") for a, b in unrecognized]
+        if voices is not None:
+            voices.finish()
+            voices.label_words(words)
+            for u in blanks:
+                u.speaker, u.speaker_confidence = voices.speaker_of(u.start, u.end)
         return sorted(build_utterances(words, self.config) + blanks, key=lambda u: u.start)
 
-    def _watched(self, source, start, end) -> tuple[list[TimedWord], list[tuple[float, float]]]:
+    def _watched(self, source, start, end, voices) -> tuple[list[TimedWord], list[tuple[float, float]]]:
         """self._recognize in a thread, stopped past timeout_s + timeout_per_audio_s x the
         seconds of audio it has read so far."""
         c, model = self.config, self.model
@@ -189,7 +199,7 @@ class SpeechRecognizer:
 
         def run():
             try:
-                out["value"] = self._recognize(model, source, start, end, audio_s)
+                out["value"] = self._recognize(model, source, start, end, audio_s, voices)
             except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread
                 out["error"] = e
 
@@ -207,13 +217,16 @@ class SpeechRecognizer:
             raise out["error"]
         return out["value"]
 
-    def _recognize(self, model, source, start, end, audio_s: list[float]):
-        """-> (words of [start, end) in file time, in order; unrecognized stretches (start, end))."""
+    def _recognize(self, model, source, start, end, audio_s: list[float], voices: VoiceTrack | None = None):
+        """-> (words of [start, end) in file time, in order; unrecognized stretches (start, end));
+        each chunk's audio, words and unrecognized stretches also go to voices.add."""
         words: list[TimedWord] = []
         unrecognized: list[tuple[float, float]] = []
         for t, audio in speech_chunks(source, start, end, self.config.chunk_s, self.config.vad):
             audio_s[0] += len(audio) / SAMPLE_RATE
             found, lost = self._recognize_piece(model, audio, t)
+            if voices is not None:
+                voices.add(t, audio, found, lost)
             words += found
             unrecognized += lost
         return words, unrecognized

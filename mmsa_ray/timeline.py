@@ -14,8 +14,10 @@ Timeline rows (JavaScript objects, one per labeled or failed row):
     sentiment, sc     top sentiment (or "failed", or "no signal") and its probability
     label   a short text for the tooltip ("joy 0.82 · positive")
     transcript, text_emotion, audio_emotion, video_emotion   shown in the tooltip
+    speaker, spc      who speaks (rows with speakers) and how clearly, 0..1
 Two strips share the x axis: emotion above, sentiment below; colour = class, opacity =
-confidence. One mark per row in each strip.
+confidence. One mark per row in each strip. Rows with speakers add a third strip on top
+(the spec's usermeta.speaker_strip, put in by web/timeline.js): one colour per speaker.
 """
 
 from __future__ import annotations
@@ -91,10 +93,37 @@ def timeline_chart():
     )
 
 
+def speaker_strip():
+    """The speaker strip: a mark per row with a speaker, coloured by speaker (the page sets
+    the colour scale: one colour per speaker, the same as its chips)."""
+    import altair as alt
+
+    return (
+        alt.Chart(alt.NamedData(name=DATA_NAME))
+        .transform_filter("datum.speaker != null")
+        .mark_rect(cursor="pointer", stroke="white", strokeWidth=0.5)
+        .encode(x=alt.X("t0:Q", scale=alt.Scale(zero=True, nice=False), axis=None), x2="t1:Q",
+                color=alt.Color("speaker:N", title="speaker",
+                                legend=alt.Legend(orient="top", direction="horizontal", titleOrient="left",
+                                                  symbolType="square")),
+                opacity=alt.Opacity("spc:Q", scale=alt.Scale(domain=[0, 1], range=[0.3, 1]), legend=None),
+                tooltip=[alt.Tooltip("speaker:N", title="speaker"),
+                         alt.Tooltip("spc:Q", title="speaker confidence", format=".2f"),
+                         alt.Tooltip("t0:Q", title="start s", format=".2f"),
+                         alt.Tooltip("transcript:N", title="transcript")])
+        .properties(height=14, width=600, name="speaker_strip")
+    )
+
+
 @functools.cache
 def timeline_spec() -> dict:
-    """The Vega-Lite spec of timeline_chart() as a dict (no rows in it)."""
-    return timeline_chart().to_dict()
+    """The Vega-Lite spec of timeline_chart() as a dict (no rows in it), with the speaker
+    strip's unit spec in usermeta.speaker_strip."""
+    spec = timeline_chart().to_dict()
+    strip = speaker_strip().to_dict()
+    spec["usermeta"] = {"speaker_strip": {k: strip[k] for k in ("data", "transform", "mark", "encoding", "height",
+                                                                 "width", "name") if k in strip}}
+    return spec
 
 
 @functools.cache

@@ -50,6 +50,8 @@ class Utterance:
     avg_logprob: float = 0.0  # mean over its words of their Whisper segment's avg_logprob
     no_speech_prob: float = 0.0  # likewise for the segment's no-speech probability
     speech: str = "found"  # "found" | "unrecognized": VAD speech in which Whisper found no words (text "")
+    speaker: str | None = None  # file-local "S1", "S2", ... (mmsa_ray.speakers); None: speakers off
+    speaker_confidence: float | None = None  # 0..1, how clearly the voice is that speaker's
 
 
 @dataclass
@@ -61,20 +63,23 @@ class TimedWord:
     probability: float
     avg_logprob: float
     no_speech_prob: float
+    speaker: str | None = None  # mmsa_ray.speakers.VoiceTrack.label_words
+    speaker_confidence: float | None = None
 
 
 def build_utterances(words: Iterable[TimedWord], config: UtteranceRules) -> list[Utterance]:
     """Words (file time, in order) -> utterances: split where the gap between two words is
-    >= pause_s; pieces shorter than min_utterance_s merged into the neighbour across the
-    smaller gap; pieces longer than max_utterance_s split at their largest gap (a gap after
-    a sentence end counts _SENTENCE_BONUS_S more), keeping both sides >= min_utterance_s
-    where possible, until none is too long."""
+    >= pause_s and wherever the speaker changes; pieces shorter than min_utterance_s merged
+    into the neighbour (of the same speaker) across the smaller gap; pieces longer than
+    max_utterance_s split at their largest gap (a gap after a sentence end counts
+    _SENTENCE_BONUS_S more), keeping both sides >= min_utterance_s where possible, until
+    none is too long."""
     words = sorted(words, key=lambda w: w.start)
     if not words:
         return []
     pieces: list[list[TimedWord]] = [[words[0]]]
     for prev, w in itertools.pairwise(words):
-        if w.start - prev.end >= config.pause_s:
+        if w.start - prev.end >= config.pause_s or w.speaker != prev.speaker:
             pieces.append([w])
         else:
             pieces[-1].append(w)
@@ -92,12 +97,13 @@ def _duration(piece: list[TimedWord]) -> float:
 def _merge_short(pieces: list[list[TimedWord]], min_s: float) -> list[list[TimedWord]]:
     pieces = [list(p) for p in pieces]
     while len(pieces) > 1:
-        short = [i for i, p in enumerate(pieces) if _duration(p) < min_s]
+        same = lambda i, j: 0 <= j < len(pieces) and pieces[i][0].speaker == pieces[j][0].speaker  # noqa: E731
+        short = [i for i, p in enumerate(pieces) if _duration(p) < min_s and (same(i, i - 1) or same(i, i + 1))]
         if not short:
             break
         i = min(short, key=lambda i: _duration(pieces[i]))
-        gap_before = pieces[i][0].start - pieces[i - 1][-1].end if i > 0 else math.inf
-        gap_after = pieces[i + 1][0].start - pieces[i][-1].end if i + 1 < len(pieces) else math.inf
+        gap_before = pieces[i][0].start - pieces[i - 1][-1].end if same(i, i - 1) else math.inf
+        gap_after = pieces[i + 1][0].start - pieces[i][-1].end if same(i, i + 1) else math.inf
         j = i - 1 if gap_before <= gap_after else i + 1
         a, b = min(i, j), max(i, j)
         pieces[a:b + 1] = [pieces[a] + pieces[b]]
@@ -118,12 +124,16 @@ def _split_long(piece: list[TimedWord], config: UtteranceRules) -> list[list[Tim
 
 
 def _utterance(piece: list[TimedWord]) -> Utterance:
+    scored = [w for w in piece if w.speaker_confidence is not None]
     return Utterance(
         start=piece[0].start, end=piece[-1].end,
         text="".join(w.raw for w in piece).strip(),
         words=[Word(w.start, w.end, w.raw.strip(), w.probability) for w in piece],
         avg_logprob=float(np.mean([w.avg_logprob for w in piece])),
         no_speech_prob=float(np.mean([w.no_speech_prob for w in piece])),
+        speaker=piece[0].speaker,
+        speaker_confidence=float(np.average([w.speaker_confidence for w in scored],
+                                            weights=[w.end - w.start + 0.01 for w in scored])) if scored else None,
     )
 
 
@@ -132,8 +142,9 @@ def utterance_rows(file_id: str, utterances: list[Utterance]) -> list[dict[str, 
     media-fragment syntax, as sources._window_id; milliseconds, so ids of a long file stay
     distinct), start, end (seconds, rounded to the ms as in the id), transcript, words
     (list of {start, end, word, probability}), asr_confidence (exp(avg_logprob), 0..1),
-    no_speech_prob, speech ("found" | "unrecognized": no transcript, words or scores) and
-    transcript_reliable (asr_confidence >= transcript_checks.MIN_CONFIDENCE; null when unrecognized)."""
+    no_speech_prob, speech ("found" | "unrecognized": no transcript, words or scores),
+    transcript_reliable (asr_confidence >= transcript_checks.MIN_CONFIDENCE; null when
+    unrecognized), speaker and speaker_confidence (null when speakers are off)."""
     rows = []
     for u in utterances:
         start, end = round(u.start, 3), round(u.end, 3)
@@ -150,8 +161,22 @@ def utterance_rows(file_id: str, utterances: list[Utterance]) -> list[dict[str, 
             "no_speech_prob": float(u.no_speech_prob) if found else None,
             "speech": u.speech,
             "transcript_reliable": transcript_checks.reliable(confidence) if found else None,
+            "speaker": u.speaker,
+            "speaker_confidence": None if u.speaker_confidence is None else round(u.speaker_confidence, 4),
         })
     return rows
+
+
+SAME_SPEAKER, OTHER_SPEAKER = "[same]", "[other]"  # context markers: never names, which label and serve lack
+
+
+def marked_context(text: str, speaker: str | None, current: str | None) -> str:
+    """A context utterance as a checkpoint with FeatureConfig.context_speakers reads it:
+    "[same] text" when `speaker` is the current utterance's, "[other] text" when not, the
+    text alone when either is unknown."""
+    if speaker is None or current is None:
+        return text
+    return f"{SAME_SPEAKER if speaker == current else OTHER_SPEAKER} {text}"
 
 
 def model_transcript(row: dict[str, Any]) -> str | None:

@@ -33,7 +33,9 @@ def test_dialogue_context_is_the_earlier_turns_of_the_same_dialogue():
     recs = [_record(1, 1, "b", "Joey"), _record(1, 0, "a"), _record(2, 0, "x"), _record(1, 2, "c"), _record(1, 3, "d")]
     assert dialogue_context(recs, 2) == [["a"], [], [], ["a", "b"], ["b", "c"]]
     assert dialogue_context(recs, 0) == [[], [], [], [], []]
-    assert dialogue_context(recs, 1, speakers=True)[0] == ["Ross: a"]
+    # who said each earlier turn, relative to the current speaker: markers, never names
+    assert dialogue_context(recs, 3, speakers=True)[0] == ["[other] a"]  # Joey's turn after Ross's
+    assert dialogue_context(recs, 3, speakers=True)[4] == ["[same] a", "[other] b", "[same] c"]
     # the same ids in another split are another dialogue
     assert dialogue_context([_record(1, 0, "a"), _record(1, 1, "b", split="dev")], 2) == [[], []]
 

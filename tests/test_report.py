@@ -228,7 +228,7 @@ def parse_vtt(text: str) -> list[tuple[float, float, str]]:
         g = [int(x) for x in m.groups()]
         start, end = g[0] * 3600 + g[1] * 60 + g[2] + g[3] / 1000, g[4] * 3600 + g[5] * 60 + g[6] + g[7] / 1000
         body = "\n".join(lines[1:])
-        assert body and "-->" not in body and not re.search(r"<(?!/?[biuc]\b)", body), body
+        assert body and "-->" not in body and not re.search(r"<(?!/?[biucv]\b)", body), body
         cues.append((start, end, body))
     return cues
 
@@ -439,3 +439,54 @@ def test_report_written_into_labels_and_unreachable_media(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="no Parquet files"):
         report.read_rows(str(tmp_path / "empty"))
+
+
+@pytest.mark.slow
+def test_speakers_in_the_report_its_subtitles_and_the_browser(tmp_path):
+    """Rows with file-local speakers and the run's OUT/_speakers.parquet: each row shows its
+    archive speaker (an enrolled name where there is one), the summary has each speaker's
+    seconds and shares, WebVTT cues carry voice spans and SRT cues the name, and the page
+    draws a speaker lane and filters by speaker."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import Select
+
+    from mmsa_ray.batch.label import LABEL_SCHEMA
+    from mmsa_ray.batch.speakers import SPEAKERS_FILE, SPEAKERS_SCHEMA
+
+    labels = tmp_path / "labels"
+    labels.mkdir()
+    media = mediagen.write_audio(tmp_path / "call.wav", seconds=6.0, rate=16000, channels=1)
+    spans = [(0.0, 2.0, "S1", "Hello there."), (2.0, 3.5, "S2", "Hi, who is it?"), (3.5, 6.0, "S1", "It is me.")]
+    rows = [{**_label_row(f"call.wav#t={a:.3f},{b:.3f}", str(media), a, b, transcript=t), "speaker": s,
+             "speaker_confidence": 0.9} for a, b, s, t in spans]
+    pq.write_table(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), labels / "part-00000.parquet")
+    pq.write_table(pa.Table.from_pylist(
+        [{"file_id": "call.wav", "speaker": "S1", "speaker_id": "spk2", "name": "bob", "speech_s": 4.5,
+          "centroid": [0.0625] * 256},
+         {"file_id": "call.wav", "speaker": "S2", "speaker_id": "spk1", "name": None, "speech_s": 1.5,
+          "centroid": [0.0625] * 256}], schema=SPEAKERS_SCHEMA), labels / SPEAKERS_FILE)
+    out = tmp_path / "report"
+    made = report.make_report(report.ReportConfig(labels=str(labels), output=str(out), subtitles="vtt"))
+    assert (made.rows, made.files) == (3, 1)  # _speakers.parquet is not read as rows
+    vtt = parse_vtt((out / "subtitles" / "call.wav.vtt").read_text())
+    assert [c[2] for c in vtt] == ["<v bob>[joy 0.60 · positive] Hello there.",
+                                   "<v spk1>[joy 0.60 · positive] Hi, who is it?",
+                                   "<v bob>[joy 0.60 · positive] It is me."]
+    srt = subtitles.to_srt([subtitles.Cue(0.0, 1.0, "[joy] Hi", "spk1")])
+    assert srt.splitlines()[2] == "spk1: [joy] Hi"
+    page_html = (out / "index.html").read_text()
+    assert '<table id="speakers">' in page_html and "<td>bob</td><td>4.5</td><td>2</td><td>joy 100%</td>" in page_html
+
+    with browser.chrome() as d:
+        d.get((out / "index.html").as_uri())
+        browser.wait(d, "window.mmsaReportReady && document.querySelectorAll('.timeline svg').length === 1",
+                     what="the timeline")
+        d.execute_async_script("const done = arguments[0]; window.mmsaReportReady.then(() => done(true))")
+        strips = d.find_elements(By.CSS_SELECTOR, ".timeline svg g.mark-rect")
+        assert [len(g.find_elements(By.TAG_NAME, "path")) for g in strips] == [3, 3, 3]  # speaker lane on top
+        assert [e.text for e in d.find_elements(By.CSS_SELECTOR, "ol.lines li .who")] == ["bob", "spk1", "bob"]
+        Select(d.find_element(By.ID, "f-speaker")).select_by_value("spk1")
+        browser.wait(d, "document.querySelectorAll('ol.lines li').length === 1", timeout=10, what="the filter")
+        assert browser.console_errors(d) == []

@@ -391,11 +391,14 @@ def test_upload_without_transcript_returns_utterances(server, speech_clip, predi
         assert 0 < u["asr_confidence"] <= 1 and "text" in u["modalities"]
     assert utts[0]["end"] + 1.0 < utts[1]["start"]
     # the same utterances as `transcribe` and `label` give (the recognizer in this process)
+    from mmsa_ray.speakers import VoiceTrack
     from mmsa_ray.speech import SpeechRecognizer
     from mmsa_ray.utterances import utterance_rows
 
-    keys = ("start", "end", "transcript", "words", "speech", "transcript_reliable", "asr_confidence")
-    here = utterance_rows("talk.mp4", SpeechRecognizer().transcribe(str(speech_clip)))
+    keys = ("start", "end", "transcript", "words", "speech", "transcript_reliable", "asr_confidence", "speaker",
+            "speaker_confidence")
+    here = utterance_rows("talk.mp4", SpeechRecognizer().transcribe(str(speech_clip), voices=VoiceTrack()))
+    assert [u["speaker"] for u in utts] == ["S1", "S1"]  # one voice
     assert [{k: u[k] for k in keys} for u in utts] == [{k: u[k] for k in keys} for u in here]
     feats = [predictor.preprocess(str(speech_clip), transcript=u["transcript"], start=u["start"], end=u["end"],
                                   context=context + [x["transcript"] for x in utts[:i]]) for i, u in enumerate(utts)]
@@ -419,3 +422,21 @@ def test_transcribe_false_or_a_transcript_keeps_the_whole_clip_answer(server, sp
     assert bad.status_code == 422 and "transcribe" in bad.json()["error"]
     bad = _post(server, speech_clip, context='["ok", 3]')
     assert bad.status_code == 422 and "context" in bad.json()["error"]
+
+
+def test_two_voices_get_two_speakers(server, tmp_path):
+    """A two-voice dialogue: utterances alternate S1, S2, as the turns were made; num_speakers
+    is checked."""
+    turns = [(mediagen.VOICES[i % 2], mediagen.TALK_SENTENCES[i]) for i in range(4)]
+    audio, spans = mediagen.dialogue(turns, tmp_path)
+    clip = mediagen.write_audio(tmp_path / "two.wav", rate=16000, channels=1, samples=audio[None])
+    for extra in ({}, {"num_speakers": "2"}):
+        r = _post(server, clip, name="two.wav", content_type="audio/wav", **extra)
+        assert r.status_code == 200, r.text
+        utts = r.json()["utterances"]
+        assert [u["speaker"] for u in utts] == ["S1", "S2", "S1", "S2"], [(u["start"], u["speaker"]) for u in utts]
+        for u, (a, b, _, _) in zip(utts, spans, strict=True):
+            assert abs(u["start"] - a) < 0.5 and abs(u["end"] - b) < 0.5 and u["speaker_confidence"] > 0.5
+    for bad in ("0", "two", "99"):
+        r = _post(server, clip, name="two.wav", content_type="audio/wav", num_speakers=bad)
+        assert r.status_code == 422 and "num_speakers" in r.json()["error"], r.text

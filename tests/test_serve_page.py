@@ -155,7 +155,9 @@ def test_utterances_are_one_bar_each(request, tmp_path):
         d.get(f"{server}/")
         assert _upload(d, path) == "done", d.find_element(By.ID, "error").text
         strips = d.find_elements(By.CSS_SELECTOR, "#timeline svg g.mark-rect")
-        assert [len(g.find_elements(By.TAG_NAME, "path")) for g in strips] == [n, n]
+        # a speaker lane (one voice: S1 throughout) over the emotion and sentiment strips
+        assert [len(g.find_elements(By.TAG_NAME, "path")) for g in strips] == [n, n, n]
+        assert {u["speaker"] for u in want["utterances"]} == {"S1"}
         lines = d.find_elements(By.CSS_SELECTOR, "#lines li")
         assert [li.find_element(By.CSS_SELECTOR, ".transcript").text for li in lines] == \
             [u["transcript"] for u in want["utterances"]]

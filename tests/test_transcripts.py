@@ -154,7 +154,10 @@ def test_long_talk_same_words_every_run_at_any_thread_count(ray_local, tmp_path,
     and those across chunk borders included; the word error rate within 5 points of
     faster-whisper run directly on the whole file."""
     folder, spans, audio = talk
-    direct = utterance_rows("talk.wav", recognizer.transcribe(folder / "talk.wav"))
+    from mmsa_ray.speakers import VoiceTrack
+
+    direct = utterance_rows("talk.wav", recognizer.transcribe(folder / "talk.wav", voices=VoiceTrack()))
+    assert {r["speaker"] for r in direct} == {"S1"}  # one voice, over noise and music too
     _sentences_once_in_order(direct, spans)
 
     t_out = tmp_path / "transcripts"
@@ -165,7 +168,7 @@ def test_long_talk_same_words_every_run_at_any_thread_count(ray_local, tmp_path,
     l_out = tmp_path / "labels"
     assert label.main([str(folder), "--output", str(l_out)]) == 0
     labeled = pads.dataset(str(l_out), format="parquet", schema=label.LABEL_SCHEMA).to_table()
-    keys = ("id", "start", "end", "transcript", "words", "speech")
+    keys = ("id", "start", "end", "transcript", "words", "speech", "speaker")
     want = sorted(tuple(str(r[k]) for k in keys) for r in direct)
     for table in (transcribed, labeled):
         assert sorted(tuple(str(r[k]) for k in keys) for r in table.to_pylist()) == want

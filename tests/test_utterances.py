@@ -56,8 +56,10 @@ def file_rows(d: Path) -> pa.Table:
 
 
 def cache_files(out: Path) -> dict[str, int]:
-    """{cache file name: mtime_ns} of the speech stage's cache under OUT."""
-    return {p.name: p.stat().st_mtime_ns for p in (out / utterances.SPEECH_DIR).rglob("*.parquet")}
+    """{cache file name: mtime_ns} of the speech stage's cached utterances under OUT (not the
+    files' speakers beside them)."""
+    return {p.name: p.stat().st_mtime_ns for p in (out / utterances.SPEECH_DIR).rglob("*.parquet")
+            if not p.name.endswith(".speakers.parquet")}
 
 
 def read(out: Path, schema: pa.Schema) -> dict[str, dict]:
@@ -193,6 +195,12 @@ def test_label_utterances_parity_rerun_and_transcribe(ray_local, tmp_path, speec
     for r in rows.values():
         if r["error"] is None:
             assert r["emotion"] in EMOTIONS and r["sentiment"] in SENTIMENTS and len(r["emotion_probs"]) == 7
+        # one espeak voice throughout: speaker S1 in each file, and one person across the archive
+        assert (r["speaker"] == "S1") == (r["speech"] == "found") and (r["speaker_confidence"] is None) == (
+            r["speech"] != "found")
+    archive = pq.read_table(out / "_speakers.parquet").to_pylist()
+    assert sorted((a["file_id"], a["speaker"]) for a in archive) == [("question.wav", "S1"), ("talk.mp4", "S1")]
+    assert {a["speaker_id"] for a in archive} == {"spk1"}
     spoken = sorted((r for r in rows.values() if r["speech"] == "found"), key=lambda r: (r["uri"], r["start"]))
     assert spoken[-1]["modalities"] == ["text", "audio", "video"]  # talk.mp4's: all three
     assert rows["mute.mp4"]["modalities"] == ["video"] and rows["quiet.wav"]["modalities"] == ["audio"]
@@ -318,7 +326,8 @@ def test_label_manifest_rows_get_their_files_earlier_rows_as_context(ray_local, 
 
 def test_kill_driver_during_speech_stage_then_rerun(ray_local, tmp_path, speech_dir, tiny_checkpoint):
     """kill -9 of the driver while files are being transcribed, then a re-run: every utterance
-    in OUT exactly once, the files transcribed before the kill not transcribed again."""
+    in OUT exactly once, the files transcribed before the kill not transcribed again, and the
+    archive's speakers complete (one voice: one speaker id)."""
     from test_label import spawn_label, wait_for
 
     src = tmp_path / "in"
@@ -347,7 +356,11 @@ def test_kill_driver_during_speech_stage_then_rerun(ray_local, tmp_path, speech_
     after = cache_files(out)
     assert len(after) == 6 and {k: after[k] for k in before} == before  # each file transcribed once
     rows = read(out, label.LABEL_SCHEMA)  # (no duplicate ids: read() checks)
-    cached = pa.concat_tables([pq.read_table(p) for p in (out / utterances.SPEECH_DIR).rglob("*.parquet")])
+    cached = pa.concat_tables([pq.read_table(p) for p in (out / utterances.SPEECH_DIR).rglob("*.parquet")
+                               if not p.name.endswith(".speakers.parquet")])
     assert set(rows) == set(cached.column("id").to_pylist())  # nothing missing
     assert len(rows) >= 6 and all(r["speech"] == "found" and r["error"] is None for r in rows.values())
     assert sorted({r["uri"] for r in rows.values()}) == sorted(str(p) for p in src.iterdir())
+    archive = pq.read_table(out / "_speakers.parquet").to_pylist()
+    assert sorted(a["file_id"] for a in archive) == sorted(p.name for p in src.iterdir())  # each file once
+    assert {a["speaker_id"] for a in archive} == {"spk1"} and all(r["speaker"] == "S1" for r in rows.values())

@@ -24,7 +24,7 @@ from mmsa_ray.sources import resolve
 from mmsa_ray.utterances import model_transcript
 
 # what the speech stage adds to a labeled row
-SPEECH_COLUMNS = ("asr_confidence", "transcript_reliable", "words", "speech")
+SPEECH_COLUMNS = ("asr_confidence", "transcript_reliable", "words", "speech", "speaker", "speaker_confidence")
 
 
 def item_tasks(ds, fn, fn_kwargs: dict[str, Any], *, batch_size: int, num_cpus: float, max_attempts: int):

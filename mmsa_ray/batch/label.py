@@ -92,6 +92,7 @@ from mmsa_ray.batch.attempts import (
 from mmsa_ray.batch.decode import decode_batch, item_tasks
 from mmsa_ray.batch.rows import LABEL_SCHEMA, LabelPredictor
 from mmsa_ray.batch.segments import segment_sources
+from mmsa_ray.batch.speakers import ArchiveSpeakers, archive_speakers, enrolled_voices
 from mmsa_ray.batch.staging import (
     CHECKPOINT_DIR,
     STAGING_DIR,
@@ -100,7 +101,14 @@ from mmsa_ray.batch.staging import (
     remove_inprogress,
     stage_sources,
 )
-from mmsa_ray.batch.utterances import SpeechCoverage, SpeechStageConfig, rows_before, speech_stage
+from mmsa_ray.batch.utterances import (
+    SpeechCoverage,
+    SpeechStageConfig,
+    actor_speech_config,
+    cache_uri,
+    rows_before,
+    speech_stage,
+)
 from mmsa_ray.sink import ordered_parquet_datasink
 from mmsa_ray.sources import (
     MEDIA_EXTENSIONS,
@@ -109,6 +117,7 @@ from mmsa_ray.sources import (
     resolve,
     with_file_context,
 )
+from mmsa_ray.speakers import SpeakerConfig
 
 UTTERANCE_MODES = ("auto", "on", "off")
 
@@ -151,6 +160,7 @@ class LabelConfig:
     utterances: str = "auto"
     speech: SpeechConfig = field(default_factory=_default_speech)  # what the speech stage runs
     asr: SpeechStageConfig = field(default_factory=SpeechStageConfig)  # the speech actor pool
+    speakers: SpeakerConfig = field(default_factory=SpeakerConfig)  # who speaks when (with utterances)
 
     def __post_init__(self) -> None:
         if self.utterances not in UTTERANCE_MODES:
@@ -185,6 +195,7 @@ class LabelSummary:
     no_signal: int = 0  # rows written by this run without error and without a label (no_label_reason)
     no_signal_reasons: list[tuple[str, int]] = field(default_factory=list)  # (reason, rows), most first
     coverage: SpeechCoverage | None = None  # of this run's rows, when it transcribed speech
+    speakers: ArchiveSpeakers | None = None  # OUT's speakers after the run, when it found them
 
     def __str__(self) -> str:
         lines = [
@@ -195,6 +206,8 @@ class LabelSummary:
         lines += [f"  failed: {i}: {e}" for i, e in self.errors]
         if self.coverage is not None:
             lines.append(f"  {self.coverage}")
+        if self.speakers is not None:
+            lines.append(f"  {self.speakers}")
         if self.no_signal:
             reasons = ", ".join(f"{r}: {n}" for r, n in self.no_signal_reasons)
             lines.append(f"  no signal: {self.no_signal} rows have no label ({reasons}); see no_label_reason")
@@ -219,6 +232,7 @@ class LabelPlan:
     modalities: tuple[str, ...]  # what the checkpoint reads
     utterances: bool  # the speech stage turns listed files into utterance items inside the pipeline
     context_turns: int  # earlier transcripts each text row carries (0: none)
+    context_speakers: bool  # ... marked [same]/[other] by who said them (FeatureConfig.context_speakers)
     timeout_s: float  # one decode's (or duration read's) own limit, seconds
     out_fs: pafs.FileSystem
     out_path: str  # OUT as a path on out_fs
@@ -250,6 +264,7 @@ def plan_run(config: LabelConfig) -> LabelPlan:
         checkpoint=checkpoint, model_id=model_id(checkpoint), modalities=modalities,
         utterances=config.utterances == "on" or (config.utterances == "auto" and modalities == ("text",)),
         context_turns=model_config.features.context_turns if "text" in modalities else 0,
+        context_speakers=model_config.features.context_speakers,
         timeout_s=config.decode_timeout_s or decode.timeout_s,
         out_fs=out_fs, out_path=out_path, out_uri=config.output if "://" in config.output else out_path,
     )
@@ -313,6 +328,8 @@ def label(config: LabelConfig) -> LabelSummary:
 
     t0, run_start = time.time(), datetime.now(UTC)
     plan = plan_run(config)
+    speakers = config.speakers if plan.utterances and config.speakers.enabled else None
+    enrolled = enrolled_voices(speakers.enroll_dir) if speakers and speakers.enroll_dir else {}  # wrong DIR: fail now
     sources = ListedSources(config, plan)
     plan.out_fs.create_dir(f"{plan.out_path}/{ATTEMPTS_DIR}", recursive=True)
     remove_inprogress(plan.out_fs, plan.out_path)
@@ -329,7 +346,10 @@ def label(config: LabelConfig) -> LabelSummary:
         if staged.staged:
             # with utterances the rows are not known until the files are transcribed: no total
             with console.progress("label", None if plan.utterances else staged.staged):
-                stats = run_pipeline(config, plan, staged.done)
+                stats = run_pipeline(config, plan, staged.done, speakers)
+        if speakers is not None:
+            cache = cache_uri(plan.out_path, actor_speech_config(config.speech, config.asr), speakers)
+            archive = archive_speakers(plan.out_fs, plan.out_path, cache, speakers, enrolled, plan.out_uri)
     finally:
         ctx.checkpoint_config = previous
         if started_ray:
@@ -338,6 +358,8 @@ def label(config: LabelConfig) -> LabelSummary:
     summary = summarize(plan.out_fs, plan.out_path, run_start, staged.listed, config.output, plan.model_id)
     _add_run_notes(summary, plan, sources, staged, run_start)
     summary.seconds, summary.stats = time.time() - t0, stats
+    if speakers is not None:
+        summary.speakers = archive
     return summary
 
 
@@ -352,7 +374,7 @@ def _add_run_notes(summary: LabelSummary, plan: LabelPlan, sources: ListedSource
                              "transcript: --utterances transcribes their speech and labels one row per utterance")
 
 
-def run_pipeline(config: LabelConfig, plan: LabelPlan, done: np.ndarray | None) -> str:
+def run_pipeline(config: LabelConfig, plan: LabelPlan, done: np.ndarray | None, speakers=None) -> str:
     """staged rows -> decode -> LabelPredictor -> OUT (under the checkpoint config already set);
     returns Ray Data's stats. In utterance runs the staged rows are files, and the speech stage
     (mmsa_ray.batch.utterances) turns them into utterance items first, dropping ids in `done`."""
@@ -364,8 +386,9 @@ def run_pipeline(config: LabelConfig, plan: LabelPlan, done: np.ndarray | None) 
         files = ray.data.read_parquet(f"{plan.out_uri}/{FILES_DIR}")
         ds = speech_stage(files, config.speech, fit_speech_actors(config), plan.out_uri, plan.attempts_uri,
                           config.max_decode_attempts, done=done, keep_transcripts=True,
-                          context_turns=plan.context_turns, segment_s=config.segment_s,
-                          probe_timeout_s=watchdog_s(plan.timeout_s))
+                          context_turns=plan.context_turns, context_speakers=plan.context_speakers,
+                          segment_s=config.segment_s,
+                          probe_timeout_s=watchdog_s(plan.timeout_s), speakers=speakers)
     else:
         ds = ray.data.read_parquet(f"{plan.out_uri}/{STAGING_DIR}")
     ds = item_tasks(ds, decode_batch, {"checkpoint": plan.checkpoint, "attempts_uri": plan.attempts_uri,
@@ -453,6 +476,7 @@ def summarize(fs: pafs.FileSystem, path: str, run_start: datetime, staged: int, 
 def build_parser() -> argparse.ArgumentParser:
     """`mmsa-ray label`'s flags, one per LabelConfig field (defaults from LabelConfig)."""
     from mmsa_ray.batch.utterances import add_stage_args
+    from mmsa_ray.speakers import add_speaker_args
     from mmsa_ray.speech import add_speech_args
 
     d = LabelConfig(input="", checkpoint="", output="")
@@ -505,11 +529,13 @@ def build_parser() -> argparse.ArgumentParser:
                    "context); items that already have a transcript are labeled as given. --utterances alone = on; "
                    "auto (default): on when the checkpoint uses text alone, else off")
     add_speech_args(p)
+    add_speaker_args(p)
     add_stage_args(p, d.asr)
     return p
 
 
 def parse_args(argv: list[str] | None = None) -> LabelConfig:
+    from mmsa_ray.speakers import speaker_config_from_args
     from mmsa_ray.speech import speech_config_from_args
 
     p = build_parser()
@@ -524,6 +550,7 @@ def parse_args(argv: list[str] | None = None) -> LabelConfig:
             segment_s=a.segment_s, utterances=a.utterances, speech=speech_config_from_args(a),
             asr=SpeechStageConfig(actors=a.asr_actors, cpus_per_actor=a.asr_cpus_per_actor,
                                   gpus_per_actor=a.asr_gpus_per_actor),
+            speakers=speaker_config_from_args(a),
         )
     except ValueError as e:
         p.error(str(e))

@@ -35,6 +35,10 @@ LABEL_SCHEMA = pa.schema([
     # --utterances: "found", "unrecognized" (VAD speech without words: no transcript) or "none" (no speech in the
     # file); null otherwise
     ("speech", pa.string()),
+    # --utterances with speakers on: file-local S1, S2, ... (OUT/_speakers.parquet maps it to the archive's
+    # speaker_id) and how clearly the voice is that speaker's, 0..1; null otherwise
+    ("speaker", pa.string()),
+    ("speaker_confidence", pa.float64()),
     ("emotion", pa.string()),
     ("emotion_probs", pa.list_(pa.float32())),  # 7, labels.EMOTIONS order
     ("sentiment", pa.string()),
@@ -91,6 +95,8 @@ class LabelPredictor:
             columns["asr_confidence"].append(float_or_none(speech["asr_confidence"]))
             columns["words"].append(None if speech["words"] is None else [dict(w) for w in speech["words"]])
             columns["speech"].append(str_or_none(speech["speech"]))
+            columns["speaker"].append(str_or_none(speech["speaker"]))
+            columns["speaker_confidence"].append(float_or_none(speech["speaker_confidence"]))
             reliable = speech["transcript_reliable"]
             columns["transcript_reliable"].append(None if reliable is None else bool(reliable))
             for k in ("emotion", "emotion_probs", "sentiment", "sentiment_probs", "emotion_uncertain",

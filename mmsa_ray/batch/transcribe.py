@@ -29,17 +29,20 @@ import pyarrow as pa
 
 from mmsa_ray import console
 from mmsa_ray.batch.attempts import ATTEMPTS_DIR
+from mmsa_ray.batch.speakers import ArchiveSpeakers, archive_speakers, enrolled_voices
 from mmsa_ray.batch.staging import CHECKPOINT_DIR, committed_ids, nothing_to_restore, remove_inprogress, stage_sources
 from mmsa_ray.batch.utterances import (
     UTTERANCE_SCHEMA,
     SpeechCoverage,
     SpeechStageConfig,
     actor_speech_config,
+    cache_uri,
     rows_before,
     speech_stage,
 )
 from mmsa_ray.sink import ordered_parquet_datasink
 from mmsa_ray.sources import MEDIA_EXTENSIONS, list_sources, parse_extensions, resolve
+from mmsa_ray.speakers import SpeakerConfig, add_speaker_args, speaker_config_from_args
 
 if TYPE_CHECKING:
     from mmsa_ray.speech import SpeechConfig
@@ -63,6 +66,7 @@ class TranscribeConfig:
     stage: SpeechStageConfig = field(default_factory=SpeechStageConfig)
     max_attempts: int = 3  # worker deaths while transcribing one file before it is an error row
     rows_per_file: int = 256  # rows per output Parquet file (the unit of commit)
+    speakers: SpeakerConfig = field(default_factory=SpeakerConfig)  # who speaks when
     ray_address: str | None = None
     extensions: tuple[str, ...] = MEDIA_EXTENSIONS
 
@@ -83,11 +87,14 @@ class TranscribeSummary:
     output: str
     errors: list[tuple[str, str]] = field(default_factory=list)
     coverage: SpeechCoverage = field(default_factory=SpeechCoverage)  # of the rows this run wrote
+    speakers: ArchiveSpeakers | None = None  # OUT's speakers after the run (None: speakers off)
 
     def __str__(self) -> str:
         lines = [f"{self.files} files: {self.utterances} utterances and {self.no_speech} files without speech written, "
                  f"failed {self.failed}, skipped {self.skipped} (already in output) in {self.seconds:.1f} s; "
                  f"{self.output} holds {self.total_rows} rows", f"  {self.coverage}"]
+        if self.speakers is not None:
+            lines.append(f"  {self.speakers}")
         lines += [f"  failed: {i}: {e}" for i, e in self.errors]
         return "\n".join(lines)
 
@@ -102,6 +109,8 @@ def transcribe(config: TranscribeConfig) -> TranscribeSummary:
     run_start = datetime.now(UTC)
     out_fs, out_path = resolve(config.output)
     out_uri = config.output if "://" in config.output else out_path
+    speakers = config.speakers if config.speakers.enabled else None
+    enrolled = enrolled_voices(speakers.enroll_dir) if speakers and speakers.enroll_dir else {}  # wrong DIR: fail now
     sources = list_sources(config.input, config.extensions)
     first = next(sources, None)  # a wrong INPUT fails here, before Ray starts
     sources = itertools.chain([] if first is None else [first], sources)
@@ -131,11 +140,14 @@ def transcribe(config: TranscribeConfig) -> TranscribeSummary:
         ctx.checkpoint_config = ckpt
         if staged:
             ds = speech_stage(ray.data.read_parquet(f"{out_uri}/{FILES_DIR}"), config.speech, config.stage,
-                              out_uri, f"{out_uri}/{ATTEMPTS_DIR}", config.max_attempts, done=done)
+                              out_uri, f"{out_uri}/{ATTEMPTS_DIR}", config.max_attempts, done=done, speakers=speakers)
             asr_model = f"{config.speech.model}@{actor_speech_config(config.speech, config.stage).cache_key()}"
             ds = ds.map_batches(_to_utterance_rows, fn_kwargs={"asr_model": asr_model}, batch_format="pyarrow",
                                 batch_size=None)
             ds.write_datasink(ordered_parquet_datasink(out_uri, config.rows_per_file, schema=UTTERANCE_SCHEMA))
+        if speakers is not None:
+            cache = cache_uri(out_path, actor_speech_config(config.speech, config.stage), speakers)
+            archive = archive_speakers(out_fs, out_path, cache, speakers, enrolled, out_uri)
     finally:
         ctx.checkpoint_config = previous
         if started_ray:
@@ -143,6 +155,8 @@ def transcribe(config: TranscribeConfig) -> TranscribeSummary:
     out_fs.delete_dir_contents(f"{out_path}/{ATTEMPTS_DIR}", missing_dir_ok=True)
     summary = _summarize(out_fs, out_path, run_start, file_ids, config.output)
     summary.seconds = time.time() - t0
+    if speakers is not None:
+        summary.speakers = archive
     return summary
 
 
@@ -199,6 +213,7 @@ def parse_args(argv: list[str] | None = None) -> TranscribeConfig:
                    ".csv/.parquet/.jsonl with a `path` column and optional id, start, end; local paths or cloud URIs")
     p.add_argument("--output", required=True, help="output directory for the Parquet files (local or cloud URI)")
     add_speech_args(p)
+    add_speaker_args(p)
     add_stage_args(p, d.stage)
     p.add_argument("--max-attempts", type=int, default=d.max_attempts,
                    help="worker deaths while transcribing one file before it is recorded as failed "
@@ -217,7 +232,7 @@ def parse_args(argv: list[str] | None = None) -> TranscribeConfig:
             stage=SpeechStageConfig(actors=a.asr_actors, cpus_per_actor=a.asr_cpus_per_actor,
                                     gpus_per_actor=a.asr_gpus_per_actor),
             max_attempts=a.max_attempts, rows_per_file=a.rows_per_file, ray_address=a.ray_address,
-            extensions=parse_extensions(a.extensions),
+            extensions=parse_extensions(a.extensions), speakers=speaker_config_from_args(a),
         )
     except ValueError as e:
         p.error(str(e))

@@ -29,6 +29,7 @@ deaths in one job the file becomes an error item.
 from __future__ import annotations
 
 import hashlib
+import json
 import posixpath
 from dataclasses import dataclass
 from datetime import datetime
@@ -40,6 +41,7 @@ import pyarrow.fs as pafs
 
 from mmsa_ray import console
 from mmsa_ray.batch.attempts import AttemptLog, RepeatedDeaths, attempt, call_with_deadline, current_job
+from mmsa_ray.batch.speakers import FILE_SPEAKERS_SUFFIX, file_speakers_table
 from mmsa_ray.batch.staging import STAGING_SCHEMA, is_done
 from mmsa_ray.sources import open_media, resolve
 
@@ -57,6 +59,8 @@ ITEM_SCHEMA = pa.schema([
     ("asr_confidence", pa.float64()),  # exp(mean token log-probability) of the utterance, 0..1
     ("no_speech_prob", pa.float64()),  # Whisper's probability that the segment holds no speech
     ("transcript_reliable", pa.bool_()),  # asr_confidence >= transcript_checks.MIN_CONFIDENCE; null: no transcript
+    ("speaker", pa.string()),  # file-local S1, S2, ... (mmsa_ray.speakers); null: speakers off or no speech
+    ("speaker_confidence", pa.float64()),  # 0..1: how clearly the voice is that speaker's
     # "found" | "unrecognized" (VAD speech without words) | "none" (no speech in the file) | null (not
     # transcribed / error)
     ("speech", pa.string()),
@@ -76,6 +80,8 @@ UTTERANCE_SCHEMA = pa.schema([
     ("asr_confidence", pa.float64()),
     ("no_speech_prob", pa.float64()),
     ("transcript_reliable", pa.bool_()),  # false: kept, but not read by label's model (low ASR confidence)
+    ("speaker", pa.string()),  # file-local S1, S2, ...; OUT/_speakers.parquet maps it to the archive's speaker_id
+    ("speaker_confidence", pa.float64()),
     ("speech", pa.string()),  # "found" | "unrecognized" (no transcript) | "none"; null on error rows
     ("error", pa.string()),
     ("asr_model", pa.string()),  # SpeechConfig.model + "@" + its cache key
@@ -112,9 +118,13 @@ def actor_speech_config(speech, stage: SpeechStageConfig):
     return dataclasses.replace(speech, **changes)
 
 
-def cache_uri(out_uri: str, speech) -> str:
-    """Where the speech stage's output for `speech` (a SpeechConfig) is cached under OUT."""
-    return f"{out_uri}/{SPEECH_DIR}/{speech.cache_key()}"
+def cache_uri(out_uri: str, speech, speakers=None) -> str:
+    """Where the speech stage's output for `speech` (a SpeechConfig) and `speakers` (a
+    SpeakerConfig, or None) is cached under OUT."""
+    key = speech.cache_key()
+    if speakers is not None and speakers.enabled:
+        key += "-" + hashlib.sha256(json.dumps(speakers.key(), sort_keys=True).encode()).hexdigest()[:8]
+    return f"{out_uri}/{SPEECH_DIR}/{key}"
 
 
 def _cache_name(row: dict[str, Any]) -> str:
@@ -136,14 +146,18 @@ class SpeechStage:
     `done`: sorted ids already committed in OUT (dropped); `context_turns`: how many earlier
     transcripts each item carries (0: none); `segment_s`: a file without speech is cut into
     windows of about this many seconds (segments.segment_windows), None: one item;
-    `probe_timeout_s`: limit on reading a file's duration for that."""
+    `probe_timeout_s`: limit on reading a file's duration for that; `speakers`: a
+    SpeakerConfig (who speaks when; None or disabled: utterances split at pauses only);
+    `context_speakers`: mark each context transcript [same]/[other] (the checkpoint reads them)."""
 
     def __init__(self, speech, cache: str, attempts_uri: str, max_attempts: int, done: np.ndarray | None = None,
                  keep_transcripts: bool = False, context_turns: int = 0, segment_s: float | None = None,
-                 probe_timeout_s: float = 30.0):
+                 probe_timeout_s: float = 30.0, speakers=None, context_speakers: bool = False):
         from mmsa_ray.speech import SpeechRecognizer
 
         self.recognizer = SpeechRecognizer(speech)
+        self.speakers = speakers if speakers is not None and speakers.enabled else None
+        self.context_speakers = context_speakers
         self.fs, self.cache_dir = resolve(cache)
         self.fs.create_dir(self.cache_dir, recursive=True)
         attempts_fs, attempts_dir = resolve(attempts_uri)
@@ -161,7 +175,7 @@ class SpeechStage:
                 file_items = [_item(row, file_id=row["id"], error="no media path given for this id in the manifest")]
             else:
                 file_items = self._expand(row, self._recognized(row))
-            items += _with_context(file_items, self.context_turns)
+            items += _with_context(file_items, self.context_turns, self.context_speakers)
         items = [it for it, seen in zip(items, is_done(self.done, [it["id"] for it in items]), strict=True) if not seen]
         return pa.Table.from_pylist(items, schema=ITEM_SCHEMA)
 
@@ -175,40 +189,51 @@ class SpeechStage:
                 return pq.read_table(f, schema=CACHE_SCHEMA).to_pylist()
         except FileNotFoundError:
             pass
-        rows, cacheable = self._transcribe(row)
-        if cacheable:
-            tmp = f"{self.cache_dir}/.{posixpath.basename(path)}.inprogress"
-            with self.fs.open_output_stream(tmp) as f:
-                pq.write_table(pa.Table.from_pylist(rows, schema=CACHE_SCHEMA), f)
-            self.fs.move(tmp, path)
+        rows, cacheable, voices = self._transcribe(row)
+        if cacheable:  # the file's speakers first: a file with cached utterances always has them
+            if voices is not None and voices.speakers:
+                self._write(file_speakers_table(row["id"], voices.speakers), path[:-len(".parquet")] +
+                            FILE_SPEAKERS_SUFFIX)
+            self._write(pa.Table.from_pylist(rows, schema=CACHE_SCHEMA), path)
         return rows
 
-    def _transcribe(self, row: dict[str, Any]) -> tuple[list[dict[str, Any]], bool]:
-        """-> (rows, cacheable): utterance rows, one "none" row, or one error row. Errors
-        other than unreadable media (a network hiccup, say) are not cached."""
+    def _write(self, table: pa.Table, path: str) -> None:
+        import pyarrow.parquet as pq
+
+        tmp = f"{posixpath.dirname(path)}/.{posixpath.basename(path)}.inprogress"
+        with self.fs.open_output_stream(tmp) as f:
+            pq.write_table(table, f)
+        self.fs.move(tmp, path)
+
+    def _transcribe(self, row: dict[str, Any]) -> tuple[list[dict[str, Any]], bool, Any]:
+        """-> (rows, cacheable, the file's VoiceTrack or None): utterance rows, one "none" row,
+        or one error row. Errors other than unreadable media (a network hiccup, say) are not cached."""
         from mmsa_ray.media import MediaError
+        from mmsa_ray.speakers import VoiceTrack
         from mmsa_ray.speech import TranscriptionTimeout
         from mmsa_ray.utterances import utterance_rows
 
         id_, uri = row["id"], row["uri"]
+        voices = VoiceTrack(self.speakers) if self.speakers is not None else None
         try:
             with attempt(self.log, f"speech:{id_}", uri, self.max_attempts) as source:
-                utterances = self.recognizer.transcribe(source, start=row["start"], end=row["end"])
+                utterances = self.recognizer.transcribe(source, start=row["start"], end=row["end"], voices=voices)
         except RepeatedDeaths as e:
             return [_item(row, file_id=id_, error=f"{uri}: the speech worker died {e.deaths} times on this file "
-                          "(crash or kill); not retried")], True
+                          "(crash or kill); not retried")], True, None
         except MediaError as e:
             cause = getattr(e, "cause", None) or str(e)
             if cause == NO_AUDIO:  # a silent video: nothing to transcribe, its pictures still to label
-                return [_item(row, file_id=id_, speech="none")], True
-            return [_item(row, file_id=id_, error=f"{uri}: {cause}")], True
+                return [_item(row, file_id=id_, speech="none")], True, None
+            return [_item(row, file_id=id_, error=f"{uri}: {cause}")], True, None
         except TranscriptionTimeout as e:  # not cached: a re-run, perhaps on a faster machine, tries again
-            return [_item(row, file_id=id_, error=f"{uri}: {e}")], False
+            return [_item(row, file_id=id_, error=f"{uri}: {e}")], False, None
         except Exception as e:  # noqa: BLE001 - every failure is recorded on its row
-            return [_item(row, file_id=id_, error=f"{uri}: {type(e).__name__}: {e}")], False
+            return [_item(row, file_id=id_, error=f"{uri}: {type(e).__name__}: {e}")], False, None
         if not utterances:
-            return [_item(row, file_id=id_, speech="none")], True
-        return [{**u, "uri": uri, "file_id": id_, "error": None} for u in utterance_rows(id_, utterances)], True
+            return [_item(row, file_id=id_, speech="none")], True, None
+        rows = [{**u, "uri": uri, "file_id": id_, "error": None} for u in utterance_rows(id_, utterances)]
+        return rows, True, voices
 
     def _expand(self, row: dict[str, Any], recognized: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """A file without speech, with segment_s and no window of its own -> its windows."""
@@ -234,30 +259,35 @@ def _item(row: dict[str, Any], **changes) -> dict[str, Any]:
     return item
 
 
-def _with_context(items: list[dict[str, Any]], turns: int) -> list[dict[str, Any]]:
+def _with_context(items: list[dict[str, Any]], turns: int, speakers: bool = False) -> list[dict[str, Any]]:
     """Each utterance item gets the transcripts of the file's earlier ones (by start time,
-    oldest first, at most `turns`; unreliable ones left out); others get none."""
+    oldest first, at most `turns`; unreliable ones left out), with `speakers` each marked by
+    whether the item's speaker said it (utterances.marked_context); others get none."""
+    from mmsa_ray.utterances import marked_context
+
     if turns <= 0:
         return items
-    recent: list[str] = []
+    recent: list[tuple[str, str | None]] = []
     for it in sorted((it for it in items if it["speech"] == "found"), key=lambda it: it["start"]):
-        it["context"] = recent[-turns:]
+        it["context"] = [marked_context(text, who, it["speaker"]) if speakers else text
+                         for text, who in recent[-turns:]]
         if it["transcript_reliable"] is not False:
-            recent.append(it["transcript"] or "")
+            recent.append((it["transcript"] or "", it["speaker"]))
     return items
 
 
 def speech_stage(ds, speech, stage: SpeechStageConfig, out_uri: str, attempts_uri: str, max_attempts: int,
-                 **stage_kwargs):
+                 speakers=None, **stage_kwargs):
     """ds (staged file rows) -> ds of items: the SpeechStage actor pool, one file per call,
-    caching under OUT (`out_uri`) by the settings the actors run with (actor_speech_config).
-    `max_attempts`: worker deaths while transcribing one file before it is an error item."""
+    caching under OUT (`out_uri`) by the settings the actors run with (actor_speech_config)
+    and `speakers` (a SpeakerConfig or None). `max_attempts`: worker deaths while
+    transcribing one file before it is an error item."""
     from ray.data import ActorPoolStrategy
 
     speech = actor_speech_config(speech, stage)
     return ds.repartition(target_num_rows_per_block=1).map_batches(
         SpeechStage,
-        fn_constructor_kwargs={"speech": speech, "cache": cache_uri(out_uri, speech),
+        fn_constructor_kwargs={"speech": speech, "cache": cache_uri(out_uri, speech, speakers), "speakers": speakers,
                                "attempts_uri": attempts_uri, "max_attempts": max_attempts, **stage_kwargs},
         compute=ActorPoolStrategy(min_size=stage.actors[0], max_size=stage.actors[1]),
         batch_size=1,

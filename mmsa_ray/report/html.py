@@ -35,13 +35,14 @@ from typing import Any
 
 from mmsa_ray import timeline
 from mmsa_ray.labels import EMOTIONS, MODALITIES, SENTIMENTS
-from mmsa_ray.report import subtitles
+from mmsa_ray.report import speakers, subtitles
 from mmsa_ray.sources import resolve
 
 REQUIRED_COLUMNS = ("id", "uri", "start", "end", "emotion", "emotion_probs", "sentiment", "sentiment_probs", "error")
 OPTIONAL_COLUMNS = ("transcript", "modalities", "text_emotion", "audio_emotion", "video_emotion", "model_id",
                     "labeled_at", "asr_confidence", "no_speech_prob", "speech", "no_label_reason",
-                    "emotion_uncertain", "sentiment_uncertain", "transcript_reliable", "emotion_driver")
+                    "emotion_uncertain", "sentiment_uncertain", "transcript_reliable", "emotion_driver",
+                    "speaker", "speaker_confidence")
 AUDIO_EXTENSIONS = (".m4a", ".wav", ".aif", ".aiff", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".aac", ".wma", ".m4b")
 _WINDOW_SUFFIX = re.compile(r"#t=[0-9.eE+-]*,[0-9.eE+-]*$")
 
@@ -172,14 +173,16 @@ def _cause(error: str, uri: str) -> str:
     return error
 
 
-def build_model(raw: list[dict[str, Any]], report_dir: str | None, probe: bool = True) -> dict[str, Any]:
+def build_model(raw: list[dict[str, Any]], report_dir: str | None, probe: bool = True,
+                archive: dict[tuple[str, str], str] | None = None) -> dict[str, Any]:
     """Label rows -> {"files": [...], "rows": [...]} as the page reads them.
 
     files: {k, name, uri, media (URL; null when unreachable or every row failed), kind ("video"|"audio"),
             duration, rows, failed, track}
     rows:  {i, f (file index), id, t0, t1, emotion, ec, sentiment, sc, ep, sp, modalities,
-            text_emotion, audio_emotion, video_emotion, transcript, error, [asr, no_speech, speech]};
-            t0/t1 seconds; ec/sc the top probabilities; emotion/sentiment "failed" on errors.
+            text_emotion, audio_emotion, video_emotion, transcript, error, [asr, no_speech, speech,
+            who, spc]}; t0/t1 seconds; ec/sc the top probabilities; emotion/sentiment "failed" on
+            errors; who: the speaker (report.speakers.who, with `archive`), spc its confidence.
     Files are sorted by name, rows by (file, t0, t1, id)."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for r in raw:
@@ -191,7 +194,8 @@ def build_model(raw: list[dict[str, Any]], report_dir: str | None, probe: bool =
         duration = _duration(uri) if probe and any(r.get("end") is None for r in rs) else None
         known_ends = [r["end"] for r in rs if r.get("end") is not None]
         fallback_end = duration or (max(known_ends) if known_ends else None)
-        file_rows = sorted((_page_row(r, fallback_end) for r in rs), key=lambda x: (x["t0"], x["t1"], x["id"]))
+        file_rows = sorted((_page_row(r, fallback_end, archive or {}) for r in rs),
+                           key=lambda x: (x["t0"], x["t1"], x["id"]))
         for row in file_rows:
             row["i"], row["f"] = len(rows), k
             rows.append(row)
@@ -199,7 +203,7 @@ def build_model(raw: list[dict[str, Any]], report_dir: str | None, probe: bool =
     return {"files": files, "rows": rows}
 
 
-def _page_row(r: dict[str, Any], fallback_end: float | None) -> dict[str, Any]:
+def _page_row(r: dict[str, Any], fallback_end: float | None, archive: dict[tuple[str, str], str]) -> dict[str, Any]:
     """One label row -> its page row (build_model; without i and f). A row without an end
     spans to `fallback_end` (the file's duration or its last known end) when that lies
     past its start, else 1 s."""
@@ -233,6 +237,9 @@ def _page_row(r: dict[str, Any], fallback_end: float | None) -> dict[str, Any]:
         row["speech"] = r["speech"]
     if r.get("transcript_reliable") is False:  # kept for the reader, not read by the model
         row["unreliable"] = True
+    if r.get("speaker"):
+        row["who"] = speakers.who(r, file_name(r["id"]), archive)
+        row["spc"] = _round(r.get("speaker_confidence"))
     return row
 
 
@@ -346,7 +353,7 @@ def cues_by_file(model: dict[str, Any]) -> dict[int, list[subtitles.Cue]]:
             text = subtitles.no_signal_text(r.get("no_label_reason"), r["transcript"])
         else:
             text = subtitles.cue_text(r["emotion"], r["ec"], r["sentiment"], r["transcript"])
-        out[r["f"]].append(subtitles.Cue(r["t0"], r["t1"], text))
+        out[r["f"]].append(subtitles.Cue(r["t0"], r["t1"], text, r.get("who")))
     return out
 
 
@@ -416,6 +423,7 @@ def _summary_section(s: dict[str, Any], charts: dict[str, dict]) -> str:
 <tbody>{models}</tbody></table></div>
 <div><h2>Failures</h2>{_failures_html(s["failures"])}</div>
 </div>
+{speakers.speaker_table_html(s.get("speakers") or [])}
 </section>"""
 
 
@@ -465,6 +473,7 @@ def _filters_form() -> str:
 <label>confidence ≥ <input id="f-conf" type="range" min="0" max="1" step="0.05" value="0"> \
 <output id="f-conf-value">0.00</output></label>
 <label>file <select id="f-file"><option value="">all files</option></select></label>
+<label>speaker <select id="f-speaker"><option value="">anyone</option></select></label>
 <label>text <input id="f-text" type="search" placeholder="transcript or id"></label>
 <label><input id="f-uncertain" type="checkbox"> hide uncertain</label>
 <label>files by <select id="f-sort-files">{file_orders}</select></label>
@@ -483,8 +492,9 @@ def make_report(config: ReportConfig) -> Report:
     out = config.output_dir()
     out_fs, out_path = resolve(out)
     local_dir = out_path if "://" not in out else None
-    model = build_model(raw, local_dir, probe=config.probe_durations)
+    model = build_model(raw, local_dir, probe=config.probe_durations, archive=speakers.read_archive(config.labels))
     s = summarize(raw)
+    s["speakers"] = speakers.speaker_table(model["rows"])
     out_fs.create_dir(out_path, recursive=True)
     tracks = []
     if config.subtitles:

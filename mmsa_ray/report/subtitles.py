@@ -2,7 +2,8 @@
 
 Each cue is a row's time span (seconds in the file's time) and the text
 `[joy 0.82 · positive] I can't believe it!`: the top emotion, its probability, the top
-sentiment, then the transcript (if any). Any player that reads subtitles then shows the
+sentiment, then the transcript (if any); with speakers, WebVTT wraps it in a voice span
+`<v S1>...` and SRT starts it with `S1: `. Any player that reads subtitles then shows the
 labels over the video.
 
 Format details players rely on:
@@ -28,6 +29,7 @@ class Cue:
     start: float  # seconds
     end: float  # seconds, > start
     text: str  # plain text (escaped when written)
+    speaker: str | None = None  # who says it: a WebVTT voice span <v S1>, an "S1: " prefix in SRT
 
 
 def cue_text(emotion: str, emotion_confidence: float | None, sentiment: str | None, transcript: str | None) -> str:
@@ -62,7 +64,7 @@ def _ordered(cues: list[Cue]) -> list[Cue]:
         end = max(c.end, start + MIN_CUE_S)
         if round(end * 1000) <= round(start * 1000):
             end = (round(start * 1000) + 1) / 1000
-        out.append(Cue(start, end, c.text))
+        out.append(Cue(start, end, c.text, c.speaker))
     return out
 
 
@@ -80,7 +82,10 @@ def to_webvtt(cues: list[Cue]) -> str:
     """The WebVTT file text of `cues` (any order in, sorted out)."""
     parts = ["WEBVTT", ""]
     for n, c in enumerate(_ordered(cues), 1):
-        parts += [str(n), f"{timestamp(c.start)} --> {timestamp(c.end)}", _vtt_escape(_clean(c.text)) or "…", ""]
+        text = _vtt_escape(_clean(c.text)) or "…"
+        if c.speaker:  # the voice span: players show (or style) who speaks
+            text = f"<v {_vtt_escape(' '.join(c.speaker.split()))}>{text}"
+        parts += [str(n), f"{timestamp(c.start)} --> {timestamp(c.end)}", text, ""]
     return "\n".join(parts)
 
 
@@ -89,7 +94,10 @@ def to_srt(cues: list[Cue]) -> str:
     is kept, as players read <i>/<b> tags and show anything else as text."""
     parts = []
     for n, c in enumerate(_ordered(cues), 1):
-        parts += [str(n), f"{timestamp(c.start, ',')} --> {timestamp(c.end, ',')}", _clean(c.text) or "…", ""]
+        text = _clean(c.text) or "…"
+        if c.speaker:
+            text = f"{' '.join(c.speaker.split())}: {text}"
+        parts += [str(n), f"{timestamp(c.start, ',')} --> {timestamp(c.end, ',')}", text, ""]
     return "\n".join(parts)
 
 

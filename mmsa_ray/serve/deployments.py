@@ -61,7 +61,7 @@ from mmsa_ray.serve.request import (
     UploadForm,
     check_form,
 )
-from mmsa_ray.utterances import model_transcript, no_speech_reason
+from mmsa_ray.utterances import marked_context, model_transcript, no_speech_reason
 
 logger = logging.getLogger("ray.serve")
 
@@ -106,9 +106,20 @@ class Preprocessor:
 
     async def preprocess_windows(self, data: bytes, windows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Several windows of one upload (the bytes travel once): each window
-        {transcript, start, end, context} -> what `preprocess` returns for it, in order."""
+        {transcript, start, end, context[, context_speakers, speaker]} -> what `preprocess`
+        returns for it, in order. A checkpoint with FeatureConfig.context_speakers reads each
+        context utterance marked by whether the window's speaker said it (marked_context)."""
+        marks = self._preprocessing.feature_config.context_speakers
         return list(await asyncio.gather(*(
-            self.preprocess(data, w["transcript"], w["start"], w["end"], w.get("context")) for w in windows)))
+            self.preprocess(data, w["transcript"], w["start"], w["end"], _context(w, marks)) for w in windows)))
+
+
+def _context(window: dict[str, Any], marks: bool) -> list[str] | None:
+    context = window.get("context")
+    if not marks or not context:
+        return context
+    speakers = window.get("context_speakers") or [None] * len(context)
+    return [marked_context(t, who, window.get("speaker")) for t, who in zip(context, speakers, strict=True)]
 
 
 # ----------------------------------------------------------------------------- speech
@@ -120,16 +131,20 @@ class Speech:
     once per replica; transcriptions run one at a time in a worker thread (CTranslate2
     already uses the replica's CPUs for one), so the event loop stays free."""
 
-    def __init__(self, config: dict[str, Any], max_duration_s: float):
+    def __init__(self, config: dict[str, Any], max_duration_s: float, speakers: bool = True):
         from mmsa_ray.speech import SpeechConfig, SpeechRecognizer
 
         self._recognizer = SpeechRecognizer(SpeechConfig(**config))
+        self._speakers = speakers
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="asr")
         self._max_duration_s = max_duration_s
 
-    async def transcribe(self, data: bytes, file_id: str, start: float | None, end: float | None) -> dict[str, Any]:
-        """-> {"utterances": utterances.utterance_rows(file_id, ...)} or {"error": cause}."""
+    async def transcribe(self, data: bytes, file_id: str, start: float | None, end: float | None,
+                         num_speakers: int | None = None) -> dict[str, Any]:
+        """-> {"utterances": utterances.utterance_rows(file_id, ...)} or {"error": cause}; with
+        speakers on, utterances split at every change of speaker (num_speakers: when known)."""
         from mmsa_ray.media import MediaError
+        from mmsa_ray.speakers import SpeakerConfig, VoiceTrack
         from mmsa_ray.speech import TranscriptionTimeout
         from mmsa_ray.utterances import utterance_rows
 
@@ -139,7 +154,8 @@ class Speech:
         end = cap if end is None else min(end, cap)
         loop = asyncio.get_running_loop()
         try:
-            utterances = await loop.run_in_executor(self._pool, self._recognizer.transcribe, data, start, end)
+            voices = VoiceTrack(SpeakerConfig(num_speakers=num_speakers)) if self._speakers else None
+            utterances = await loop.run_in_executor(self._pool, self._recognizer.transcribe, data, start, end, voices)
         except MediaError as e:
             return {"error": e.cause}
         except TranscriptionTimeout as e:
@@ -383,7 +399,7 @@ class Ingress:
         name = form.upload.filename or "upload"
         has_transcript = form.transcript is not None and bool(form.transcript.strip())
         # speech recognition runs beside the whole clip's decode
-        speech = (self._speech.transcribe.remote(data, name, form.start, form.end)
+        speech = (self._speech.transcribe.remote(data, name, form.start, form.end, form.num_speakers)
                   if form.transcribe and not has_transcript else None)
         stage.name = "decoding the upload"
         result = await self._pre.preprocess.remote(data, form.transcript, form.start, form.end, form.context)
@@ -398,23 +414,27 @@ class Ingress:
             stage.name = "speech recognition"
             transcribed = await speech
             stage.name = "labeling the utterances"
-            out.update(await self._utterances(data, transcribed, form.context))
+            out.update(await self._utterances(data, transcribed, form.context, form.context_speakers))
         return out
 
-    async def _utterances(self, data: bytes, speech: dict[str, Any], context: list[str] | None) -> dict[str, Any]:
+    async def _utterances(self, data: bytes, speech: dict[str, Any], context: list[str] | None,
+                          context_speakers: list[str | None] | None = None) -> dict[str, Any]:
         """Each utterance's window predicted as a clip of its own, with its transcript and
         the earlier ones as context: {"utterances": [...]} (+ "speech_error" when the
         upload's audio could not be transcribed, e.g. a video without sound)."""
         if "error" in speech:
             return {"utterances": [], "speech_error": speech["error"]}
         utterances = speech["utterances"]
-        texts = list(context or [])
+        # the caller's context, with its speakers where given (as the upload's utterances name them)
+        texts: list[tuple[str, str | None]] = list(zip(context or [], context_speakers or [None] * len(context or []),
+                                                       strict=True))
         windows = []
         for u in utterances:  # an unreliable transcript is returned, not read, nor context for the next
             windows.append({"transcript": model_transcript(u), "start": u["start"], "end": u["end"],
-                            "context": list(texts)})
+                            "context": [t for t, _ in texts], "context_speakers": [who for _, who in texts],
+                            "speaker": u["speaker"]})
             if model_transcript(u) is not None:
-                texts.append(model_transcript(u))
+                texts.append((model_transcript(u), u["speaker"]))
         out = []
         # max_batch_size windows at a time: one request never floods the model's queue,
         # and at most one batch of features is in flight

@@ -54,7 +54,7 @@ def build_app(config: ServeConfig, plan: ResourcePlan | None = None) -> Applicat
         max_ongoing_requests=2,
         max_queued_requests=config.max_queued_requests,
         autoscaling_config=_autoscaling(s, 1.0),
-    ).bind(config.speech_config(s.threads), config.max_duration_s)
+    ).bind(config.speech_config(s.threads), config.max_duration_s, config.speakers == "on")
     return Ingress.options(
         num_replicas=plan.ingress.max_replicas,
         ray_actor_options={"num_cpus": 0},  # it waits on I/O; the work is downstream

@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 
 from starlette.datastructures import UploadFile
 
+MAX_SPEAKERS = 20  # num_speakers above this is refused (422)
+
 # Declared by hand because the body is parsed by hand (streamed, with a size cap);
 # FastAPI's own File()/Form() parameters would read the whole upload first.
 PREDICT_OPENAPI = {
@@ -35,7 +37,12 @@ PREDICT_OPENAPI = {
                                                       "whole clip only)"},
                         "context": {"type": "string",
                                     "description": "earlier utterances of the dialogue, oldest first: a JSON list of "
-                                                   "strings, or one per line"},
+                                                   "strings (or of {\"text\": ..., \"speaker\": ...} objects, the "
+                                                   "speaker as the upload's utterances name them: S1, S2, ...), or one "
+                                                   "per line"},
+                        "num_speakers": {"type": "integer", "minimum": 1, "maximum": MAX_SPEAKERS,
+                                         "description": "how many people speak in the upload, when known (default: "
+                                                        "estimated); `utterances` carry `speaker` S1, S2, ..."},
                     },
                 }
             }
@@ -54,7 +61,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"description": "overloaded (queue full) or a worker is unavailable; retry later", **_ERROR_SCHEMA},
     504: {"description": "the request took longer than request_timeout_s", **_ERROR_SCHEMA},
 }
-FORM_FIELDS = ("file", "transcript", "start", "end", "transcribe", "context")
+FORM_FIELDS = ("file", "transcript", "start", "end", "transcribe", "context", "num_speakers")
 # Content types a client may declare for the file part. Anything else (text/plain,
 # image/png, application/json, ...) is refused before any decoding. image/gif is taken:
 # `label` takes .gif files (an animated GIF is a video stream to FFmpeg), and an upload
@@ -73,6 +80,8 @@ class UploadForm(NamedTuple):
     end: float | None  # window end, seconds (None: the clip's end); > start
     transcribe: bool  # without a transcript, add `utterances` (default True)
     context: list[str] | None  # earlier utterances, oldest first, blank ones dropped
+    context_speakers: list[str | None] | None = None  # who said each (None: not given)
+    num_speakers: int | None = None  # speakers in the upload, when the caller knows
 
 
 class RequestError(Exception):
@@ -118,8 +127,19 @@ def bool_field(form: Any, name: str, default: bool) -> bool:
     raise RequestError(422, f"form field {name!r} must be true or false, got {text[:40]!r}")
 
 
-def context_field(form: Any) -> list[str] | None:
-    """`context`: a JSON list of strings, or one utterance per line (blank lines dropped)."""
+def count_field(form: Any, name: str, most: int) -> int | None:
+    """An optional whole number 1..most."""
+    text = text_field(form, name)
+    if text is None or not text.strip():
+        return None
+    if not text.strip().isdigit() or not 1 <= int(text) <= most:
+        raise RequestError(422, f"form field {name!r} must be a whole number from 1 to {most}, got {text[:40]!r}")
+    return int(text)
+
+
+def context_field(form: Any) -> list[tuple[str, str | None]] | None:
+    """`context`: a JSON list of strings or of {"text", "speaker"} objects, or one utterance
+    per line (blank ones dropped) -> [(text, speaker or None)]."""
     text = text_field(form, "context")
     if text is None or not text.strip():
         return None
@@ -128,10 +148,19 @@ def context_field(form: Any) -> list[str] | None:
             items = json.loads(text)
         except ValueError as e:
             raise RequestError(422, f"form field 'context' starts like JSON but is not: {e}") from None
-        if not isinstance(items, list) or not all(isinstance(x, str) for x in items):
-            raise RequestError(422, "form field 'context' must be a JSON list of strings (or one utterance per line)")
-        return [x for x in items if x.strip()]
-    return [line for line in text.splitlines() if line.strip()]
+        if not isinstance(items, list) or not all(_context_item(x) for x in items):
+            raise RequestError(422, "form field 'context' must be a JSON list of strings or of {\"text\": ..., "
+                                    "\"speaker\": ...} objects (or one utterance per line)")
+        pairs = [(x, None) if isinstance(x, str) else (x["text"], x.get("speaker")) for x in items]
+        return [(t, s) for t, s in pairs if t.strip()]
+    return [(line, None) for line in text.splitlines() if line.strip()]
+
+
+def _context_item(x: Any) -> bool:
+    if isinstance(x, str):
+        return True
+    return (isinstance(x, dict) and isinstance(x.get("text"), str) and set(x) <= {"text", "speaker"}
+            and isinstance(x.get("speaker", ""), str))
 
 
 def check_form(form: Any, max_transcript_chars: int) -> UploadForm:
@@ -159,10 +188,12 @@ def check_form(form: Any, max_transcript_chars: int) -> UploadForm:
     if start is not None and end is not None and end <= start:
         raise RequestError(422, f"end={end:g} must be greater than start={start:g}")
     transcribe = bool_field(form, "transcribe", True)
-    context = context_field(form)
+    pairs = context_field(form)
+    context = [t for t, _ in pairs] if pairs else None
     chars = len(transcript or "") + sum(len(c) for c in context or ())
     if context and chars > max_transcript_chars:
         raise RequestError(422, f"transcript and context have {chars} characters; the limit is "
                                 f"max_transcript_chars={max_transcript_chars}")
     return UploadForm(upload=upload, transcript=transcript, start=start, end=end, transcribe=transcribe,
-                      context=context)
+                      context=context, context_speakers=[s for _, s in pairs] if pairs else None,
+                      num_speakers=count_field(form, "num_speakers", MAX_SPEAKERS))

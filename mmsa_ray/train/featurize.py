@@ -205,8 +205,10 @@ def raw_dataset(records, model_dir: str, modalities, staging_path: str, *, decod
 
     records = list(records)
     modalities = tuple(m for m in MODALITIES if m in modalities)
-    turns = ModelConfig.from_dict(read_checkpoint_config(model_dir)["model"]).features.context_turns
-    contexts = dialogue_context(records, turns) if turns and "text" in modalities else None
+    features = ModelConfig.from_dict(read_checkpoint_config(model_dir)["model"]).features
+    turns = features.context_turns
+    contexts = (dialogue_context(records, turns, features.context_speakers) if turns and "text" in modalities
+                else None)
     # small row groups: Ray Data reads one block per file fragment, and row groups let it split further
     write_manifest(records, staging_path, row_group_size=64, contexts=contexts)
     n_blocks = max(1, min(64, -(-len(records) // max(1, decode_batch_size * 4))))

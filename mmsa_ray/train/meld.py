@@ -32,6 +32,7 @@ from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 
 from mmsa_ray.labels import EMOTIONS, SENTIMENTS, emotion_index, sentiment_index
+from mmsa_ray.utterances import marked_context
 
 # split name -> (annotation CSV, clip folder), as in the MELD.Raw release.
 SPLITS: dict[str, tuple[str, str]] = {
@@ -284,9 +285,10 @@ MANIFEST_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ClipRecord)) + 
 
 def dialogue_context(records: Iterable[ClipRecord], turns: int, speakers: bool = False) -> list[list[str]]:
     """For each record, the transcripts of up to `turns` earlier utterances of its dialogue
-    (same split and Dialogue_ID, lower Utterance_ID), oldest first; "Speaker: text" when
-    `speakers`. Label and serve have no speaker names (speech recognition does not name
-    speakers), so the default leaves them out and training sees what inference will."""
+    (same split and Dialogue_ID, lower Utterance_ID), oldest first; with `speakers` each
+    marked "[same]" or "[other]" by whether the record's speaker said it
+    (utterances.marked_context). Never names: label and serve know diarized speakers (S1,
+    S2), not people, and training sees what inference will."""
     records = list(records)
     by_dialogue: dict[tuple[str, int], list[ClipRecord]] = {}
     for r in records:
@@ -294,9 +296,10 @@ def dialogue_context(records: Iterable[ClipRecord], turns: int, speakers: bool =
     earlier: dict[str, list[str]] = {}
     for rows in by_dialogue.values():
         rows.sort(key=lambda r: r.utterance_id)
-        texts = [f"{r.speaker}: {r.transcript}" if speakers and r.speaker else r.transcript for r in rows]
         for i, r in enumerate(rows):
-            earlier[r.id] = texts[max(0, i - turns):i] if turns > 0 else []
+            before = rows[max(0, i - turns):i] if turns > 0 else []
+            earlier[r.id] = [marked_context(b.transcript, b.speaker or None, r.speaker or None) if speakers
+                             else b.transcript for b in before]
     return [earlier[r.id] for r in records]
 
 

@@ -13,7 +13,7 @@
   const byFile = files.map(function () { return []; });
   rows.forEach(function (r) { byFile[r.f].push(r); });
   const $ = function (id) { return document.getElementById(id); };
-  const state = { emotion: "", sentiment: "", minConf: 0, file: "", text: "", hideUncertain: false, sortFiles: "name", sortRows: "time", page: 0, linePage: {} };
+  const state = { emotion: "", sentiment: "", minConf: 0, file: "", speaker: "", text: "", hideUncertain: false, sortFiles: "name", sortRows: "time", page: 0, linePage: {} };
 
   const fileSelect = $("f-file");
   files.forEach(function (f) {
@@ -21,6 +21,14 @@
     o.value = String(f.k); o.textContent = f.name + " (" + f.rows + ")";
     fileSelect.appendChild(o);
   });
+
+  const speakerSelect = $("f-speaker");
+  Array.from(new Set(rows.map(function (r) { return r.who; }).filter(Boolean))).sort().forEach(function (w) {
+    const o = document.createElement("option");
+    o.value = w; o.textContent = w;
+    speakerSelect.appendChild(o);
+  });
+  speakerSelect.parentNode.hidden = speakerSelect.options.length < 2;
 
   function el(tag, attrs, children) {
     const e = document.createElement(tag);
@@ -39,6 +47,7 @@
   function matches(r) {
     if (state.emotion && r.emotion !== state.emotion) return false;
     if (state.sentiment && r.sentiment !== state.sentiment) return false;
+    if (state.speaker && r.who !== state.speaker) return false;
     if (state.minConf > 0 && !(r.ec != null && r.ec >= state.minConf)) return false;
     // uncertain: a calibrated top probability below the checkpoint's threshold (either head)
     if (state.hideUncertain && (r.eu || r.su)) return false;
@@ -89,6 +98,7 @@
     };
     const li = el("li", { "data-i": String(r.i), "data-t0": String(r.t0), title: r.id }, [
       el("span", { class: "time", text: fmtTime(r.t0) + "–" + fmtTime(r.t1) }),
+      r.who ? el("span", { class: "who", style: "border-color:" + mmsaSpeakerColour(r.who), text: r.who }) : null,
       chip("emotion", r.emotion),
       r.ec != null ? el("span", { class: "conf", text: r.ec.toFixed(2) }) : null,
       r.error || r.emotion === "no signal" ? null : chip("sentiment", r.sentiment),
@@ -222,15 +232,16 @@
     $("f-conf-value").textContent = (+e.target.value).toFixed(2); update("minConf", +e.target.value, true);
   });
   $("f-file").addEventListener("change", function (e) { update("file", e.target.value); });
+  $("f-speaker").addEventListener("change", function (e) { update("speaker", e.target.value); });
   $("f-uncertain").addEventListener("change", function (e) { update("hideUncertain", e.target.checked); });
   $("f-text").addEventListener("input", function (e) { update("text", e.target.value.trim().toLowerCase(), true); });
   $("f-sort-files").addEventListener("change", function (e) { update("sortFiles", e.target.value); });
   $("f-sort-rows").addEventListener("change", function (e) { update("sortRows", e.target.value); });
   $("f-reset").addEventListener("click", function () {
-    ["f-emotion", "f-sentiment", "f-file", "f-text"].forEach(function (id) { $(id).value = ""; });
+    ["f-emotion", "f-sentiment", "f-file", "f-speaker", "f-text"].forEach(function (id) { $(id).value = ""; });
     $("f-conf").value = 0; $("f-conf-value").textContent = "0.00"; $("f-uncertain").checked = false;
     $("f-sort-files").value = "name"; $("f-sort-rows").value = "time";
-    Object.assign(state, { emotion: "", sentiment: "", minConf: 0, file: "", text: "", hideUncertain: false, sortFiles: "name", sortRows: "time", page: 0, linePage: {} });
+    Object.assign(state, { emotion: "", sentiment: "", minConf: 0, file: "", speaker: "", text: "", hideUncertain: false, sortFiles: "name", sortRows: "time", page: 0, linePage: {} });
     render();
   });
   render();

@@ -10,6 +10,14 @@
     sc.domain.forEach(function (c, j) { COLOURS[v.encoding.color.field + ":" + c] = sc.range[j]; });
   });
   window.mmsaColour = function (field, value) { return COLOURS[field + ":" + value] || "#777"; };
+  // one colour per speaker name, the same on every page and file (a hash into Tableau 10)
+  const SPEAKER_COLOURS = ["#4e79a7", "#f28e2b", "#e15759", "#76b7b2", "#59a14f", "#edc948", "#b07aa1",
+                           "#ff9da7", "#9c755f", "#bab0ac"];
+  window.mmsaSpeakerColour = function (name) {
+    let h = 0;
+    for (let k = 0; k < name.length; k++) h = (h * 31 + name.charCodeAt(k)) >>> 0;
+    return SPEAKER_COLOURS[h % SPEAKER_COLOURS.length];
+  };
   const top = (probs) => (probs && probs.length ? Math.max.apply(null, probs) : null);
 
   // A label row (report row or the API's JSON) -> a timeline row (fields in timeline.py).
@@ -33,6 +41,8 @@
       transcript: r.transcript || r.text || "",
       text_emotion: r.text_emotion || "absent", audio_emotion: r.audio_emotion || "absent",
       video_emotion: r.video_emotion || "absent",
+      speaker: r.who || r.speaker || null,
+      spc: r.spc != null ? r.spc : (r.speaker_confidence != null ? r.speaker_confidence : 1),
     };
   };
 
@@ -41,6 +51,12 @@
   window.mmsaTimeline = function (el, rows, opts) {
     opts = opts || {};
     const spec = JSON.parse(JSON.stringify(SPEC));
+    const speakers = Array.from(new Set(rows.map(function (r) { return r.speaker; }).filter(Boolean))).sort();
+    if (speakers.length) {  // a lane on top: who speaks when
+      const strip = spec.usermeta.speaker_strip;
+      strip.encoding.color.scale = { domain: speakers, range: speakers.map(window.mmsaSpeakerColour) };
+      spec.vconcat.unshift(strip);
+    }
     const width = Math.max(160, (el.clientWidth || 640) - 20);
     spec.vconcat.forEach(function (v) { v.width = width; });
     spec.datasets = Object.assign({}, spec.datasets || {});
