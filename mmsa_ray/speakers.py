@@ -146,13 +146,13 @@ class VoiceTrack:
     def label_words(self, words: list[TimedWord]) -> None:
         """Give each word (file time) the speaker and confidence of the stretch that holds its
         middle (else the nearest stretch), in place; finish() first."""
-        if not self.stretches:
-            return
-        starts = np.array([s.start for s in self.stretches])
-        ends = np.array([s.end for s in self.stretches])
-        for w in words:
-            s = self.stretches[_nearest(starts, ends, (w.start + w.end) / 2)]
+        for w in words if self.stretches else ():
+            s = self._nearest((w.start + w.end) / 2)
             w.speaker, w.speaker_confidence = s.speaker, s.confidence
+
+    def _nearest(self, t: float) -> Stretch:
+        """The stretch holding time t (seconds), else the nearest one (the first of a tie)."""
+        return min(self.stretches, key=lambda s: max(0.0, s.start - t, t - s.end))
 
     def speaker_of(self, start: float, end: float) -> tuple[str | None, float | None]:
         """The speaker (and confidence) of [start, end): the one whose stretches overlap it
@@ -165,8 +165,7 @@ class VoiceTrack:
             if o > 0:
                 overlap[s.speaker] = overlap.get(s.speaker, 0.0) + o
         if not overlap:
-            s = self.stretches[_nearest(np.array([s.start for s in self.stretches]),
-                                        np.array([s.end for s in self.stretches]), (start + end) / 2)]
+            s = self._nearest((start + end) / 2)
             return s.speaker, s.confidence
         best = max(overlap, key=overlap.get)
         inside = [s for s in self.stretches if s.speaker == best and min(end, s.end) > max(start, s.start)]
@@ -200,9 +199,6 @@ def _pieces(a: float, b: float, length: float) -> list[tuple[float, float]]:
     return [(a + (b - a) * k / n, a + (b - a) * (k + 1) / n) for k in range(n)]
 
 
-def _nearest(starts: np.ndarray, ends: np.ndarray, t: float) -> int:
-    distance = np.maximum(0.0, np.maximum(starts - t, t - ends))
-    return int(np.argmin(distance))
 
 
 def _centroids(x: np.ndarray, labels: np.ndarray, weights: np.ndarray) -> np.ndarray:

@@ -127,6 +127,11 @@ def _unit(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def _voice(rows: list[dict], speaker_id: str) -> np.ndarray:
+    """An archive speaker's voice: its file centroids' mean weighted by seconds of speech, L2-normed."""
+    return _unit(sum(np.asarray(r["centroid"]) * r["speech_s"] for r in rows if r["speaker_id"] == speaker_id))
+
+
 def _assign_new(fresh: list[dict], known: list[dict], config: SpeakerConfig) -> None:
     """Give each fresh file speaker a speaker_id, in place: fresh ones clustered among
     themselves (never two of one file together), each cluster then matched to the most alike
@@ -138,8 +143,7 @@ def _assign_new(fresh: list[dict], known: list[dict], config: SpeakerConfig) -> 
     files = np.array([r["file_id"] for r in fresh])
     labels = cluster(x, config.archive_threshold, cannot_link=files[:, None] == files[None, :])
     ids = sorted({r["speaker_id"] for r in known}, key=_number)
-    voices = {i: _unit(sum(np.asarray(r["centroid"]) * r["speech_s"] for r in known if r["speaker_id"] == i))
-              for i in ids}
+    voices = {i: _voice(known, i) for i in ids}
     next_id = max((_number(i) for i in ids), default=0) + 1
     for lab in sorted(set(labels), key=lambda lab: np.flatnonzero(labels == lab)[0]):
         members = np.flatnonzero(labels == lab)
@@ -164,7 +168,7 @@ def _name(rows: list[dict], enrolled: dict[str, np.ndarray], threshold: float) -
     ids = sorted({r["speaker_id"] for r in rows}, key=_number)
     best: dict[str, tuple[float, str]] = {}  # name -> (similarity, id)
     for i in ids:
-        voice = _unit(sum(np.asarray(r["centroid"]) * r["speech_s"] for r in rows if r["speaker_id"] == i))
+        voice = _voice(rows, i)
         sims = {name: float(voice @ v) for name, v in enrolled.items()}
         name = max(sims, key=sims.get)
         if sims[name] >= threshold and sims[name] > best.get(name, (-1.0, ""))[0]:
