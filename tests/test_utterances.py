@@ -122,6 +122,17 @@ def test_speech_stage_items_cache_context_and_done(tmp_path, speech_dir):
     assert sorted(rest.column("id").to_pylist()) == sorted(set(rows) - set(done))
     assert {p.name: p.stat().st_mtime_ns for p in cache.glob("*.parquet")} == cached
 
+    # which files a re-run leaves out before any actor starts: those with every item done
+    staged = file_rows(speech_dir).to_pylist()
+    ids = [r["id"] for r in staged]
+    assert dict(zip(ids, utterances.finished_files(str(cache), done, staged), strict=True)) == {
+        "broken.mp4": False, "mute.mp4": False, "question.wav": False, "quiet.wav": True,
+        "talk.mp4": False}  # talk.mp4: one of its two utterances is done
+    whole_talk = np.array(sorted([r["id"] for r in talk] + ["quiet.wav"]), dtype=object)
+    assert [f for f, yes in zip(ids, utterances.finished_files(str(cache), whole_talk, staged), strict=True)
+            if yes] == ["quiet.wav", "talk.mp4"]
+    assert utterances.finished_files(str(cache), None, staged) == [False] * 5
+
     # --segment: a file without speech becomes its windows; a transcript given is kept, not transcribed
     again.done, again.segment_s, again.keep_transcripts = None, 1.0, True
     given = file_rows(speech_dir).to_pylist()
@@ -227,6 +238,7 @@ def test_label_utterances_parity_rerun_and_transcribe(ray_local, tmp_path, speec
     assert label.main(args) == 0
     assert "labeled 0, failed 0, skipped 6 (already in output) of 6 items" in capsys.readouterr().out
     assert read(out, label.LABEL_SCHEMA).keys() == rows.keys() and cache_files(out) == cached
+    assert not list((out / label.FILES_DIR).glob("*.parquet"))  # every file finished: none staged for speech
 
     # transcribe: the same utterances, as a table of their own
     t_out = tmp_path / "transcripts"

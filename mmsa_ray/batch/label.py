@@ -70,6 +70,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import itertools
 import os
 import sys
@@ -106,6 +107,7 @@ from mmsa_ray.batch.utterances import (
     SpeechStageConfig,
     actor_speech_config,
     cache_uri,
+    finished_files,
     rows_before,
     speech_stage,
 )
@@ -302,12 +304,16 @@ class Staged:
     done: np.ndarray | None  # ids committed in OUT before this run (sorted), None when none
 
 
-def stage(config: LabelConfig, plan: LabelPlan, sources: ListedSources, done: np.ndarray | None) -> Staged:
+def stage(config: LabelConfig, plan: LabelPlan, sources: ListedSources, done: np.ndarray | None,
+          speakers=None) -> Staged:
     """List INPUT into OUT/_staging (or, for the speech stage, OUT/_files), leaving out ids in
-    `done`; with --segment the files are cut into windows by Ray tasks on the way."""
+    `done` (and, for the speech stage, files whose every utterance is in it); with --segment
+    the files are cut into windows by Ray tasks on the way."""
     fs, path = plan.out_fs, plan.out_path
     if plan.utterances:
-        return Staged(*stage_sources(sources, fs, f"{path}/{FILES_DIR}", done), done)
+        cache = cache_uri(plan.out_uri, actor_speech_config(config.speech, config.asr), speakers)
+        return Staged(*stage_sources(sources, fs, f"{path}/{FILES_DIR}", done,
+                                     functools.partial(finished_files, cache, done)), done)
     rows: Iterable[dict[str, Any]] = sources
     if config.segment_s is not None:
         files, _ = stage_sources(sources, fs, f"{path}/{FILES_DIR}")
@@ -340,7 +346,7 @@ def label(config: LabelConfig) -> LabelSummary:
     try:
         ckpt = CheckpointConfig(id_column="id", checkpoint_path=f"{plan.out_uri}/{CHECKPOINT_DIR}",
                                 delete_checkpoint_on_success=False)
-        staged = stage(config, plan, sources, committed_ids(ckpt, ctx, plan.out_uri, plan.out_fs))
+        staged = stage(config, plan, sources, committed_ids(ckpt, ctx, plan.out_uri, plan.out_fs), speakers)
         ckpt.checkpoint_manager_cls = nothing_to_restore()
         ctx.checkpoint_config = ckpt
         if staged.staged:

@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import functools
 import posixpath
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
@@ -56,9 +56,11 @@ def is_done(done: np.ndarray | None, ids: list[str]) -> np.ndarray:
 
 
 def stage_sources(rows: Iterable[dict[str, Any]], fs: pafs.FileSystem, staging: str,
-                  done: np.ndarray | None = None) -> tuple[int, int]:
+                  done: np.ndarray | None = None,
+                  finished: Callable[[list[dict[str, Any]]], list[bool]] | None = None) -> tuple[int, int]:
     """Write rows as Parquet files of STAGING_ROWS_PER_FILE rows under `staging` (replaced),
-    leaving out those whose id is in `done` (sorted ids already in the output).
+    leaving out those whose id is in `done` (sorted ids already in the output) and those
+    `finished` marks (it sees the rest as STAGING_SCHEMA rows, a batch at a time).
     Returns (rows listed, rows staged)."""
     import pyarrow.parquet as pq
 
@@ -71,6 +73,9 @@ def stage_sources(rows: Iterable[dict[str, Any]], fs: pafs.FileSystem, staging: 
     def flush():
         nonlocal part, buf, staged
         buf = [r for r, seen in zip(buf, is_done(done, [r["id"] for r in buf]), strict=True) if not seen]
+        if buf and finished is not None:
+            buf = pa.Table.from_pylist(buf, schema=STAGING_SCHEMA).to_pylist()  # the types the stages see
+            buf = [r for r, skip in zip(buf, finished(buf), strict=True) if not skip]
         if buf:
             table = pa.Table.from_pylist(buf, schema=STAGING_SCHEMA)
             pq.write_table(table, f"{staging}/part-{part:05d}.parquet", filesystem=fs)

@@ -18,6 +18,7 @@ speech coverage.
 from __future__ import annotations
 
 import argparse
+import functools
 import itertools
 import sys
 import time
@@ -37,6 +38,7 @@ from mmsa_ray.batch.utterances import (
     SpeechStageConfig,
     actor_speech_config,
     cache_uri,
+    finished_files,
     rows_before,
     speech_stage,
 )
@@ -92,7 +94,9 @@ class TranscribeSummary:
     def __str__(self) -> str:
         lines = [f"{self.files} files: {self.utterances} utterances and {self.no_speech} files without speech written, "
                  f"failed {self.failed}, skipped {self.skipped} (already in output) in {self.seconds:.1f} s; "
-                 f"{self.output} holds {self.total_rows} rows", f"  {self.coverage}"]
+                 f"{self.output} holds {self.total_rows} rows"]
+        if self.utterances or self.no_speech:  # a run that wrote rows: how much of their speech has words
+            lines.append(f"  {self.coverage}")
         if self.speakers is not None:
             lines.append(f"  {self.speakers}")
         lines += [f"  failed: {i}: {e}" for i, e in self.errors]
@@ -134,8 +138,10 @@ def transcribe(config: TranscribeConfig) -> TranscribeSummary:
         ckpt = CheckpointConfig(id_column="id", checkpoint_path=f"{out_uri}/{CHECKPOINT_DIR}",
                                 delete_checkpoint_on_success=False)
         done = committed_ids(ckpt, ctx, out_uri, out_fs)
-        # a file whose one row (no speech, or an error) is committed needs nothing more
-        _, staged = stage_sources(listed(), out_fs, f"{out_path}/{FILES_DIR}", done)
+        # a file whose one row (no speech, or an error) or every utterance is committed needs nothing more
+        cache = cache_uri(out_uri, actor_speech_config(config.speech, config.stage), speakers)
+        _, staged = stage_sources(listed(), out_fs, f"{out_path}/{FILES_DIR}", done,
+                                  functools.partial(finished_files, cache, done))
         ckpt.checkpoint_manager_cls = nothing_to_restore()
         ctx.checkpoint_config = ckpt
         if staged:

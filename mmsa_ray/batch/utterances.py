@@ -132,6 +132,34 @@ def _cache_name(row: dict[str, Any]) -> str:
     return hashlib.sha1(key.encode()).hexdigest() + ".parquet"
 
 
+def finished_files(cache: str, done: np.ndarray | None, rows: list[dict[str, Any]], threads: int = 16) -> list[bool]:
+    """[len(rows)] which staged file rows (STAGING_SCHEMA) a re-run can leave out: the file's
+    recognition is cached under `cache` and every item id in it is in `done` (the speech stage
+    would only read that cache and drop all it yields, after starting its actors and the
+    model's). Conservative: a file with segment windows, or with a transcript given, is never
+    marked. Reads the caches `threads` at a time."""
+    import concurrent.futures as cf
+
+    import pyarrow.parquet as pq
+
+    if done is None or not len(done):
+        return [False] * len(rows)
+    fs, cache_dir = resolve(cache)
+
+    def finished(row: dict[str, Any]) -> bool:
+        if row["transcript"] is not None or not row["uri"]:
+            return False
+        try:
+            with fs.open_input_file(f"{cache_dir}/{_cache_name(row)}") as f:
+                ids = pq.read_table(f, columns=["id"]).column("id").to_pylist()
+        except FileNotFoundError:
+            return False
+        return bool(ids) and bool(is_done(done, ids).all())
+
+    with cf.ThreadPoolExecutor(max(1, min(threads, len(rows)))) as pool:
+        return list(pool.map(finished, rows))
+
+
 def file_key(item_id: str, file_ids: set[str]) -> str | None:
     """The listed file an item id belongs to (its id, or its id without the last `#t=`), or None."""
     if item_id in file_ids:
