@@ -196,7 +196,6 @@ def _initial_model(model_config, seed: int, run_dir: str):
 def _cached_datasets(records: dict, model, modalities, job: JobConfig, cache_dir: str, info: dict):
     """Cached mode: each split featurized (or its cache reused), read back as a Ray Dataset without the failed
     clips. Returns the datasets and the failed clips' ids per split; adds the featurize times to `info`."""
-    import ray
 
     from mmsa_ray.train import featurize
 
@@ -207,31 +206,34 @@ def _cached_datasets(records: dict, model, modalities, job: JobConfig, cache_dir
             gpus_per_actor=job.gpus_per_actor, batch_size=job.featurize_batch_size)
         print("[featurize] " + feats[split].summary(), flush=True)
     bad = {s: {e["id"] for e in f.errors} for s, f in feats.items()}
-    datasets = {s: _held_if_small(ray.data.read_parquet(f.path).map_batches(drop_error_rows, batch_format="numpy",
-                                                                            batch_size=256), f.path)
-                for s, f in feats.items()}
+    datasets = {s: _feature_dataset(f.path) for s, f in feats.items()}
     info["featurize_s"] = {s: f.seconds for s, f in feats.items()}
     info["failed_clips"] = {s: len(f.errors) for s, f in feats.items()}
     return datasets, bad
 
 
-def _held_if_small(ds, path: str, share: float = 0.1):
-    """The dataset materialized in the object store when its Parquet files take at most `share`
-    of it: every epoch then splits blocks already in memory instead of listing, reading and
-    filtering the files again (about 10 s an epoch on a laptop, whatever the size); a
-    larger cache streams from its files every epoch."""
+def _feature_dataset(path: str, share: float = 0.1, block_rows: int = 256):
+    """A split's cached features (a folder of Parquet files) as a Ray Dataset without the failed
+    clips' rows. A cache whose files take at most `share` of the object store is read here and
+    held there in blocks of `block_rows`: every epoch then splits blocks already in memory, where
+    Ray Data would list, read and filter the files again (10-20 s a run on a laptop whatever the
+    size, even to materialize them once). A larger cache streams from its files every epoch."""
+    import pyarrow.compute as pc
+    import pyarrow.dataset as pads
     import pyarrow.fs as pafs
     import ray
 
     from mmsa_ray.sources import resolve
 
     fs, root = resolve(path)
-    info = fs.get_file_info(root)
-    is_dir = info.type == pafs.FileType.Directory
-    files = fs.get_file_info(pafs.FileSelector(root, recursive=True)) if is_dir else [info]
-    size = sum(f.size or 0 for f in files if f.type == pafs.FileType.File)
+    files = sorted((f for f in fs.get_file_info(pafs.FileSelector(root, recursive=True))
+                    if f.type == pafs.FileType.File and f.path.endswith(".parquet")), key=lambda f: f.path)
     store = ray.available_resources().get("object_store_memory", 0.0)
-    return ds.materialize() if size <= share * store else ds
+    if sum(f.size or 0 for f in files) > share * store:
+        return ray.data.read_parquet(path).map_batches(drop_error_rows, batch_format="numpy", batch_size=256)
+    table = pads.dataset([f.path for f in files], filesystem=fs, format="parquet").to_table()
+    table = table.filter(pc.fill_null(pc.equal(table["error"], ""), True))  # featurize.is_error's complement
+    return ray.data.from_arrow([table.slice(i, block_rows) for i in range(0, max(1, table.num_rows), block_rows)])
 
 
 def _streamed_datasets(records: dict, init_model: str, modalities, run_dir: str) -> dict:
