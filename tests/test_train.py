@@ -167,8 +167,9 @@ def test_each_modality_alone(features, sample_root, small_model_config, cache_di
 
 def test_cached_and_end_to_end_agree(features, sample_root, small_model_config, cache_dir, tmp_path):
     """Frozen encoders: streaming raw clips through decode+features+trunks each epoch trains the
-    same model as the cached features (one worker, same seed, same row order)."""
-    kw = dict(epochs=3, workers=1, shuffle_buffer=0, deterministic=True)
+    same model as the cached features (one worker, same seed, same row order). Two epochs: the
+    second re-streams every clip (each end-to-end epoch takes about a minute here)."""
+    kw = dict(epochs=2, workers=1, shuffle_buffer=0, deterministic=True)
     cached = _run(tmp_path, sample_root, small_model_config, cache_dir, "cached", **kw)
     e2e = _run(tmp_path, sample_root, small_model_config, cache_dir, "e2e", end_to_end=True, **kw)
     assert e2e["info"]["mode"] == "end-to-end" and cached["info"]["mode"] == "cached"

@@ -166,10 +166,12 @@ def test_cli_flags():
 
 def test_speech_actors_fit_beside_the_model_and_a_task(ray_local, capsys):
     """On a cluster too small for speech actors + model actors + a 1-CPU task, the speech
-    actors reserve less, so Ray Data never waits forever (ray_local has 4 CPUs)."""
-    cfg = label.LabelConfig("in", "c", "o", cpus_per_actor=2.0, decode_cpus=0.5)
-    assert label.fit_speech_actors(cfg) == cfg.asr and capsys.readouterr().err == ""  # 2 + 1 + 1 fits
-    cfg = label.LabelConfig("in", "c", "o", cpus_per_actor=2.5)
+    actors reserve less, so Ray Data never waits forever."""
+    total = ray_local.cluster_resources()["CPU"]
+    cfg = label.LabelConfig("in", "c", "o", cpus_per_actor=total - 1.5, decode_cpus=0.5,
+                            asr=utterances.SpeechStageConfig(cpus_per_actor=0.5))
+    assert label.fit_speech_actors(cfg) == cfg.asr and capsys.readouterr().err == ""  # model + 1 + 0.5: just fits
+    cfg = label.LabelConfig("in", "c", "o", cpus_per_actor=total - 1.5)  # a 1-CPU speech actor does not
     assert label.fit_speech_actors(cfg).cpus_per_actor == 0.5
     assert "each speech actor reserves 0.5 CPUs" in capsys.readouterr().err
     gpu = label.LabelConfig("in", "c", "o", cpus_per_actor=4, asr=utterances.SpeechStageConfig(gpus_per_actor=1))
