@@ -40,7 +40,8 @@ one item without transcript (speech = "none") when it has no speech (its `--segm
 windows with --segment), or an error item when its audio cannot be read. Decode, speech
 and the model each scale on their own. Items that carry a transcript (a manifest's) are
 labeled as given. The speech stage caches each file's recognition under OUT/_speech/, so
-no file is transcribed twice, and drops the items already committed.
+no file is transcribed twice, and drops the items already committed; staging leaves out a
+file whose cached items are all committed, so a finished job's re-run starts no actor.
 
 Exactly once, across kills and re-runs
 --------------------------------------
