@@ -327,6 +327,35 @@ def test_audio_dropout_keeps_timing(media, ext):
     np.testing.assert_allclose(window.audio, clip.audio[40000:56000], atol=0.02)
 
 
+def test_a_corrupt_far_future_audio_timestamp_is_not_a_dropout(media):
+    """The last audio packet stamped 10^6 s ahead (corrupt, not lost audio): streaming reads
+    on as contiguous instead of filling a million seconds of silence (64 GB); a chunk too short
+    to hold one sample is refused instead of yielding empty chunks forever."""
+    import av
+
+    from mmsa_ray.media import stream_audio
+
+    rate, path = 16000, media / "far_future.mkv"
+    wave = (0.5 * np.sin(2 * np.pi * 440 * np.arange(3 * rate) / rate) * 32767).astype(np.int16)
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("pcm_s16le", rate=rate, layout="mono")
+        packets = []
+        for i in range(0, len(wave), 1024):
+            frame = av.AudioFrame.from_ndarray(wave[None, i:i + 1024], format="s16", layout="mono")
+            frame.sample_rate, frame.pts, frame.time_base = rate, i, fractions.Fraction(1, rate)
+            packets += stream.encode(frame)
+        packets += stream.encode(None)
+        packets[-1].pts = packets[-1].dts = packets[-1].pts + int(1e6 / packets[-1].time_base)
+        for p in packets:
+            container.mux(p)
+    chunks = list(stream_audio(path, chunk_s=2.0))
+    assert [(t, len(w)) for t, w in chunks] == [(0.0, 2 * rate), (2.0, rate)]
+    np.testing.assert_allclose(np.concatenate([w for _, w in chunks]), wave / 32768, atol=1e-4)
+    for bad in (1e-6, 0.0, float("nan"), float("inf")):
+        with pytest.raises(MediaError, match="chunk_s must be at least one sample"):
+            next(stream_audio(path, chunk_s=bad))
+
+
 @pytest.mark.parametrize("ext", ["mp4", "mkv"])
 def test_held_frame_shows_until_the_next(media, ext):
     """Variable frame rate with a still stretch (a screen recording): frames at 0..1 s, then

@@ -153,8 +153,8 @@ def stream_audio(
     """
     config = config or DecodeConfig()
     name = _describe(source)
-    if not chunk_s > 0:
-        raise MediaError(name, f"chunk_s must be > 0, got {chunk_s}")
+    if not (math.isfinite(chunk_s) and round(chunk_s * config.sample_rate) >= 1):  # an empty chunk: no end
+        raise MediaError(name, f"chunk_s must be at least one sample (1/{config.sample_rate} s), got {chunk_s}")
     try:
         yield from _stream_audio(source, name, start, end, chunk_s, config)
     except MediaError:

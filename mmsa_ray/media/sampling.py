@@ -24,6 +24,9 @@ from mmsa_ray.media.types import DecodeConfig, MediaError
 # --bframes 16 without b-pyramid skips 16) and the clip is decoded again without skipping
 MAX_SKIPPED_RUN = 3
 AUDIO_GAP_S = 0.05  # a jump in audio timestamps longer than this is a dropout, filled with silence
+# ... up to this long: a longer jump ahead is a corrupt timestamp (a day of silence would be
+# gigabytes), and what follows is read as contiguous, as FFmpeg reads a timestamp discontinuity
+MAX_AUDIO_GAP_S = 600.0
 GAP_TOLERANCE_S = 0.5  # decoded data may end this much before the stream's claimed end
 
 
@@ -205,6 +208,9 @@ class AudioWindow:
                 continue
             if self.first_time is None:
                 self.first_time = t
+            elif t - self.last_in_end > MAX_AUDIO_GAP_S:
+                self.note(f"an audio timestamp jumps {t - self.last_in_end:.0f} s ahead (corrupt): read on as "
+                          "contiguous")
             elif t - self.last_in_end > AUDIO_GAP_S:
                 # a dropout (lost packets, a broadcast glitch): the timestamps go on, so keep
                 # what follows in place with silence, as players do
