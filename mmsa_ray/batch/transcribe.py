@@ -109,8 +109,7 @@ def transcribe(config: TranscribeConfig) -> TranscribeSummary:
     from ray.data import DataContext
     from ray.data.checkpoint import CheckpointConfig
 
-    t0 = time.time()
-    run_start = datetime.now(UTC)
+    t0, run_start = time.time(), datetime.now(UTC)
     out_fs, out_path = resolve(config.output)
     out_uri = config.output if "://" in config.output else out_path
     speakers = config.speakers if config.speakers.enabled else None
@@ -138,21 +137,21 @@ def transcribe(config: TranscribeConfig) -> TranscribeSummary:
         ckpt = CheckpointConfig(id_column="id", checkpoint_path=f"{out_uri}/{CHECKPOINT_DIR}",
                                 delete_checkpoint_on_success=False)
         done = committed_ids(ckpt, ctx, out_uri, out_fs)
+        actor_speech = actor_speech_config(config.speech, config.stage)
         # a file whose one row (no speech, or an error) or every utterance is committed needs nothing more
-        cache = cache_uri(out_uri, actor_speech_config(config.speech, config.stage), speakers)
-        _, staged = stage_sources(listed(), out_fs, f"{out_path}/{FILES_DIR}", done,
-                                  functools.partial(finished_files, cache, done))
+        finished = functools.partial(finished_files, cache_uri(out_uri, actor_speech, speakers), done)
+        _, staged = stage_sources(listed(), out_fs, f"{out_path}/{FILES_DIR}", done, finished)
         ckpt.checkpoint_manager_cls = nothing_to_restore()
         ctx.checkpoint_config = ckpt
         if staged:
             ds = speech_stage(ray.data.read_parquet(f"{out_uri}/{FILES_DIR}"), config.speech, config.stage,
                               out_uri, f"{out_uri}/{ATTEMPTS_DIR}", config.max_attempts, done=done, speakers=speakers)
-            asr_model = f"{config.speech.model}@{actor_speech_config(config.speech, config.stage).cache_key()}"
+            asr_model = f"{config.speech.model}@{actor_speech.cache_key()}"
             ds = ds.map_batches(_to_utterance_rows, fn_kwargs={"asr_model": asr_model}, batch_format="pyarrow",
                                 batch_size=None)
             ds.write_datasink(ordered_parquet_datasink(out_uri, config.rows_per_file, schema=UTTERANCE_SCHEMA))
         if speakers is not None:
-            cache = cache_uri(out_path, actor_speech_config(config.speech, config.stage), speakers)
+            cache = cache_uri(out_path, actor_speech, speakers)
             archive = archive_speakers(out_fs, out_path, cache, speakers, enrolled, out_uri)
     finally:
         ctx.checkpoint_config = previous

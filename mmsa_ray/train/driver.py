@@ -358,75 +358,86 @@ def time_summary(info: dict, history: list[dict]) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    """`mmsa-ray train`'s flags; the training defaults are TrainConfig's."""
+    """`mmsa-ray train`'s flags, in groups; the training defaults are TrainConfig's."""
     from mmsa_ray import console
     from mmsa_ray.train import featurize
 
-    d = TrainConfig()
     p = argparse.ArgumentParser(prog="mmsa-ray train",
                                 description="Train the model data-parallel on Ray Train (cached features by default).")
-    p.add_argument("--meld-dir", default=None,
-                   help="MELD root with {train,dev}_sent_emo.csv and clip folders (default $MELD_DIR)")
-    p.add_argument("--modalities", default="text,audio,video",
-                   help="modalities to train on, any subset of text,audio,video (others masked to 0)")
-    p.add_argument("--limit", type=int, default=None,
-                   help="use only the first N records of train and of dev (quick runs)")
-    p.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (data-parallel DDP; default 2)")
-    p.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL, bf16 autocast)")
-    p.add_argument("--cpus-per-worker", type=float, default=None,
-                   help="CPUs reserved per worker (default 0.5 on CPU, 1 with GPUs)")
-    p.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
-    p.add_argument("--batch-size", type=int, default=d.batch_size,
-                   help=f"batch size per worker (default {d.batch_size})")
-    p.add_argument("--lr", type=float, default=d.lr, help=f"learning rate of fusion and heads (default {d.lr:g})")
-    p.add_argument("--encoder-lr", type=float, default=d.encoder_lr,
-                   help=f"learning rate of the projections and the audio encoder (default {d.encoder_lr:g})")
-    p.add_argument("--backbone-lr", type=float, default=d.backbone_lr,
-                   help=f"learning rate of encoders unfrozen by --finetune (default {d.backbone_lr:g})")
-    p.add_argument("--weight-decay", type=float, default=d.weight_decay,
-                   help=f"AdamW weight decay (default {d.weight_decay:g})")
-    p.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
-                   help=f"cross-entropy label smoothing (default {d.label_smoothing:g})")
-    p.add_argument("--class-weighting", default=d.class_weighting, choices=list(CLASS_WEIGHTINGS),
-                   help="loss weights per class: none (serves weighted F1), sqrt or inverse frequency "
-                        f"(serve macro F1) (default {d.class_weighting})")
-    p.add_argument("--modality-dropout", type=float, default=d.modality_dropout,
-                   help="probability of hiding a present modality per sample, so that clips missing one still "
-                        f"predict well (never all; default {d.modality_dropout:g})")
-    p.add_argument("--patience", type=int, default=d.patience,
-                   help="stop after this many epochs without a gain in the --select-on score "
-                        f"(0 = never; default {d.patience})")
-    p.add_argument("--select-on", default=d.select_on, choices=SELECT_ON,
-                   help="dev weighted F1 that picks the best epoch and early-stops: emotion, sentiment or the "
-                        f"mean of both (default {d.select_on})")
-    p.add_argument("--seed", type=int, default=d.seed,
-                   help=f"seed of the trainable parts' init, shuffling and dropout (default {d.seed})")
-    p.add_argument("--end-to-end", action="store_true",
-                   help="stream raw clips (decode + features each epoch) instead of cached features")
-    p.add_argument("--finetune", default="",
-                   help="encoders to unfreeze, comma separated: text,video (implies --end-to-end)")
-    featurize.add_model_args(p)
-    p.add_argument("--output", default="checkpoint",
-                   help="directory for the best model (checkpoint.save format; default ./checkpoint)")
-    p.add_argument("--report-dir", default=None, help="directory for the dev report (default <output>_report)")
-    p.add_argument("--compact", action="store_true",
-                   help="store --output compactly: only the weights that differ from the pretrained encoders "
-                        "(fine-tuned layers in float16); how the shipped starter checkpoint is made")
-    p.add_argument("--storage-path", default=None,
-                   help="Ray Train storage (checkpoints, TensorBoard; default ~/ray_results)")
-    p.add_argument("--name", default=None,
-                   help="run name; rerunning with the same name resumes it (default: timestamped)")
-    p.add_argument("--max-failures", type=int, default=1,
-                   help="worker failures to recover from the last checkpoint (default 1)")
-    p.add_argument("--cache-dir", default=None,
-                   help="feature cache root (default <storage>/features or $MMSA_CACHE_DIR)")
-    p.add_argument("--actors", type=int, default=1, help="featurize: encoder actor pool size (default 1)")
-    p.add_argument("--gpus-per-actor", type=float, default=0.0, help="featurize: GPUs per encoder actor (default 0)")
-    p.add_argument("--featurize-batch-size", type=int, default=32,
-                   help="featurize: clips per encoder batch (default 32)")
+    _add_data_args(p.add_argument_group("data and workers"))
+    _add_optimizer_args(p.add_argument_group("optimisation"), TrainConfig())
+    featurize.add_model_args(p.add_argument_group("model"))
+    _add_output_args(p.add_argument_group("outputs, storage and the feature cache"))
     p.add_argument("--pid-dir", default=None, help=argparse.SUPPRESS)
     console.add_verbose_arg(p)
     return p
+
+
+def _add_data_args(g) -> None:
+    g.add_argument("--meld-dir", default=None,
+                   help="MELD root with {train,dev}_sent_emo.csv and clip folders (default $MELD_DIR)")
+    g.add_argument("--modalities", default="text,audio,video",
+                   help="modalities to train on, any subset of text,audio,video (others masked to 0)")
+    g.add_argument("--limit", type=int, default=None,
+                   help="use only the first N records of train and of dev (quick runs)")
+    g.add_argument("--num-workers", type=int, default=2, help="Ray Train workers (data-parallel DDP; default 2)")
+    g.add_argument("--use-gpu", action="store_true", help="one GPU per worker (NCCL, bf16 autocast)")
+    g.add_argument("--cpus-per-worker", type=float, default=None,
+                   help="CPUs reserved per worker (default 0.5 on CPU, 1 with GPUs)")
+    g.add_argument("--end-to-end", action="store_true",
+                   help="stream raw clips (decode + features each epoch) instead of cached features")
+    g.add_argument("--finetune", default="",
+                   help="encoders to unfreeze, comma separated: text,video (implies --end-to-end)")
+
+
+def _add_optimizer_args(g, d: TrainConfig) -> None:
+    g.add_argument("--epochs", type=int, default=d.epochs, help=f"maximum epochs (default {d.epochs})")
+    g.add_argument("--batch-size", type=int, default=d.batch_size,
+                   help=f"batch size per worker (default {d.batch_size})")
+    g.add_argument("--lr", type=float, default=d.lr, help=f"learning rate of fusion and heads (default {d.lr:g})")
+    g.add_argument("--encoder-lr", type=float, default=d.encoder_lr,
+                   help=f"learning rate of the projections and the audio encoder (default {d.encoder_lr:g})")
+    g.add_argument("--backbone-lr", type=float, default=d.backbone_lr,
+                   help=f"learning rate of encoders unfrozen by --finetune (default {d.backbone_lr:g})")
+    g.add_argument("--weight-decay", type=float, default=d.weight_decay,
+                   help=f"AdamW weight decay (default {d.weight_decay:g})")
+    g.add_argument("--label-smoothing", type=float, default=d.label_smoothing,
+                   help=f"cross-entropy label smoothing (default {d.label_smoothing:g})")
+    g.add_argument("--class-weighting", default=d.class_weighting, choices=list(CLASS_WEIGHTINGS),
+                   help="loss weights per class: none (serves weighted F1), sqrt or inverse frequency "
+                        f"(serve macro F1) (default {d.class_weighting})")
+    g.add_argument("--modality-dropout", type=float, default=d.modality_dropout,
+                   help="probability of hiding a present modality per sample, so that clips missing one still "
+                        f"predict well (never all; default {d.modality_dropout:g})")
+    g.add_argument("--patience", type=int, default=d.patience,
+                   help="stop after this many epochs without a gain in the --select-on score "
+                        f"(0 = never; default {d.patience})")
+    g.add_argument("--select-on", default=d.select_on, choices=SELECT_ON,
+                   help="dev weighted F1 that picks the best epoch and early-stops: emotion, sentiment or the "
+                        f"mean of both (default {d.select_on})")
+    g.add_argument("--seed", type=int, default=d.seed,
+                   help=f"seed of the trainable parts' init, shuffling and dropout (default {d.seed})")
+
+
+def _add_output_args(g) -> None:
+    g.add_argument("--output", default="checkpoint",
+                   help="directory for the best model (checkpoint.save format; default ./checkpoint)")
+    g.add_argument("--report-dir", default=None, help="directory for the dev report (default <output>_report)")
+    g.add_argument("--compact", action="store_true",
+                   help="store --output compactly: only the weights that differ from the pretrained encoders "
+                        "(fine-tuned layers in float16); how the shipped starter checkpoint is made")
+    g.add_argument("--storage-path", default=None,
+                   help="Ray Train storage (checkpoints, TensorBoard; default ~/ray_results)")
+    g.add_argument("--name", default=None,
+                   help="run name; rerunning with the same name resumes it (default: timestamped)")
+    g.add_argument("--max-failures", type=int, default=1,
+                   help="worker failures to recover from the last checkpoint (default 1)")
+    g.add_argument("--cache-dir", default=None,
+                   help="feature cache root (default <storage>/features or $MMSA_CACHE_DIR)")
+    g.add_argument("--actors", type=int, default=1, help="featurize: encoder actor pool size (default 1)")
+    g.add_argument("--gpus-per-actor", type=float, default=0.0, help="featurize: GPUs per encoder actor (default 0)")
+    g.add_argument("--featurize-batch-size", type=int, default=32,
+                   help="featurize: clips per encoder batch (default 32)")
 
 
 def _configs_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[JobConfig, TrainConfig, object]:
