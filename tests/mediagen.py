@@ -466,3 +466,59 @@ def dialogue(turns: list[tuple[str, str]], directory: str | os.PathLike, gap_s: 
         parts.append(np.zeros(gap, np.float32))
         t += (len(x) + gap) / rate
     return np.concatenate(parts), spans
+
+
+def skimage_picture(name: str) -> np.ndarray:
+    """A picture that ships inside scikit-image's wheel (no download) as uint8 [H, W, 3] RGB:
+    "astronaut.png" (Eileen Collins, smiling; NASA, public domain), "camera.png" (a man with a
+    camera, grey), "coffee.png" (no face)."""
+    import skimage
+    from PIL import Image
+
+    return np.asarray(Image.open(Path(skimage.__file__).parent / "data" / name).convert("RGB"))
+
+
+def _paste(canvas: np.ndarray, picture: np.ndarray, x: int, y: int, scale: float) -> tuple[int, int, int, int]:
+    """`picture` scaled by `scale` with its top-left at (x, y) of `canvas` (in place) -> its box."""
+    from PIL import Image
+
+    h, w = round(picture.shape[0] * scale), round(picture.shape[1] * scale)
+    canvas[y:y + h, x:x + w] = np.asarray(Image.fromarray(picture).resize((w, h), Image.BILINEAR))
+    return x, y, x + w, y + h
+
+
+def write_faces_video(path: str | os.PathLike, heads: int = 2, seconds: float = 4.0, fps: int = 10,
+                      width: int = 480, height: int = 270,
+                      audio: np.ndarray | None = None) -> list[list[tuple[int, int, int, int]]]:
+    """An H.264 clip over coffee.png's table with `heads` (0, 1 or 2) real heads pasted in: the
+    astronaut's smiling head moving right and growing (about 65 -> 80 px of face), then the
+    cameraman's head, still, on the right; `audio` (float32 [N] mono at 16 kHz), if given, as
+    AAC beside it. Returns, per frame, the pasted heads' boxes (x1, y1, x2, y2) px, astronaut
+    first."""
+    import av
+    from PIL import Image
+
+    background = np.asarray(Image.fromarray(skimage_picture("coffee.png")).resize((width, height)))
+    astronaut = skimage_picture("astronaut.png")[30:210, 150:300]  # her head, 150 x 180 px
+    cameraman = skimage_picture("camera.png")[95:215, 180:275]  # his head, 95 x 120 px
+    n = round(seconds * fps)
+    boxes = []
+    with av.open(str(path), "w") as container:
+        vs = container.add_stream("libx264", rate=fps)
+        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.options = {"preset": "veryfast"}
+        aus = container.add_stream("aac", rate=16000) if audio is not None else None
+        if aus is not None:
+            aus.layout = "mono"
+        for i in range(n):
+            frame = background.copy()
+            u = i / max(n - 1, 1)
+            frame_boxes = [_paste(frame, astronaut, round(10 + 120 * u), 20, 0.75 + 0.2 * u)] if heads >= 1 else []
+            if heads >= 2:
+                frame_boxes.append(_paste(frame, cameraman, width - 120, 80, 1.0))
+            boxes.append(frame_boxes)
+            container.mux(vs.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(vs.encode(None))
+        if aus is not None:
+            _encode_audio(container, aus, audio[None])
+    return boxes

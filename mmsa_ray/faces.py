@@ -1,0 +1,327 @@
+"""Faces: frames -> faces -> tracks within a row's window -> expression per track.
+
+    frames uint8 [F, 3, H, W] RGB at times [F] s
+      ─► detect (MTCNN: an image pyramid through PNet, crops through RNet and ONet)
+           per frame: boxes [N, 4] px (x1, y1, x2, y2), scores [N], landmarks [N, 5, 2] px
+      ─► expressions (FER-2013 mini-Xception on a grey 64x64 square around each box)
+           per face: probabilities [7] in MELD's emotion order
+      ─► tracks (a face continues the track whose last box overlaps it most, IoU >= track_iou)
+      ─► window summary: every track (largest box, seconds on screen, mean expression) and the
+         main face, the track with the most box area summed over its frames: the face that is
+         both largest and longest on screen.
+
+A window without a face has no video signal: `face_count` 0 and `face_emotion` null, never a
+guess. The networks are `face_models`; nothing here picks a device beyond the nets' own.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from mmsa_ray.face_models import EXPRESSION_SIZE, FER_CLASSES, FaceNets
+from mmsa_ray.labels import EMOTIONS
+
+# FER-2013's names -> MELD's; the seven classes are the same emotions.
+FER_TO_MELD = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "joy", "sad": "sadness",
+               "surprise": "surprise", "neutral": "neutral"}
+_FER_COLUMNS_IN_MELD_ORDER = [FER_CLASSES.index(next(f for f, m in FER_TO_MELD.items() if m == e)) for e in EMOTIONS]
+_GREY = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as FER-2013's faces were made
+
+
+@dataclass(frozen=True)
+class FaceConfig:
+    sample_fps: float = 2.0  # frames looked at per second of a row's window
+    min_face_px: int = 40  # smallest face side searched for, px of the frame as displayed
+    thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN's P-, R-, O-net face probability
+    min_score: float = 0.9  # a detection below this final probability is dropped
+    pyramid_factor: float = 0.709  # scale between pyramid levels (MTCNN's)
+    margin: float = 0.1  # share of the face's side added around it before reading its expression
+    track_iou: float = 0.3  # a face continues a track when its box overlaps the track's last box this much
+    max_gap_frames: int = 1  # sampled frames a track may miss and still continue
+
+    def __post_init__(self):
+        if not (self.sample_fps > 0 and np.isfinite(self.sample_fps)):
+            raise ValueError(f"sample_fps must be a positive number of frames per second, got {self.sample_fps}")
+        if self.min_face_px < 12:
+            raise ValueError(f"min_face_px must be at least 12 (MTCNN's smallest window), got {self.min_face_px}")
+        if not all(0 < t < 1 for t in (*self.thresholds, self.min_score, self.track_iou)):
+            raise ValueError("thresholds, min_score and track_iou must be probabilities in (0, 1)")
+        if not 0 < self.pyramid_factor < 1:
+            raise ValueError(f"pyramid_factor must be in (0, 1), got {self.pyramid_factor}")
+
+
+@dataclass
+class Face:
+    """One face in one frame."""
+
+    box: tuple[float, float, float, float]  # x1, y1, x2, y2 px
+    score: float  # detector's face probability
+    landmarks: list[tuple[float, float]]  # eyes, nose, mouth corners (x, y) px
+    emotion_probs: list[float] = field(default_factory=list)  # [7] MELD order
+
+
+@dataclass
+class FaceTrack:
+    """One face followed across a window's sampled frames."""
+
+    track: int  # 0, 1, ... in order of first appearance
+    times: list[float] = field(default_factory=list)  # s, one per frame the face was seen in
+    faces: list[Face] = field(default_factory=list)
+
+    @property
+    def area_time(self) -> float:
+        """Box area summed over the frames it was seen in (px^2 x frames): the main-face rule."""
+        return float(sum(_area(f.box) for f in self.faces))
+
+    def summary(self, sample_fps: float) -> dict:
+        """{track, box (the largest), seconds (frames seen / sample_fps), start, end, score,
+        emotion, emotion_probs (mean over frames, MELD order)}."""
+        probs = np.mean([f.emotion_probs for f in self.faces], axis=0)
+        largest = max(self.faces, key=lambda f: _area(f.box))
+        return {"track": self.track, "box": [round(v, 1) for v in largest.box],
+                "seconds": round(len(self.faces) / sample_fps, 3), "start": round(self.times[0], 3),
+                "end": round(self.times[-1], 3), "score": round(float(np.mean([f.score for f in self.faces])), 4),
+                "emotion": EMOTIONS[int(probs.argmax())], "emotion_probs": [round(float(p), 6) for p in probs]}
+
+
+# ---- detection (MTCNN) ----
+
+def _pyramid(height: int, width: int, config: FaceConfig) -> list[float]:
+    """Scales at which PNet's 12 px window sees faces from min_face_px up to the frame's side."""
+    scale, side, scales = 12.0 / config.min_face_px, min(height, width) * 12.0 / config.min_face_px, []
+    while side >= 12:
+        scales.append(scale)
+        scale, side = scale * config.pyramid_factor, side * config.pyramid_factor
+    return scales
+
+
+def _normalize(pixels: torch.Tensor) -> torch.Tensor:
+    return (pixels - 127.5) * 0.0078125
+
+
+def _proposals(images: torch.Tensor, nets: FaceNets, config: FaceConfig) -> tuple[torch.Tensor, torch.Tensor]:
+    """PNet over the pyramid: candidate boxes [M, 5] (x1, y1, x2, y2, score) already moved by
+    their offsets and made square, and the frame index of each [M]."""
+    from torchvision.ops import batched_nms
+
+    height, width = images.shape[2:]
+    boxes, owners = [], []
+    for scale in _pyramid(height, width, config):
+        level = F.interpolate(images, size=(int(height * scale + 1), int(width * scale + 1)), mode="area")
+        offsets, probs = nets.pnet(_normalize(level).contiguous(memory_format=torch.channels_last))
+        hit = probs[:, 1] >= config.thresholds[0]
+        where = hit.nonzero()  # [M, 3]: frame, row, column
+        cells = where[:, 1:].flip(1).to(images.dtype)  # (x, y) of each output cell
+        found = torch.cat([((2 * cells + 1) / scale).floor(), ((2 * cells + 12) / scale).floor(),
+                           probs[:, 1][hit].unsqueeze(1), offsets.permute(0, 2, 3, 1)[hit]], dim=1)
+        keep = batched_nms(found[:, :4], found[:, 4], where[:, 0], 0.5)
+        boxes.append(found[keep])
+        owners.append(where[keep, 0])
+    found, owner = torch.cat(boxes), torch.cat(owners)
+    keep = batched_nms(found[:, :4], found[:, 4], owner, 0.7)
+    found, owner = found[keep], owner[keep]
+    size = (found[:, 2:4] - found[:, 0:2]).repeat(1, 2)
+    moved = torch.cat([found[:, :4] + found[:, 5:9] * size, found[:, 4:5]], dim=1)
+    return _square(moved), owner
+
+
+def _square(boxes: torch.Tensor) -> torch.Tensor:
+    """Boxes [M, >=4] grown about their centre to squares of their longer side (in place)."""
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    side = torch.maximum(w, h)
+    boxes[:, 0] += (w - side) / 2
+    boxes[:, 1] += (h - side) / 2
+    boxes[:, 2:4] = boxes[:, 0:2] + side.unsqueeze(1)
+    return boxes
+
+
+def _crops(images: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, size: int):
+    """The in-frame part of each box resized to size x size ([M', 3, size, size], normalized)
+    and which boxes had one (bool [M])."""
+    height, width = images.shape[2:]
+    x1y1x2y2 = boxes[:, :4].trunc().int().tolist()
+    crops, ok = [], []
+    for (x1, y1, x2, y2), frame in zip(x1y1x2y2, owner.tolist(), strict=True):
+        x1, y1, x2, y2 = max(x1, 1), max(y1, 1), min(x2, width), min(y2, height)
+        ok.append(x2 > x1 - 1 and y2 > y1 - 1)
+        if ok[-1]:
+            patch = images[frame:frame + 1, :, y1 - 1:y2, x1 - 1:x2]
+            crops.append(F.interpolate(patch, size=(size, size), mode="area"))
+    mask = torch.tensor(ok, dtype=torch.bool)
+    if not crops:
+        return images.new_zeros((0, 3, size, size)), mask
+    return _normalize(torch.cat(crops)), mask
+
+
+def _apply_offsets(boxes: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
+    """Boxes [M, 5] moved by RNet/ONet offsets [M, 4] (shares of the box's inclusive size)."""
+    size = (boxes[:, 2:4] - boxes[:, 0:2] + 1).repeat(1, 2)
+    return torch.cat([boxes[:, :4] + offsets * size, boxes[:, 4:5]], dim=1)
+
+
+def _nms_min(boxes: np.ndarray, scores: np.ndarray, owner: np.ndarray, threshold: float) -> np.ndarray:
+    """Indices kept by per-frame NMS whose overlap is intersection over the smaller box (MTCNN's
+    last step), best score first."""
+    keep = []
+    for frame in np.unique(owner):
+        idx = np.flatnonzero(owner == frame)
+        idx = idx[np.argsort(-scores[idx], kind="stable")]
+        x1, y1, x2, y2 = boxes.T
+        area = (x2 - x1 + 1) * (y2 - y1 + 1)
+        while len(idx):
+            best, rest = idx[0], idx[1:]
+            keep.append(best)
+            iw = np.maximum(0.0, np.minimum(x2[best], x2[rest]) - np.maximum(x1[best], x1[rest]) + 1)
+            ih = np.maximum(0.0, np.minimum(y2[best], y2[rest]) - np.maximum(y1[best], y1[rest]) + 1)
+            idx = rest[iw * ih / np.minimum(area[best], area[rest]) <= threshold]
+    return np.asarray(keep, dtype=np.int64)
+
+
+def _stage(images: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, net, size: int, threshold: float):
+    """Crops of the boxes through RNet or ONet -> (the boxes that pass [M', 5] with the net's
+    score, their frames [M'], the net's other outputs for them)."""
+    crops, ok = _crops(images, boxes, owner, size)
+    # channels-last: CPU max-pooling of many small crops runs about twice as fast in it
+    *outputs, probs = net(crops.contiguous(memory_format=torch.channels_last))
+    passed = probs[:, 1] > threshold
+    boxes = torch.cat([boxes[ok][passed, :4], probs[passed, 1:2]], dim=1)
+    return boxes, owner[ok][passed], [o[passed] for o in outputs]
+
+
+def _landmarks(boxes: torch.Tensor, marks: torch.Tensor) -> torch.Tensor:
+    """ONet's landmarks [M, 10] (x shares, then y shares of the box) -> px [M, 5, 2]."""
+    size = boxes[:, 2:4] - boxes[:, 0:2] + 1
+    return torch.stack([boxes[:, 0:1] + size[:, 0:1] * marks[:, :5] - 1,
+                        boxes[:, 1:2] + size[:, 1:2] * marks[:, 5:] - 1], dim=2)
+
+
+@torch.inference_mode()
+def detect(frames: np.ndarray, nets: FaceNets, config: FaceConfig | None = None) -> list[list[Face]]:
+    """frames uint8 [F, 3, H, W] RGB -> per frame, the faces found (no expressions yet), best first."""
+    from torchvision.ops import batched_nms
+
+    config = config or FaceConfig()
+    frames = np.asarray(frames)
+    if frames.ndim != 4 or frames.shape[1] != 3 or frames.dtype != np.uint8:
+        raise ValueError(f"frames must be uint8 [F, 3, H, W] RGB, got {frames.dtype} {list(frames.shape)}")
+    result: list[list[Face]] = [[] for _ in range(len(frames))]
+    if not len(frames) or min(frames.shape[2:]) < config.min_face_px:
+        return result
+    images = torch.from_numpy(np.ascontiguousarray(frames)).to(nets.device, torch.float32)
+    boxes, owner = _proposals(images, nets, config)
+    if len(boxes):
+        boxes, owner, (offsets,) = _stage(images, boxes, owner, nets.rnet, 24, config.thresholds[1])
+        keep = batched_nms(boxes[:, :4], boxes[:, 4], owner, 0.7)
+        boxes, owner = _square(_apply_offsets(boxes[keep], offsets[keep])), owner[keep]
+    if len(boxes):
+        boxes, owner, (offsets, marks) = _stage(images, boxes, owner, nets.onet, 48, config.thresholds[2])
+        landmarks = _landmarks(boxes, marks).tolist()
+        boxes = _apply_offsets(boxes, offsets)
+        for i in _nms_min(boxes[:, :4].cpu().numpy(), boxes[:, 4].cpu().numpy(), owner.cpu().numpy(), 0.7):
+            x1, y1, x2, y2, score = boxes[i].tolist()
+            if score >= config.min_score:
+                result[int(owner[i])].append(Face((x1, y1, x2, y2), score, [tuple(p) for p in landmarks[i]]))
+    return result
+
+
+# ---- expressions ----
+
+def expression_inputs(frame: np.ndarray, boxes: list[tuple[float, float, float, float]], margin: float) -> torch.Tensor:
+    """Grey squares around each box of one frame uint8 [3, H, W] -> float32 [N, 1, 64, 64] in [-1, 1]
+    (the box made square about its centre, grown by `margin` of its side on each side, the
+    part outside the frame filled with the frame's mean grey)."""
+    grey = torch.from_numpy(np.tensordot(np.asarray(_GREY, np.float32), frame.astype(np.float32), axes=1))
+    height, width = grey.shape
+    out = []
+    for x1, y1, x2, y2 in boxes:
+        side = max(x2 - x1, y2 - y1) * (1 + 2 * margin)
+        cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
+        left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
+        n = max(int(round(side)), 1)
+        square = torch.full((n, n), float(grey.mean()))
+        sx, sy = max(left, 0), max(top, 0)
+        ex, ey = min(left + n, width), min(top + n, height)
+        if ex > sx and ey > sy:
+            square[sy - top:ey - top, sx - left:ex - left] = grey[sy:ey, sx:ex]
+        out.append(F.interpolate(square[None, None], size=(EXPRESSION_SIZE, EXPRESSION_SIZE), mode="bilinear",
+                                 antialias=True, align_corners=False))
+    if not out:
+        return torch.zeros((0, 1, EXPRESSION_SIZE, EXPRESSION_SIZE))
+    return (torch.cat(out) / 255.0 - 0.5) * 2.0
+
+
+@torch.inference_mode()
+def expressions(inputs: torch.Tensor, nets: FaceNets) -> np.ndarray:
+    """float32 [N, 1, 64, 64] -> probabilities float32 [N, 7] in MELD's emotion order."""
+    if not len(inputs):
+        return np.zeros((0, len(EMOTIONS)), np.float32)
+    probs = nets.expression(inputs.to(nets.device)).float().cpu().numpy()
+    return probs[:, _FER_COLUMNS_IN_MELD_ORDER]
+
+
+# ---- tracks and the window summary ----
+
+def _area(box) -> float:
+    return max(box[2] - box[0], 0.0) * max(box[3] - box[1], 0.0)
+
+
+def iou(a, b) -> float:
+    """Intersection over union of two (x1, y1, x2, y2) boxes."""
+    inter = _area((max(a[0], b[0]), max(a[1], b[1]), min(a[2], b[2]), min(a[3], b[3])))
+    union = _area(a) + _area(b) - inter
+    return inter / union if union > 0 else 0.0
+
+
+def track(faces_per_frame: list[list[Face]], times: list[float], config: FaceConfig) -> list[FaceTrack]:
+    """Faces of frames in time order -> tracks. Each frame, the (track, face) pairs are taken
+    best overlap first; a face left over starts a track; a track unseen for more than
+    `max_gap_frames` sampled frames ends."""
+    tracks: list[FaceTrack] = []
+    last_seen: dict[int, int] = {}
+    for k, (faces, t) in enumerate(zip(faces_per_frame, times, strict=True)):
+        live = [tr for tr in tracks if k - last_seen[tr.track] <= config.max_gap_frames + 1]
+        pairs = sorted(((iou(tr.faces[-1].box, f.box), i, j) for i, tr in enumerate(live) for j, f in enumerate(faces)),
+                       reverse=True)
+        taken_tracks, taken_faces = set(), set()
+        for overlap, i, j in pairs:
+            if overlap < config.track_iou or i in taken_tracks or j in taken_faces:
+                continue
+            taken_tracks.add(i)
+            taken_faces.add(j)
+            live[i].times.append(t)
+            live[i].faces.append(faces[j])
+            last_seen[live[i].track] = k
+        for j, face in enumerate(faces):
+            if j not in taken_faces:
+                tracks.append(FaceTrack(track=len(tracks), times=[t], faces=[face]))
+                last_seen[len(tracks) - 1] = k
+    return tracks
+
+
+def faces_in_window(frames: np.ndarray, times: np.ndarray, nets: FaceNets, config: FaceConfig | None = None) -> dict:
+    """A row's sampled frames uint8 [F, 3, H, W] at times [F] s -> its face columns:
+    `faces` (every track's summary, main face first), `face_count`, and `face_emotion` /
+    `face_emotion_probs` of the main face (None when no face was found)."""
+    config = config or FaceConfig()
+    found = detect(frames, nets, config)
+    for frame, faces in zip(frames, found, strict=True):
+        probs = expressions(expression_inputs(frame, [f.box for f in faces], config.margin), nets)
+        for face, p in zip(faces, probs, strict=True):
+            face.emotion_probs = p.tolist()
+    tracks = sorted(track(found, [float(t) for t in times], config), key=lambda tr: -tr.area_time)
+    summaries = [tr.summary(config.sample_fps) for tr in tracks]
+    main = summaries[0] if summaries else None
+    return {"faces": summaries, "face_count": len(summaries),
+            "face_emotion": main["emotion"] if main else None,
+            "face_emotion_probs": main["emotion_probs"] if main else None}
+
+
+def sample_times(start: float, end: float, config: FaceConfig) -> np.ndarray:
+    """float64 [F] seconds at which a window [start, end) is looked at: sample_fps frames per
+    second at the middles of equal slices, at least one."""
+    n = max(1, int(round((end - start) * config.sample_fps)))
+    return start + (np.arange(n) + 0.5) * (end - start) / n
