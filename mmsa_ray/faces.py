@@ -16,6 +16,7 @@ guess. The networks are `face_models`; nothing here picks a device beyond the ne
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -24,12 +25,14 @@ import torch.nn.functional as F
 
 from mmsa_ray.face_models import EXPRESSION_SIZE, FER_CLASSES, FaceNets
 from mmsa_ray.labels import EMOTIONS
+from mmsa_ray.media import DecodeConfig, decode_clip
 
 # FER-2013's names -> MELD's; the seven classes are the same emotions.
 FER_TO_MELD = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": "joy", "sad": "sadness",
                "surprise": "surprise", "neutral": "neutral"}
 _FER_COLUMNS_IN_MELD_ORDER = [FER_CLASSES.index(next(f for f, m in FER_TO_MELD.items() if m == e)) for e in EMOTIONS]
 _GREY = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as FER-2013's faces were made
+CHUNK_S = 8.0  # a row's frames are decoded this many seconds at a time: a long row never holds them all
 
 
 @dataclass(frozen=True)
@@ -302,17 +305,21 @@ def track(faces_per_frame: list[list[Face]], times: list[float], config: FaceCon
     return tracks
 
 
-def faces_in_window(frames: np.ndarray, times: np.ndarray, nets: FaceNets, config: FaceConfig | None = None) -> dict:
-    """A row's sampled frames uint8 [F, 3, H, W] at times [F] s -> its face columns:
-    `faces` (every track's summary, main face first), `face_count`, and `face_emotion` /
-    `face_emotion_probs` of the main face (None when no face was found)."""
-    config = config or FaceConfig()
+def read_faces(frames: np.ndarray, nets: FaceNets, config: FaceConfig) -> list[list[Face]]:
+    """Frames uint8 [F, 3, H, W] RGB -> per frame, its faces with their expression probabilities."""
     found = detect(frames, nets, config)
     for frame, faces in zip(frames, found, strict=True):
         probs = expressions(expression_inputs(frame, [f.box for f in faces], config.margin), nets)
         for face, p in zip(faces, probs, strict=True):
             face.emotion_probs = p.tolist()
-    tracks = sorted(track(found, [float(t) for t in times], config), key=lambda tr: -tr.area_time)
+    return found
+
+
+def face_columns(faces_per_frame: list[list[Face]], times: list[float], config: FaceConfig) -> dict:
+    """A row's faces per sampled frame -> its face columns: `faces` (every track's summary, main
+    face first), `face_count`, and `face_emotion` / `face_emotion_probs` of the main face (None
+    when no face was found)."""
+    tracks = sorted(track(faces_per_frame, times, config), key=lambda tr: -tr.area_time)
     summaries = [tr.summary(config.sample_fps) for tr in tracks]
     main = summaries[0] if summaries else None
     return {"faces": summaries, "face_count": len(summaries),
@@ -320,8 +327,34 @@ def faces_in_window(frames: np.ndarray, times: np.ndarray, nets: FaceNets, confi
             "face_emotion_probs": main["emotion_probs"] if main else None}
 
 
+def faces_in_window(frames: np.ndarray, times: np.ndarray, nets: FaceNets, config: FaceConfig | None = None) -> dict:
+    """A row's sampled frames uint8 [F, 3, H, W] at times [F] s -> its face columns (face_columns)."""
+    config = config or FaceConfig()
+    return face_columns(read_faces(frames, nets, config), [float(t) for t in times], config)
+
+
 def sample_times(start: float, end: float, config: FaceConfig) -> np.ndarray:
     """float64 [F] seconds at which a window [start, end) is looked at: sample_fps frames per
     second at the middles of equal slices, at least one."""
     n = max(1, int(round((end - start) * config.sample_fps)))
     return start + (np.arange(n) + 0.5) * (end - start) / n
+
+
+def faces_in_source(source, start: float, end: float, nets: FaceNets, config: FaceConfig,
+                    decode: DecodeConfig) -> dict | None:
+    """The face columns (face_columns) of [start, end) s of a media source (path or bytes): its
+    frames decoded CHUNK_S seconds at a time, sample_fps per second, sized by `decode` (use
+    max_side to keep the aspect ratio). None when the source has no video: no visual signal.
+    Raises MediaError when the video cannot be decoded."""
+    faces: list[list[Face]] = []
+    times: list[float] = []
+    has_video = False
+    for a in np.arange(start, end, CHUNK_S):
+        b = min(float(a) + CHUNK_S, end)
+        n = len(sample_times(float(a), b, config))
+        clip = decode_clip(source, float(a), b, dataclasses.replace(decode, num_frames=n))
+        has_video = has_video or clip.width is not None
+        if clip.frames is not None:
+            faces += read_faces(clip.frames, nets, config)
+            times += [float(t) for t in clip.frame_times]
+    return face_columns(faces, times, config) if has_video else None

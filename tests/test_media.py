@@ -520,6 +520,12 @@ def test_rotation_metadata_is_applied(media):
     f = clip.frames[0].astype(int)  # [3, 64, 32]: left half went to the bottom
     assert f[0, 40:].mean() > 150 and f[2, 40:].mean() < 60
     assert f[2, :24].mean() > 150 and f[0, :24].mean() < 60
+    # max_side keeps the displayed aspect ratio (portrait), scales down, never up
+    clip = decode_clip(path, config=DecodeConfig(num_frames=2, max_side=32))
+    assert clip.frames.shape == (2, 3, 32, 16) and clip.frames[0, 0, 24:].mean() > 150
+    assert decode_clip(path, config=DecodeConfig(num_frames=1, max_side=640)).frames.shape == (1, 3, 64, 32)
+    with pytest.raises(MediaError, match="invalid DecodeConfig"):
+        decode_clip(path, config=DecodeConfig(max_side=1))
 
 
 # ----------------------------------------------------------------------------- sources

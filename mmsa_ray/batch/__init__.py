@@ -7,8 +7,9 @@ bookkeeping of OUT. The job functions are `mmsa_ray.batch.label.label` and
 `mmsa_ray.batch.transcribe.transcribe`.
 """
 
-from mmsa_ray.batch.label import LabelConfig, LabelSummary
+from mmsa_ray.batch.label import LabelConfig
 from mmsa_ray.batch.rows import LABEL_SCHEMA
+from mmsa_ray.batch.summary import LabelSummary
 from mmsa_ray.batch.transcribe import TranscribeConfig, TranscribeSummary
 from mmsa_ray.batch.utterances import UTTERANCE_SCHEMA, SpeechStageConfig
 

@@ -76,14 +76,12 @@ import itertools
 import os
 import sys
 import time
-from collections import Counter
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-import pyarrow as pa
 import pyarrow.fs as pafs
 
 from mmsa_ray import console
@@ -92,9 +90,10 @@ from mmsa_ray.batch.attempts import (
     watchdog_s,
 )
 from mmsa_ray.batch.decode import decode_batch, item_tasks
+from mmsa_ray.batch.faces import FaceStageConfig, add_face_args, face_stage, face_stage_from_args, fitted
 from mmsa_ray.batch.rows import LABEL_SCHEMA, LabelPredictor
 from mmsa_ray.batch.segments import segment_sources
-from mmsa_ray.batch.speakers import ArchiveSpeakers, archive_speakers, enrolled_voices
+from mmsa_ray.batch.speakers import archive_speakers, enrolled_voices
 from mmsa_ray.batch.staging import (
     CHECKPOINT_DIR,
     STAGING_DIR,
@@ -103,8 +102,8 @@ from mmsa_ray.batch.staging import (
     remove_inprogress,
     stage_sources,
 )
+from mmsa_ray.batch.summary import LabelSummary, summarize
 from mmsa_ray.batch.utterances import (
-    SpeechCoverage,
     SpeechStageConfig,
     actor_speech_config,
     cache_uri,
@@ -164,6 +163,7 @@ class LabelConfig:
     speech: SpeechConfig = field(default_factory=_default_speech)  # what the speech stage runs
     asr: SpeechStageConfig = field(default_factory=SpeechStageConfig)  # the speech actor pool
     speakers: SpeakerConfig = field(default_factory=SpeakerConfig)  # who speaks when (with utterances)
+    faces: FaceStageConfig = field(default_factory=FaceStageConfig)  # who is on screen, their expression
 
     def __post_init__(self) -> None:
         if self.utterances not in UTTERANCE_MODES:
@@ -178,47 +178,6 @@ class LabelConfig:
             raise ValueError("gpus_per_actor and cpus_per_actor must be >= 0, decode_cpus > 0")
         if self.segment_s is not None and not (self.segment_s > 0 and np.isfinite(self.segment_s)):
             raise ValueError(f"segment_s must be a number of seconds > 0, got {self.segment_s}")
-
-
-@dataclass
-class LabelSummary:
-    """What a run did. `skipped`: ids already in OUT from an earlier run."""
-
-    staged: int  # items listed from INPUT
-    labeled: int  # rows written by this run with a label
-    failed: int  # rows written by this run with an error
-    skipped: int  # items not processed because OUT already has them
-    total_rows: int  # rows in OUT after the run
-    seconds: float
-    output: str
-    errors: list[tuple[str, str]] = field(default_factory=list)  # a few (id, error) of this run
-    stats: str = ""  # Ray Data's per-operator stats of this run
-    other_model_rows: int = 0  # rows in OUT labeled by a model other than this run's checkpoint
-    notes: list[str] = field(default_factory=list)  # hints for the user, printed last
-    no_signal: int = 0  # rows written by this run without error and without a label (no_label_reason)
-    no_signal_reasons: list[tuple[str, int]] = field(default_factory=list)  # (reason, rows), most first
-    coverage: SpeechCoverage | None = None  # of this run's rows, when it transcribed speech
-    speakers: ArchiveSpeakers | None = None  # OUT's speakers after the run, when it found them
-
-    def __str__(self) -> str:
-        lines = [
-            f"labeled {self.labeled}, {f'no signal {self.no_signal}, ' if self.no_signal else ''}"
-            f"failed {self.failed}, skipped {self.skipped} (already in output) "
-            f"of {self.staged} items in {self.seconds:.1f} s; {self.output} holds {self.total_rows} rows",
-        ]
-        lines += [f"  failed: {i}: {e}" for i, e in self.errors]
-        if self.coverage is not None:
-            lines.append(f"  {self.coverage}")
-        if self.speakers is not None:
-            lines.append(f"  {self.speakers}")
-        if self.no_signal:
-            reasons = ", ".join(f"{r}: {n}" for r, n in self.no_signal_reasons)
-            lines.append(f"  no signal: {self.no_signal} rows have no label ({reasons}); see no_label_reason")
-        if self.other_model_rows:
-            lines.append(f"  note: {self.other_model_rows} rows in {self.output} come from another model (see "
-                         "model_id); ids already there are never relabeled: give a new --output to relabel them")
-        lines += [f"  note: {n}" for n in self.notes]
-        return "\n".join(lines)
 
 
 # ----------------------------------------------------------------------------- pipeline
@@ -401,6 +360,8 @@ def run_pipeline(config: LabelConfig, plan: LabelPlan, done: np.ndarray | None, 
     ds = item_tasks(ds, decode_batch, {"checkpoint": plan.checkpoint, "attempts_uri": plan.attempts_uri,
                                        "max_decode_attempts": config.max_decode_attempts,
                                        "decode_timeout_s": config.decode_timeout_s}, **_task_settings(config))
+    if config.faces.enabled:
+        ds = face_stage(ds, fit_face_actors(config, plan.utterances), plan.timeout_s)
     ds = ds.map_batches(
         LabelPredictor,
         fn_constructor_kwargs={"checkpoint": plan.checkpoint, "device": device},
@@ -423,7 +384,23 @@ def _task_settings(config: LabelConfig) -> dict[str, Any]:
             "max_attempts": config.max_decode_attempts}
 
 
-def fit_speech_actors(config: LabelConfig) -> SpeechStageConfig:
+def fit_face_actors(config: LabelConfig, with_speech: bool) -> FaceStageConfig:
+    """The face actors' CPU reservation, lowered (to what is left, possibly 0: they then share)
+    where the cluster cannot also hold the model actors, the speech actors and one task."""
+    import ray
+
+    faces, total = config.faces, ray.cluster_resources().get("CPU", 0.0)
+    others = config.actors[0] * config.cpus_per_actor + max(config.decode_cpus, 1.0)
+    if with_speech:
+        speech = fit_speech_actors(config, quiet=True)
+        others += speech.actors[0] * speech.cpus_per_actor
+    need = faces.actors[0] * faces.cpus_per_actor
+    if faces.gpus_per_actor > 0 or others + need <= total:
+        return faces
+    return fitted(faces, (total - others) / faces.actors[0])
+
+
+def fit_speech_actors(config: LabelConfig, quiet: bool = False) -> SpeechStageConfig:
     """The speech actors' CPU reservation, lowered where the cluster cannot also hold the model
     actors and one task beside them (a 2-CPU laptop): Ray Data would wait for a CPU forever.
     That task takes at least 1 CPU: read_parquet lists and reads the staged files in 1-CPU tasks."""
@@ -435,46 +412,10 @@ def fit_speech_actors(config: LabelConfig) -> SpeechStageConfig:
     if asr.gpus_per_actor > 0 or others + need <= total:
         return asr
     cpus = max(0.0, (total - others) / asr.actors[0])
-    print(f"note: {total:g} CPUs cannot hold the speech actors ({need:g}), the model actors and a task "
-          f"({others:g}): each speech actor reserves {cpus:g} CPUs", file=sys.stderr)
+    if not quiet:
+            print(f"note: {total:g} CPUs cannot hold the speech actors ({need:g}), the model actors and a task "
+              f"({others:g}): each speech actor reserves {cpus:g} CPUs", file=sys.stderr)
     return dataclasses.replace(asr, cpus_per_actor=cpus)
-
-
-def summarize(fs: pafs.FileSystem, path: str, run_start: datetime, staged: int, output: str,
-              model_id: str | None = None) -> LabelSummary:
-    """Counts from OUT's `id`, `error`, `labeled_at` and `model_id` columns, read in batches."""
-    import pyarrow.compute as pc
-    import pyarrow.dataset as pads
-
-    total = labeled = failed = other = 0
-    errors: list[tuple[str, str]] = []
-    reasons: Counter[str] = Counter()
-    coverage = SpeechCoverage()
-    dataset = pads.dataset(path, filesystem=fs, format="parquet", schema=LABEL_SCHEMA)
-    cutoff = pa.scalar(run_start, type=LABEL_SCHEMA.field("labeled_at").type)
-    columns = ["id", "error", "no_label_reason", "labeled_at", "model_id", "speech", "start", "end",
-               "transcript_reliable"]
-    for batch in dataset.to_batches(columns=columns):
-        total += batch.num_rows
-        if model_id is not None:
-            other += pc.sum(pc.not_equal(batch.column("model_id"), model_id)).as_py() or 0
-        this_run = pc.greater_equal(batch.column("labeled_at"), cutoff)
-        coverage.add(batch.filter(this_run))
-        is_err = pc.is_valid(batch.column("error"))
-        failed_mask = pc.and_(this_run, is_err)
-        failed += pc.sum(failed_mask).as_py() or 0
-        unlabeled = pc.and_(this_run, pc.is_valid(batch.column("no_label_reason")))
-        reasons.update(batch.filter(unlabeled).column("no_label_reason").to_pylist())
-        labeled += pc.sum(pc.and_(pc.and_(this_run, pc.invert(is_err)), pc.invert(unlabeled))).as_py() or 0
-        if len(errors) < 10 and (pc.sum(failed_mask).as_py() or 0):
-            sub = batch.filter(failed_mask)
-            pairs = zip(sub.column("id").to_pylist(), sub.column("error").to_pylist(), strict=True)
-            errors += list(pairs)[: 10 - len(errors)]
-    no_signal = sum(reasons.values())
-    return LabelSummary(staged=staged, labeled=labeled, failed=failed, skipped=staged - labeled - failed - no_signal,
-                        total_rows=total, seconds=0.0, output=output, errors=errors, other_model_rows=other,
-                        no_signal=no_signal, no_signal_reasons=reasons.most_common(),
-                        coverage=coverage if coverage.transcribed_s or coverage.unrecognized else None)
 
 
 # ----------------------------------------------------------------------------- CLI
@@ -538,6 +479,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_speech_args(p)
     add_speaker_args(p)
     add_stage_args(p, d.asr)
+    add_face_args(p, d.faces)
     return p
 
 
@@ -557,7 +499,7 @@ def parse_args(argv: list[str] | None = None) -> LabelConfig:
             segment_s=a.segment_s, utterances=a.utterances, speech=speech_config_from_args(a),
             asr=SpeechStageConfig(actors=a.asr_actors, cpus_per_actor=a.asr_cpus_per_actor,
                                   gpus_per_actor=a.asr_gpus_per_actor),
-            speakers=speaker_config_from_args(a),
+            speakers=speaker_config_from_args(a), faces=face_stage_from_args(a),
         )
     except ValueError as e:
         p.error(str(e))

@@ -13,6 +13,7 @@ import numpy as np
 import pyarrow as pa
 
 from mmsa_ray.batch.decode import SPEECH_COLUMNS
+from mmsa_ray.batch.faces import FACE_COLUMNS, FACE_FIELDS
 from mmsa_ray.batch.staging import str_or_none
 from mmsa_ray.batch.utterances import WORD_TYPE
 from mmsa_ray.features import FEATURE_KEYS
@@ -51,6 +52,7 @@ LABEL_SCHEMA = pa.schema([
     ("audio_emotion", pa.string()),
     ("video_emotion", pa.string()),
     ("emotion_driver", pa.string()),  # the present modality whose own head backs the emotion most; null: no label
+    *FACE_FIELDS,  # who is on screen and what their faces show (mmsa_ray.batch.faces); null with --faces off
     ("error", pa.string()),  # null when labeled; otherwise "<uri>: <cause>"
     # why emotion and sentiment are null on a row without error: none of the checkpoint's
     # modalities had a signal ("no speech", "speech not recognized", "transcript unreliable", "no transcript",
@@ -103,6 +105,11 @@ class LabelPredictor:
                       "sentiment_uncertain", "modalities", "text_emotion", "audio_emotion", "video_emotion",
                       "emotion_driver"):
                 columns[k].append(p.get(k))
+            for k in FACE_COLUMNS:
+                columns[k].append(_plain(batch[k][i]) if k in batch else None)
+            if columns["face_count"][-1] is not None:  # a null count arrives as NaN in a float array
+                count = columns["face_count"][-1]
+                columns["face_count"][-1] = None if count != count else int(count)
             columns["error"].append(errors[i])
             reason = no_speech_reason(p.get("no_label_reason"), {
                 "speech": columns["speech"][-1], "transcript_reliable": columns["transcript_reliable"][-1]})
@@ -110,3 +117,15 @@ class LabelPredictor:
             columns["model_id"].append(self.predictor.model_id)
             columns["labeled_at"].append(now)
         return pa.Table.from_pydict(columns, schema=LABEL_SCHEMA)
+
+
+def _plain(value: Any) -> Any:
+    """A cell as Ray's numpy batches hold it (arrays of dicts of arrays, numpy scalars) -> plain
+    Python lists, dicts and numbers, as pyarrow takes them."""
+    if isinstance(value, np.ndarray):
+        return [_plain(v) for v in value]
+    if isinstance(value, dict):
+        return {k: _plain(v) for k, v in value.items()}
+    if isinstance(value, np.generic):
+        return value.item()
+    return value

@@ -264,7 +264,8 @@ def _input(source, name: str):
 
 def _decode(source, name: str, start, end, config: DecodeConfig) -> Clip:
     deadline = time.monotonic() + config.timeout_s
-    if config.num_frames < 1 or config.height < 1 or config.width < 1 or config.sample_rate < 1:
+    if (config.num_frames < 1 or config.height < 1 or config.width < 1 or config.sample_rate < 1
+            or (config.max_side is not None and config.max_side < 2)):
         raise MediaError(name, f"invalid DecodeConfig {config}")
     source = _input(source, name)
     rewind = source.tell() if hasattr(source, "tell") else None

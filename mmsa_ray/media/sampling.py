@@ -67,6 +67,7 @@ class VideoSampler:
         self.rotation = 0
         self.n_frames = 0
         self.problem = None
+        self.size: tuple[int, int] | None = None  # (H, W) as displayed, with config.max_side
 
     @property
     def done(self) -> bool:
@@ -92,9 +93,9 @@ class VideoSampler:
     def _rgb(self) -> np.ndarray:
         if self.prev_rgb is None:
             frame = self.prev[1]
-            H, W = self.config.height, self.config.width
             rot = int(round((getattr(frame, "rotation", 0) or 0) / 90)) % 4
             self.rotation = rot * 90
+            H, W = self._size(frame)
             if rot % 2:  # displayed sideways: scale to the transposed size, then rotate
                 H, W = W, H
             # one reformatter per clip keeps swscale's context (and its area filter) cached
@@ -103,6 +104,17 @@ class VideoSampler:
                 img = np.rot90(img, rot)
             self.prev_rgb = np.ascontiguousarray(img.transpose(2, 0, 1))  # [3, H, W]
         return self.prev_rgb
+
+    def _size(self, frame) -> tuple[int, int]:
+        """(H, W) of the output as displayed: the config's, or with max_side the first frame's
+        aspect ratio, its longer side at most max_side (every frame of a clip gets this size)."""
+        if self.config.max_side is None:
+            return self.config.height, self.config.width
+        if self.size is None:
+            h, w = (frame.width, frame.height) if self.rotation % 180 else (frame.height, frame.width)
+            scale = min(1.0, self.config.max_side / max(h, w, 1))
+            self.size = (max(2, round(h * scale / 2) * 2), max(2, round(w * scale / 2) * 2))
+        return self.size
 
     def add(self, frame) -> None:
         if self.done:

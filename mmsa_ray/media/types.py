@@ -26,6 +26,9 @@ class DecodeConfig:
     num_frames: int = 16  # T
     height: int = 112  # output frame size, pixels
     width: int = 112
+    # when set, frames keep the source's aspect ratio as displayed instead, scaled (never up) so
+    # that their longer side is at most this many pixels (even sizes); height and width are then unused
+    max_side: int | None = None
     sample_rate: int = 16000  # Hz, mono float32 output
     max_duration_s: float = 600.0  # longer sources (or windows) -> MediaError unless a window is given
     max_pixels: int = 4096 * 2160  # source frame w*h cap
