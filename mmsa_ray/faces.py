@@ -38,7 +38,8 @@ CHUNK_S = 8.0  # a row's frames are decoded this many seconds at a time: a long 
 @dataclass(frozen=True)
 class FaceConfig:
     sample_fps: float = 2.0  # frames looked at per second of a row's window
-    min_face_px: int = 40  # smallest face side searched for, px of the frame as displayed
+    min_face_px: int = 40  # smallest face side searched for, px of the frames read
+    max_side: int = 640  # frames are read with their longer side at most this, px (aspect ratio kept)
     thresholds: tuple[float, float, float] = (0.6, 0.7, 0.7)  # MTCNN's P-, R-, O-net face probability
     min_score: float = 0.9  # a detection below this final probability is dropped
     pyramid_factor: float = 0.709  # scale between pyramid levels (MTCNN's)
@@ -51,6 +52,9 @@ class FaceConfig:
             raise ValueError(f"sample_fps must be a positive number of frames per second, got {self.sample_fps}")
         if self.min_face_px < 12:
             raise ValueError(f"min_face_px must be at least 12 (MTCNN's smallest window), got {self.min_face_px}")
+        if self.max_side < 2 * self.min_face_px:
+            raise ValueError(f"max_side must be at least twice min_face_px ({2 * self.min_face_px}), "
+                             f"got {self.max_side}")
         if not all(0 < t < 1 for t in (*self.thresholds, self.min_score, self.track_iou)):
             raise ValueError("thresholds, min_score and track_iou must be probabilities in (0, 1)")
         if not 0 < self.pyramid_factor < 1:
@@ -342,10 +346,11 @@ def sample_times(start: float, end: float, config: FaceConfig) -> np.ndarray:
 
 def faces_in_source(source, start: float, end: float, nets: FaceNets, config: FaceConfig,
                     decode: DecodeConfig) -> dict | None:
-    """The face columns (face_columns) of [start, end) s of a media source (path or bytes): its
-    frames decoded CHUNK_S seconds at a time, sample_fps per second, sized by `decode` (use
-    max_side to keep the aspect ratio). None when the source has no video: no visual signal.
-    Raises MediaError when the video cannot be decoded."""
+    """The face columns (face_columns) of [start, end) s of a media source (path, file or
+    bytes): its frames decoded CHUNK_S seconds at a time, sample_fps per second, aspect ratio
+    kept with the longer side at most config.max_side (`decode` gives the limits). None when
+    the source has no video: no visual signal. Raises MediaError when the video cannot be read."""
+    decode = dataclasses.replace(decode, max_side=config.max_side)
     faces: list[list[Face]] = []
     times: list[float] = []
     has_video = False
@@ -358,3 +363,28 @@ def faces_in_source(source, start: float, end: float, nets: FaceNets, config: Fa
             faces += read_faces(clip.frames, nets, config)
             times += [float(t) for t in clip.frame_times]
     return face_columns(faces, times, config) if has_video else None
+
+
+FACE_COLUMNS = ("faces", "face_count", "face_emotion", "face_emotion_probs", "face_error")
+
+
+def no_faces(error: str | None = None) -> dict:
+    """The face columns of a row whose faces were not read (no video, an error, faces off);
+    `face_error` says why when something went wrong."""
+    return {"faces": None, "face_count": None, "face_emotion": None, "face_emotion_probs": None, "face_error": error}
+
+
+def row_faces(source, start: float | None, end: float | None, nets: FaceNets, config: FaceConfig,
+              decode: DecodeConfig) -> dict:
+    """A row's FACE_COLUMNS for [start, end) s of a source (None: from the beginning, to the end).
+    Never raises: a source that cannot be read gets null columns and `face_error` naming why."""
+    from mmsa_ray.media import MediaError, probe_duration
+
+    try:
+        end = probe_duration(source, decode) if end is None else end
+        columns = faces_in_source(source, start or 0.0, end, nets, config, decode)
+    except MediaError as e:
+        return no_faces(getattr(e, "cause", None) or str(e))
+    except Exception as e:  # noqa: BLE001 - the row keeps its label; the reason is recorded
+        return no_faces(f"{type(e).__name__}: {e}")
+    return no_faces() if columns is None else {**columns, "face_error": None}

@@ -13,6 +13,8 @@ import pytest
 
 from mmsa_ray.batch import LABEL_SCHEMA
 from mmsa_ray.batch import label as label_job
+from mmsa_ray.batch.faces import FACE_FIELDS
+from mmsa_ray.faces import FACE_COLUMNS
 
 pytestmark = [pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"),
               pytest.mark.slow]
@@ -49,15 +51,16 @@ def test_label_reads_faces_per_utterance(ray_local, tmp_path, capsys):
 
 
 def test_face_flags(tmp_path, capsys):
+    assert tuple(name for name, _ in FACE_FIELDS) == FACE_COLUMNS  # the Parquet columns are the core's
     config = label_job.parse_args([str(tmp_path), "--output", str(tmp_path / "o"), "--faces", "off",
                                    "--face-actors", "1,3", "--face-gpus-per-actor", "0.5", "--face-fps", "1",
                                    "--min-face", "60", "--face-max-side", "960"])
     assert not config.faces.enabled and config.faces.actors == (1, 3) and config.faces.gpus_per_actor == 0.5
-    assert (config.faces.face.sample_fps, config.faces.face.min_face_px, config.faces.max_side) == (1.0, 60, 960)
+    assert (config.faces.face.sample_fps, config.faces.face.min_face_px, config.faces.face.max_side) == (1.0, 60, 960)
     assert label_job.parse_args([str(tmp_path), "--output", str(tmp_path / "o")]).faces.enabled
     for flags, message in ((["--min-face", "8"], "min_face_px must be at least 12"),
                            (["--face-fps", "0"], "sample_fps must be a positive"),
-                           (["--face-max-side", "60"], "face max_side must be at least twice min_face_px"),
+                           (["--face-max-side", "60"], "max_side must be at least twice min_face_px (80), got 60"),
                            (["--faces", "maybe"], "invalid choice: 'maybe'")):
         with pytest.raises(SystemExit):
             label_job.parse_args([str(tmp_path), "--output", str(tmp_path / "o"), *flags])

@@ -440,3 +440,39 @@ def test_two_voices_get_two_speakers(server, tmp_path):
     for bad in ("0", "two", "99"):
         r = _post(server, clip, name="two.wav", content_type="audio/wav", num_speakers=bad)
         assert r.status_code == 422 and "num_speakers" in r.json()["error"], r.text
+
+
+def test_faces_of_an_upload_equal_the_labelers_and_reach_each_utterance(server, checkpoint, tmp_path):
+    """Serve reads faces as `label` does: the same tracks, boxes and expressions for the same
+    clip, on the whole upload and on each transcribed utterance."""
+    import pyarrow.dataset as pads
+
+    from mmsa_ray.batch.label import LabelConfig, label
+
+    speech, spans = mediagen.spoken(SPOKEN)
+    path = tmp_path / "faces.mp4"
+    mediagen.write_faces_video(path, heads=2, seconds=len(speech) / 16000, audio=speech)
+    manifest = tmp_path / "manifest.csv"
+    manifest.write_text(f"path,id,transcript\n{path},faces,\"{SPOKEN[0]}\"\n", encoding="utf-8")
+    summary = label(LabelConfig(input=str(manifest), checkpoint=str(checkpoint), output=str(tmp_path / "labels")))
+    assert (summary.labeled, summary.failed) == (1, 0)
+    (row,) = pads.dataset(str(tmp_path / "labels"), format="parquet").to_table().to_pylist()
+
+    r = _post(server, path, transcript=SPOKEN[0])
+    assert r.status_code == 200, r.text
+    got = r.json()
+    assert got["face_count"] == row["face_count"] == 2 and got["face_emotion"] == row["face_emotion"] == "joy"
+    assert got["face_error"] is row["face_error"] is None
+    for served, labeled in zip(got["faces"], row["faces"], strict=True):
+        assert {k: served[k] for k in ("track", "seconds", "start", "end", "emotion")} == {
+            k: labeled[k] for k in ("track", "seconds", "start", "end", "emotion")}
+        for k in ("box", "emotion_probs", "score"):
+            np.testing.assert_allclose(served[k], labeled[k], atol=1e-4)
+
+    r = _post(server, path)  # no transcript: utterances, each with the faces of its own window
+    assert r.status_code == 200, r.text
+    utterances = r.json()["utterances"]
+    assert len(utterances) == len(spans)
+    for u in utterances:
+        assert u["face_count"] == 2 and u["face_emotion"] == "joy"
+        assert all(u["start"] <= f["start"] <= f["end"] <= u["end"] for f in u["faces"])

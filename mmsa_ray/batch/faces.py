@@ -20,7 +20,7 @@ from typing import Any
 
 import pyarrow as pa
 
-from mmsa_ray.faces import FaceConfig
+from mmsa_ray.faces import FaceConfig, no_faces, row_faces
 
 FACE_TRACK_TYPE = pa.struct([
     ("track", pa.int32()),  # 0, 1, ... in order of first appearance within the row
@@ -38,8 +38,7 @@ FACE_FIELDS = [
     ("face_emotion", pa.string()),  # the main face's expression (largest box area x time on screen); null: no face
     ("face_emotion_probs", pa.list_(pa.float32())),
     ("face_error", pa.string()),  # why a row with video has no face columns (its frames could not be read)
-]
-FACE_COLUMNS = tuple(name for name, _ in FACE_FIELDS)
+]  # in the order of mmsa_ray.faces.FACE_COLUMNS
 
 
 @dataclass
@@ -50,8 +49,7 @@ class FaceStageConfig:
     actors: tuple[int, int] = (1, 1)  # face actor pool (min, max)
     cpus_per_actor: float = 1.0  # CPUs reserved per face actor (also its torch threads)
     gpus_per_actor: float = 0.0  # 0: CPU actors; the networks run on cuda otherwise
-    max_side: int = 640  # frames are read with their longer side at most this, px (aspect ratio kept)
-    face: FaceConfig = field(default_factory=FaceConfig)
+    face: FaceConfig = field(default_factory=FaceConfig)  # what each row's frames go through
 
     def __post_init__(self) -> None:
         lo, hi = self.actors
@@ -59,15 +57,6 @@ class FaceStageConfig:
             raise ValueError(f"face actors must be MIN,MAX with 1 <= MIN <= MAX, got {self.actors}")
         if self.cpus_per_actor < 0 or self.gpus_per_actor < 0:
             raise ValueError("face cpus/gpus per actor must be >= 0")
-        if self.max_side < 2 * self.face.min_face_px:
-            raise ValueError(f"face max_side must be at least twice min_face_px ({2 * self.face.min_face_px}), "
-                             f"got {self.max_side}")
-
-
-def no_faces(error: str | None = None) -> dict[str, Any]:
-    """The face columns of a row the stage did not read."""
-    return {"faces": None, "face_count": None, "face_emotion": None, "face_emotion_probs": None,
-            "face_error": error}
 
 
 class FaceStage:
@@ -84,7 +73,7 @@ class FaceStage:
             torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
         self.nets = load_face_nets(device=device)
         self.config = stage.face
-        self.decode = DecodeConfig(max_side=stage.max_side, timeout_s=timeout_s)
+        self.decode = DecodeConfig(timeout_s=timeout_s)
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         rows = batch.select([c for c in ("uri", "start", "end", "error") if c in batch.column_names]).to_pylist()
@@ -94,24 +83,16 @@ class FaceStage:
         return batch
 
     def read(self, row: dict[str, Any]) -> dict[str, Any]:
-        """One row's face columns."""
-        from mmsa_ray.faces import faces_in_source
-        from mmsa_ray.media import MediaError, probe_duration
+        """One row's face columns (mmsa_ray.faces.row_faces); a face error names the file."""
         from mmsa_ray.sources import open_media
 
         if row.get("error") or not row.get("uri"):
             return no_faces()
-        try:
-            with open_media(row["uri"]) as source:
-                start = row.get("start") or 0.0
-                end = row.get("end")
-                end = probe_duration(source, self.decode) if end is None else end
-                columns = faces_in_source(source, start, end, self.nets, self.config, self.decode)
-        except MediaError as e:
-            return no_faces(f"{row['uri']}: {getattr(e, 'cause', None) or e}")
-        except Exception as e:  # noqa: BLE001 - the row keeps its label; the reason is recorded
-            return no_faces(f"{row['uri']}: {type(e).__name__}: {e}")
-        return no_faces() if columns is None else {**columns, "face_error": None}
+        with open_media(row["uri"]) as source:
+            columns = row_faces(source, row.get("start"), row.get("end"), self.nets, self.config, self.decode)
+        if columns["face_error"]:
+            columns["face_error"] = f"{row['uri']}: {columns['face_error']}"
+        return columns
 
 
 def face_stage(ds, stage: FaceStageConfig, timeout_s: float):
@@ -147,15 +128,15 @@ def add_face_args(p, d: FaceStageConfig) -> None:
                    help=f"frames looked at per second of a row (default {d.face.sample_fps:g})")
     g.add_argument("--min-face", type=int, default=d.face.min_face_px, metavar="PX",
                    help=f"smallest face searched for, px of the frames read (default {d.face.min_face_px})")
-    g.add_argument("--face-max-side", type=int, default=d.max_side, metavar="PX",
-                   help=f"frames are read with their longer side at most PX, aspect kept (default {d.max_side})")
+    g.add_argument("--face-max-side", type=int, default=d.face.max_side, metavar="PX",
+                   help=f"frames are read with their longer side at most PX, aspect kept (default {d.face.max_side})")
 
 
 def face_stage_from_args(a) -> FaceStageConfig:
     """FaceStageConfig from add_face_args' flags (ValueError for a bad combination)."""
-    face = dataclasses.replace(FaceConfig(), sample_fps=a.face_fps, min_face_px=a.min_face)
+    face = dataclasses.replace(FaceConfig(), sample_fps=a.face_fps, min_face_px=a.min_face, max_side=a.face_max_side)
     return FaceStageConfig(enabled=a.faces == "on", actors=a.face_actors, cpus_per_actor=a.face_cpus_per_actor,
-                           gpus_per_actor=a.face_gpus_per_actor, max_side=a.face_max_side, face=face)
+                           gpus_per_actor=a.face_gpus_per_actor, face=face)
 
 
 def fitted(stage: FaceStageConfig, cpus: float) -> FaceStageConfig:

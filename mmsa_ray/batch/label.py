@@ -386,10 +386,11 @@ def _task_settings(config: LabelConfig) -> dict[str, Any]:
 
 def fit_face_actors(config: LabelConfig, with_speech: bool) -> FaceStageConfig:
     """The face actors' CPU reservation, lowered (to what is left, possibly 0: they then share)
-    where the cluster cannot also hold the model actors, the speech actors and one task."""
+    where the CPUs free now (a Serve app or another job may hold some) cannot also hold the
+    model actors, the speech actors and one task."""
     import ray
 
-    faces, total = config.faces, ray.cluster_resources().get("CPU", 0.0)
+    faces, total = config.faces, ray.available_resources().get("CPU", 0.0)
     others = config.actors[0] * config.cpus_per_actor + max(config.decode_cpus, 1.0)
     if with_speech:
         speech = fit_speech_actors(config, quiet=True)

@@ -13,9 +13,10 @@ import numpy as np
 import pyarrow as pa
 
 from mmsa_ray.batch.decode import SPEECH_COLUMNS
-from mmsa_ray.batch.faces import FACE_COLUMNS, FACE_FIELDS
+from mmsa_ray.batch.faces import FACE_FIELDS
 from mmsa_ray.batch.staging import str_or_none
 from mmsa_ray.batch.utterances import WORD_TYPE
+from mmsa_ray.faces import FACE_COLUMNS
 from mmsa_ray.features import FEATURE_KEYS
 from mmsa_ray.sources import float_or_none
 from mmsa_ray.utterances import no_speech_reason

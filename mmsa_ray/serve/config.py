@@ -90,6 +90,8 @@ class ServeConfig:
     speech_num_gpus: float = _setting(0.0, "GPUs per speech replica (with asr_device cuda)")
     speakers: str = _setting("on", "on or off: find who speaks when in transcribed uploads (utterances split at every "
                              "change of speaker and carry `speaker`)")
+    faces: str = _setting("on", "on or off: find, track and read the faces of each upload and utterance (faces, "
+                          "face_count, face_emotion; mmsa_ray.faces)")
 
     def __post_init__(self) -> None:
         if not str(self.checkpoint).strip():
@@ -126,8 +128,9 @@ class ServeConfig:
             bad.append("model_threads and min_replicas must be >= 0")
         if self.speech_num_gpus < 0:
             bad.append(f"speech_num_gpus={self.speech_num_gpus!r} must be >= 0")
-        if self.speakers not in ("on", "off"):
-            bad.append(f"speakers={self.speakers!r} must be on or off")
+        for name in ("speakers", "faces"):
+            if getattr(self, name) not in ("on", "off"):
+                bad.append(f"{name}={getattr(self, name)!r} must be on or off")
         if self.asr_device not in ("cpu", "cuda", "auto"):
             bad.append(f"asr_device={self.asr_device!r} must be cpu, cuda or auto")
         if self.num_gpus is not None and self.num_gpus < 0:

@@ -9,7 +9,8 @@ One application, four deployments, each scaling on its own::
               │                  │      once per replica, one transcription at a time) -> utterances
               ▼                  ▼
             Preprocessor  CPU: predict.Preprocessing (PyAV decode + features) in a thread pool,
-              │           for the whole clip and for each utterance's window + its transcript
+              │           for the whole clip and for each utterance's window + its transcript;
+              │           with faces on, each window's faces (mmsa_ray.faces.row_faces, as label)
               │ features of one clip: dict[str, np.ndarray]
               ▼
             Model         @serve.batch dynamic batching → Predictor.predict_batch; 1 GPU/replica
@@ -77,7 +78,9 @@ class Preprocessor:
     every other request on this replica, so it runs in `threads` worker threads.
     """
 
-    def __init__(self, checkpoint: str, limits: DecodeLimits, threads: int):
+    def __init__(self, checkpoint: str, limits: DecodeLimits, threads: int, faces: bool = True):
+        from mmsa_ray.face_models import load_face_nets
+        from mmsa_ray.faces import FaceConfig
         from mmsa_ray.predict import Preprocessing
 
         # Only the checkpoint's preprocessing config and tokenizer: no model weights here.
@@ -87,6 +90,8 @@ class Preprocessor:
         self._preprocessing.decode_config = dataclasses.replace(self._preprocessing.decode_config,
                                                                 **dataclasses.asdict(limits))
         self._pool = ThreadPoolExecutor(max_workers=threads, thread_name_prefix="decode")
+        self._face_nets = load_face_nets() if faces else None  # 2 MB, CPU: the decoders' own work
+        self._face_config = FaceConfig()
 
     async def preprocess(self, data: bytes, transcript: str | None, start: float | None, end: float | None,
                          context: list[str] | None = None) -> dict[str, Any]:
@@ -112,6 +117,20 @@ class Preprocessor:
         marks = self._preprocessing.feature_config.context_speakers
         return list(await asyncio.gather(*(
             self.preprocess(data, w["transcript"], w["start"], w["end"], _context(w, marks)) for w in windows)))
+
+
+    async def faces(self, data: bytes, windows: list[tuple[float | None, float | None]]) -> list[dict[str, Any]]:
+        """Each (start, end) window's face columns (faces.row_faces: what `label` writes for it),
+        in order; [] with faces off."""
+        from mmsa_ray.faces import row_faces
+
+        if self._face_nets is None:
+            return []
+        loop = asyncio.get_running_loop()
+        decode = self._preprocessing.decode_config
+        return list(await asyncio.gather(*(loop.run_in_executor(
+            self._pool, row_faces, data, start, end, self._face_nets, self._face_config, decode)
+            for start, end in windows)))
 
 
 def _context(window: dict[str, Any], marks: bool) -> list[str] | None:
@@ -401,15 +420,18 @@ class Ingress:
         # speech recognition runs beside the whole clip's decode
         speech = (self._speech.transcribe.remote(data, name, form.start, form.end, form.num_speakers)
                   if form.transcribe and not has_transcript else None)
+        faces = self._pre.faces.remote(data, [(form.start, form.end)])  # beside the decode, on another thread
         stage.name = "decoding the upload"
         result = await self._pre.preprocess.remote(data, form.transcript, form.start, form.end, form.context)
         if "error" in result:
-            if speech is not None:
-                speech.cancel()
+            for pending in (speech, faces):
+                if pending is not None:
+                    pending.cancel()
             raise RequestError(422, f"cannot use uploaded file {name!r}: {result['error']}")
         stage.name = "the model"
         row = await self._model.predict.remote(result["features"])
-        out = {"source": name, **row}
+        stage.name = "faces"
+        out = {"source": name, **row, **next(iter(await faces), {})}
         if speech is not None:
             stage.name = "speech recognition"
             transcribed = await speech
@@ -440,11 +462,13 @@ class Ingress:
         # and at most one batch of features is in flight
         for i in range(0, len(windows), self._batch):
             group = windows[i:i + self._batch]
+            faces = self._pre.faces.remote(data, [(w["start"], w["end"]) for w in group])
             results = await self._pre.preprocess_windows.remote(data, group)
+            faces = await faces or [{}] * len(group)
             ok = [r["features"] for r in results if "error" not in r]
             rows = iter(await self._model.predict_many.remote(ok) if ok else [])
-            for u, r in zip(utterances[i:i + self._batch], results, strict=True):
-                fields = {k: v for k, v in u.items() if k != "id"}
+            for u, r, f in zip(utterances[i:i + self._batch], results, faces, strict=True):
+                fields = {**{k: v for k, v in u.items() if k != "id"}, **f}
                 if "error" in r:
                     out.append({**fields, "error": r["error"]})
                     continue

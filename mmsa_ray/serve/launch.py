@@ -47,7 +47,7 @@ def build_app(config: ServeConfig, plan: ResourcePlan | None = None) -> Applicat
         max_ongoing_requests=2 * p.threads,
         max_queued_requests=config.max_queued_requests,
         autoscaling_config=_autoscaling(p, float(p.threads)),
-    ).bind(config.checkpoint, DecodeLimits.from_config(config), p.threads)
+    ).bind(config.checkpoint, DecodeLimits.from_config(config), p.threads, config.faces == "on")
     speech = Speech.options(
         ray_actor_options={"num_cpus": s.num_cpus, "num_gpus": s.num_gpus},
         # one transcription runs per replica; one more waits there, the rest in the caller's queue
