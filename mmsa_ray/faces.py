@@ -312,9 +312,11 @@ def track(faces_per_frame: list[list[Face]], times: list[float], config: FaceCon
 def read_faces(frames: np.ndarray, nets: FaceNets, config: FaceConfig) -> list[list[Face]]:
     """Frames uint8 [F, 3, H, W] RGB -> per frame, its faces with their expression probabilities."""
     found = detect(frames, nets, config)
-    for frame, faces in zip(frames, found, strict=True):
-        probs = expressions(expression_inputs(frame, [f.box for f in faces], config.margin), nets)
-        for face, p in zip(faces, probs, strict=True):
+    every = [face for faces in found for face in faces]
+    if every:  # one batch for all the faces of these frames
+        inputs = torch.cat([expression_inputs(frame, [f.box for f in faces], config.margin)
+                            for frame, faces in zip(frames, found, strict=True)])
+        for face, p in zip(every, expressions(inputs, nets), strict=True):
             face.emotion_probs = p.tolist()
     return found
 

@@ -119,3 +119,24 @@ def test_sample_times_and_bad_input(nets, tmp_path):
         FaceConfig(min_face_px=8)
     with pytest.raises(FileNotFoundError, match="the face networks' weights are missing: .*model.safetensors"):
         face_models.load_face_nets(tmp_path)
+
+
+def test_fusion_weights_and_log_linear_pooling():
+    from mmsa_ray.fusion import fuse, parse_fuse
+
+    assert parse_fuse("text=1, face=0.5") == {"text": 1.0, "face": 0.5}
+    for spec, message in (("text=1,voice=2", "NAME in \\['face', 'text'\\], got 'voice=2'"),
+                          ("face", "NAME=WEIGHT pairs"), ("face=lots", "weight of face must be a number"),
+                          ("face=-1", "finite number >= 0"), ("text=0,face=0", "at least one weight above 0")):
+        with pytest.raises(ValueError, match=message):
+            parse_fuse(spec)
+    text = [0.1, 0.05, 0.05, 0.2, 0.4, 0.1, 0.1]
+    face = [0.02, 0.01, 0.01, 0.9, 0.02, 0.02, 0.02]
+    got = fuse({"emotion_probs": text, "face_emotion_probs": face}, {"text": 1.0, "face": 0.5})
+    want = (np.asarray(text) * np.sqrt(face)) ** (1 / 1.5)  # weights normalized: text^(2/3) face^(1/3)
+    np.testing.assert_allclose(got["fused_emotion_probs"], want / want.sum(), rtol=1e-9)
+    assert got["fused_emotion"] == "joy"  # neutral 0.4 alone; the smiling face tips it
+    alone = fuse({"emotion_probs": None, "face_emotion_probs": face}, {"text": 1.0, "face": 0.5})
+    np.testing.assert_allclose(alone["fused_emotion_probs"], face, rtol=1e-9)
+    assert fuse({"emotion_probs": None, "face_emotion_probs": None}, {"text": 1.0}) == {
+        "fused_emotion": None, "fused_emotion_probs": None}

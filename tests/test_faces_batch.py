@@ -8,6 +8,7 @@ from __future__ import annotations
 import shutil
 
 import mediagen
+import numpy as np
 import pyarrow.dataset as pads
 import pytest
 
@@ -28,7 +29,7 @@ def test_label_reads_faces_per_utterance(ray_local, tmp_path, capsys):
     mediagen.write_faces_video(src / "empty_room.mp4", heads=0, seconds=3.0)
     mediagen.write_audio(src / "voice.wav", rate=16000, channels=1, samples=speech[None])
 
-    assert label_job.main([str(src), "--output", str(out)]) == 0
+    assert label_job.main([str(src), "--output", str(out), "--fuse", "text=1,face=1"]) == 0
     assert "labeled 6, no signal 1, failed 0" in capsys.readouterr().out
     rows = {r["id"]: r for r in pads.dataset(str(out), format="parquet", schema=LABEL_SCHEMA).to_table().to_pylist()}
 
@@ -43,11 +44,16 @@ def test_label_reads_faces_per_utterance(ray_local, tmp_path, capsys):
         # 2 frames per second over the utterance, every one showing both faces
         assert astronaut["seconds"] == cameraman["seconds"] == pytest.approx(row["end"] - row["start"], abs=0.51)
         assert row["start"] <= astronaut["start"] <= astronaut["end"] <= row["end"]
+        text, face = (np.clip(np.asarray(row[k], float), 1e-12, 1) for k in ("emotion_probs", "face_emotion_probs"))
+        mean = np.sqrt(text * face)  # equal weights: the geometric mean (a probability of 0 floored at 1e-12)
+        np.testing.assert_allclose(row["fused_emotion_probs"], mean / mean.sum(), atol=1e-6)
     empty = rows["empty_room.mp4"]
     assert (empty["face_count"], empty["faces"], empty["face_emotion"], empty["no_label_reason"]) == (
         0, [], None, "no speech")
     audio_only = [r for r in rows.values() if r["uri"].endswith("voice.wav")]
     assert len(audio_only) == 3 and all(r["faces"] is None and r["face_count"] is None for r in audio_only)
+    # fusion: a row with one opinion keeps it, a row with none gets none
+    assert all(r["fused_emotion"] == r["emotion"] for r in audio_only) and empty["fused_emotion"] is None
 
 
 def test_face_flags(tmp_path, capsys):
@@ -56,12 +62,14 @@ def test_face_flags(tmp_path, capsys):
                                    "--face-actors", "1,3", "--face-gpus-per-actor", "0.5", "--face-fps", "1",
                                    "--min-face", "60", "--face-max-side", "960"])
     assert not config.faces.enabled and config.faces.actors == (1, 3) and config.faces.gpus_per_actor == 0.5
+    assert config.fuse is None
     assert (config.faces.face.sample_fps, config.faces.face.min_face_px, config.faces.face.max_side) == (1.0, 60, 960)
     assert label_job.parse_args([str(tmp_path), "--output", str(tmp_path / "o")]).faces.enabled
     for flags, message in ((["--min-face", "8"], "min_face_px must be at least 12"),
                            (["--face-fps", "0"], "sample_fps must be a positive"),
                            (["--face-max-side", "60"], "max_side must be at least twice min_face_px (80), got 60"),
-                           (["--faces", "maybe"], "invalid choice: 'maybe'")):
+                           (["--faces", "maybe"], "invalid choice: 'maybe'"),
+                           (["--fuse", "text=1,voice=1"], "NAME in ['face', 'text'], got 'voice=1'")):
         with pytest.raises(SystemExit):
             label_job.parse_args([str(tmp_path), "--output", str(tmp_path / "o"), *flags])
         assert message in capsys.readouterr().err

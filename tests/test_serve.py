@@ -43,6 +43,10 @@ def test_config_from_strings_and_unknown_keys():
     assert ServeConfig().checkpoint == ServeConfig(checkpoint=" ").checkpoint == str(default_checkpoint())
     with pytest.raises(ValueError, match=r"max_batch_size=0 must be > 0"):
         ServeConfig(checkpoint="ck", max_batch_size=0)
+    assert ServeConfig(checkpoint="ck", fuse="text=1,face=0.5").fuse_weights() == {"text": 1.0, "face": 0.5}
+    assert ServeConfig(checkpoint="ck").fuse_weights() is None
+    with pytest.raises(ValueError, match="invalid ServeConfig: faces='maybe' must be on or off; fuse weight of face"):
+        ServeConfig(checkpoint="ck", faces="maybe", fuse="face=x")
 
 
 def test_cli_flags_map_onto_config():

@@ -128,6 +128,9 @@ def add_face_args(p, d: FaceStageConfig) -> None:
                    help=f"frames looked at per second of a row (default {d.face.sample_fps:g})")
     g.add_argument("--min-face", type=int, default=d.face.min_face_px, metavar="PX",
                    help=f"smallest face searched for, px of the frames read (default {d.face.min_face_px})")
+    g.add_argument("--fuse", default=None, metavar="text=1,face=W",
+                   help="also write fused_emotion: the checkpoint's calibrated emotion and the main face's, "
+                   "log-linear pooled with these weights (no weight is validated: check it on your data)")
     g.add_argument("--face-max-side", type=int, default=d.face.max_side, metavar="PX",
                    help=f"frames are read with their longer side at most PX, aspect kept (default {d.face.max_side})")
 

@@ -111,6 +111,7 @@ from mmsa_ray.batch.utterances import (
     rows_before,
     speech_stage,
 )
+from mmsa_ray.fusion import parse_fuse
 from mmsa_ray.sink import ordered_parquet_datasink
 from mmsa_ray.sources import (
     MEDIA_EXTENSIONS,
@@ -164,6 +165,7 @@ class LabelConfig:
     asr: SpeechStageConfig = field(default_factory=SpeechStageConfig)  # the speech actor pool
     speakers: SpeakerConfig = field(default_factory=SpeakerConfig)  # who speaks when (with utterances)
     faces: FaceStageConfig = field(default_factory=FaceStageConfig)  # who is on screen, their expression
+    fuse: dict[str, float] | None = None  # --fuse weights (mmsa_ray.fusion.parse_fuse); None: no fused emotion
 
     def __post_init__(self) -> None:
         if self.utterances not in UTTERANCE_MODES:
@@ -364,7 +366,7 @@ def run_pipeline(config: LabelConfig, plan: LabelPlan, done: np.ndarray | None, 
         ds = face_stage(ds, fit_face_actors(config, plan.utterances), plan.timeout_s)
     ds = ds.map_batches(
         LabelPredictor,
-        fn_constructor_kwargs={"checkpoint": plan.checkpoint, "device": device},
+        fn_constructor_kwargs={"checkpoint": plan.checkpoint, "device": device, "fuse": config.fuse},
         compute=ActorPoolStrategy(min_size=config.actors[0], max_size=config.actors[1]),
         batch_size=config.batch_size,
         batch_format="numpy",
@@ -501,6 +503,7 @@ def parse_args(argv: list[str] | None = None) -> LabelConfig:
             asr=SpeechStageConfig(actors=a.asr_actors, cpus_per_actor=a.asr_cpus_per_actor,
                                   gpus_per_actor=a.asr_gpus_per_actor),
             speakers=speaker_config_from_args(a), faces=face_stage_from_args(a),
+            fuse=parse_fuse(a.fuse) if a.fuse else None,
         )
     except ValueError as e:
         p.error(str(e))

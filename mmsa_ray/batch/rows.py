@@ -18,6 +18,7 @@ from mmsa_ray.batch.staging import str_or_none
 from mmsa_ray.batch.utterances import WORD_TYPE
 from mmsa_ray.faces import FACE_COLUMNS
 from mmsa_ray.features import FEATURE_KEYS
+from mmsa_ray.fusion import FUSED_INPUTS, fuse
 from mmsa_ray.sources import float_or_none
 from mmsa_ray.utterances import no_speech_reason
 
@@ -54,6 +55,9 @@ LABEL_SCHEMA = pa.schema([
     ("video_emotion", pa.string()),
     ("emotion_driver", pa.string()),  # the present modality whose own head backs the emotion most; null: no label
     *FACE_FIELDS,  # who is on screen and what their faces show (mmsa_ray.batch.faces); null with --faces off
+    # --fuse: the checkpoint's emotion and the main face's, log-linear pooled (mmsa_ray.fusion); null otherwise
+    ("fused_emotion", pa.string()),
+    ("fused_emotion_probs", pa.list_(pa.float32())),
     ("error", pa.string()),  # null when labeled; otherwise "<uri>: <cause>"
     # why emotion and sentiment are null on a row without error: none of the checkpoint's
     # modalities had a signal ("no speech", "speech not recognized", "transcript unreliable", "no transcript",
@@ -68,7 +72,7 @@ class LabelPredictor:
     """Actor: features of good rows -> Predictor.predict_batch; error rows pass through.
     Returns a pyarrow.Table in LABEL_SCHEMA (no feature columns)."""
 
-    def __init__(self, checkpoint: str, device: str):
+    def __init__(self, checkpoint: str, device: str, fuse: dict[str, float] | None = None):
         import torch
 
         from mmsa_ray.predict import Predictor
@@ -76,6 +80,7 @@ class LabelPredictor:
         if device == "cpu":
             torch.set_num_threads(max(1, int(os.environ.get("OMP_NUM_THREADS", "1") or 1)))
         self.predictor = Predictor.from_checkpoint(checkpoint, device=device)
+        self.fuse = fuse  # --fuse weights (mmsa_ray.fusion), None: no fused columns
 
     def __call__(self, batch: dict[str, np.ndarray]) -> pa.Table:
         n = len(batch["id"])
@@ -111,6 +116,9 @@ class LabelPredictor:
             if columns["face_count"][-1] is not None:  # a null count arrives as NaN in a float array
                 count = columns["face_count"][-1]
                 columns["face_count"][-1] = None if count != count else int(count)
+            fused = fuse({k: columns[k][-1] for k in FUSED_INPUTS.values()}, self.fuse) if self.fuse else {}
+            for k in ("fused_emotion", "fused_emotion_probs"):
+                columns[k].append(fused.get(k))
             columns["error"].append(errors[i])
             reason = no_speech_reason(p.get("no_label_reason"), {
                 "speech": columns["speech"][-1], "transcript_reliable": columns["transcript_reliable"][-1]})

@@ -92,6 +92,8 @@ class ServeConfig:
                              "change of speaker and carry `speaker`)")
     faces: str = _setting("on", "on or off: find, track and read the faces of each upload and utterance (faces, "
                           "face_count, face_emotion; mmsa_ray.faces)")
+    fuse: str = _setting("", "text=1,face=W: also answer fused_emotion, the checkpoint's calibrated emotion and "
+                         "the main face's log-linear pooled (mmsa_ray.fusion; no weight is validated); default: none")
 
     def __post_init__(self) -> None:
         if not str(self.checkpoint).strip():
@@ -142,8 +144,19 @@ class ServeConfig:
             bad.append(f"min_replicas={self.min_replicas} > max_replicas={self.max_replicas}")
         if not str(self.route_prefix).startswith("/"):
             bad.append(f"route_prefix={self.route_prefix!r} must start with '/'")
+        if self.fuse:
+            try:
+                self.fuse_weights()
+            except ValueError as e:
+                bad.append(str(e))
         if bad:
             raise ValueError("invalid ServeConfig: " + "; ".join(bad))
+
+    def fuse_weights(self) -> dict[str, float] | None:
+        """The fuse setting as weights (fusion.parse_fuse), None when not set."""
+        from mmsa_ray.fusion import parse_fuse
+
+        return parse_fuse(self.fuse) if self.fuse else None
 
     @property
     def max_upload_bytes(self) -> int:

@@ -354,10 +354,12 @@ async def _http_exception(_: Request, exc: StarletteHTTPException) -> JSONRespon
 class Ingress:
     """HTTP front: validates and streams uploads, then calls Preprocessor and Model."""
 
-    def __init__(self, preprocessor: Any, model: Any, speech: Any, limits: IngressLimits):
+    def __init__(self, preprocessor: Any, model: Any, speech: Any, limits: IngressLimits,
+                 fuse: dict[str, float] | None = None):
         self._pre = preprocessor  # DeploymentHandle
         self._model = model  # DeploymentHandle
         self._speech = speech  # DeploymentHandle
+        self._fuse = fuse  # fusion weights, None: no fused_emotion
         self._batch = limits.max_batch_size
         self._max_bytes = limits.max_upload_bytes
         self._max_transcript = limits.max_transcript_chars
@@ -431,7 +433,7 @@ class Ingress:
         stage.name = "the model"
         row = await self._model.predict.remote(result["features"])
         stage.name = "faces"
-        out = {"source": name, **row, **next(iter(await faces), {})}
+        out = self._fused({"source": name, **row, **next(iter(await faces), {})})
         if speech is not None:
             stage.name = "speech recognition"
             transcribed = await speech
@@ -473,8 +475,15 @@ class Ingress:
                     out.append({**fields, "error": r["error"]})
                     continue
                 row = next(rows)
-                out.append({**fields, **row, "no_label_reason": no_speech_reason(row["no_label_reason"], u)})
+                out.append(self._fused({**fields, **row,
+                                        "no_label_reason": no_speech_reason(row["no_label_reason"], u)}))
         return {"utterances": out}
+
+    def _fused(self, row: dict[str, Any]) -> dict[str, Any]:
+        """The row with fused_emotion and fused_emotion_probs when fusion is on (mmsa_ray.fusion)."""
+        from mmsa_ray.fusion import fuse
+
+        return {**row, **fuse(row, self._fuse)} if self._fuse else row
 
     async def _read_form(self, request: Request) -> UploadForm:
         """Parse the multipart body, counting bytes as they stream in (413 past the cap), and

@@ -60,7 +60,8 @@ def build_app(config: ServeConfig, plan: ResourcePlan | None = None) -> Applicat
         ray_actor_options={"num_cpus": 0},  # it waits on I/O; the work is downstream
         max_ongoing_requests=config.ingress_max_ongoing_requests,
         max_queued_requests=config.ingress_max_queued_requests,
-    ).bind(preprocessor, model, speech, IngressLimits.from_config(config, plan.max_inflight_requests))
+    ).bind(preprocessor, model, speech, IngressLimits.from_config(config, plan.max_inflight_requests),
+           config.fuse_weights())
 
 
 def app(args: dict[str, Any]) -> Application:
