@@ -16,6 +16,7 @@ from mmsa_ray.batch import LABEL_SCHEMA
 from mmsa_ray.batch import label as label_job
 from mmsa_ray.batch.faces import FACE_FIELDS
 from mmsa_ray.faces import FACE_COLUMNS
+from mmsa_ray.report import html as report
 
 pytestmark = [pytest.mark.skipif(shutil.which("espeak-ng") is None, reason="espeak-ng is not installed"),
               pytest.mark.slow]
@@ -54,6 +55,15 @@ def test_label_reads_faces_per_utterance(ray_local, tmp_path, capsys):
     assert len(audio_only) == 3 and all(r["faces"] is None and r["face_count"] is None for r in audio_only)
     # fusion: a row with one opinion keeps it, a row with none gets none
     assert all(r["fused_emotion"] == r["emotion"] for r in audio_only) and empty["fused_emotion"] is None
+
+    # the report: each line says the main face's expression; the summary counts faces and disagreements
+    assert report.main([str(out), "--output", str(tmp_path / "report")]) == 0
+    page = (tmp_path / "report" / "index.html").read_text(encoding="utf-8")
+    disagree = sum(r["text_emotion"] != "joy" for r in video)
+    assert (f"A face was found in 3 of 4 rows with video; main faces: joy 3. face and text disagree on {disagree} "
+            "of 3 rows that have both") in page
+    assert "4 rows carry a fused emotion" not in page and "6 rows carry a fused emotion (--fuse)" in page
+    assert page.count('"face":"joy"') == page.count('"faces":2') == 3 and page.count('"faces":0') == 1
 
 
 def test_face_flags(tmp_path, capsys):

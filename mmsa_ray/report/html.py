@@ -35,14 +35,14 @@ from typing import Any
 
 from mmsa_ray import timeline
 from mmsa_ray.labels import EMOTIONS, MODALITIES, SENTIMENTS
-from mmsa_ray.report import speakers, subtitles
+from mmsa_ray.report import faces, speakers, subtitles
 from mmsa_ray.sources import resolve
 
 REQUIRED_COLUMNS = ("id", "uri", "start", "end", "emotion", "emotion_probs", "sentiment", "sentiment_probs", "error")
 OPTIONAL_COLUMNS = ("transcript", "modalities", "text_emotion", "audio_emotion", "video_emotion", "model_id",
                     "labeled_at", "asr_confidence", "no_speech_prob", "speech", "no_label_reason",
                     "emotion_uncertain", "sentiment_uncertain", "transcript_reliable", "emotion_driver",
-                    "speaker", "speaker_confidence")
+                    "speaker", "speaker_confidence", *faces.COLUMNS)
 AUDIO_EXTENSIONS = (".m4a", ".wav", ".aif", ".aiff", ".mp3", ".ogg", ".oga", ".opus", ".flac", ".aac", ".wma", ".m4b")
 _WINDOW_SUFFIX = re.compile(r"#t=[0-9.eE+-]*,[0-9.eE+-]*$")
 
@@ -240,6 +240,8 @@ def _page_row(r: dict[str, Any], fallback_end: float | None, archive: dict[tuple
     if r.get("speaker"):
         row["who"] = speakers.who(r, file_name(r["id"]), archive)
         row["spc"] = _round(r.get("speaker_confidence"))
+    if r.get("face_count") is not None:  # faces were read: how many, and the main face's expression
+        row["faces"], row["face"], row["fused"] = r["face_count"], r.get("face_emotion"), r.get("fused_emotion")
     return row
 
 
@@ -424,6 +426,7 @@ def _summary_section(s: dict[str, Any], charts: dict[str, dict]) -> str:
 <div><h2>Failures</h2>{_failures_html(s["failures"])}</div>
 </div>
 {speakers.speaker_table_html(s.get("speakers") or [])}
+{faces.face_summary_html(s.get("faces"))}
 </section>"""
 
 
@@ -495,6 +498,7 @@ def make_report(config: ReportConfig) -> Report:
     model = build_model(raw, local_dir, probe=config.probe_durations, archive=speakers.read_archive(config.labels))
     s = summarize(raw)
     s["speakers"] = speakers.speaker_table(model["rows"])
+    s["faces"] = faces.face_summary(raw)
     out_fs.create_dir(out_path, recursive=True)
     tracks = []
     if config.subtitles:
