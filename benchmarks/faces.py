@@ -13,7 +13,8 @@ detectors  recall and false detections on real faces: the 100 faces and 100 non-
 speed      ms per frame of detection at 320x180, 640x360 and 1280x720 (the astronaut in a
            frame of that size), and of expression per face, on --threads threads.
 stage      a --seconds clip with two faces and espeak-ng speech (tests/mediagen.py): the face
-           stage (decode at 2 frames per second, detection, expression, tracks, per 4 s window)
+           stage (decode at --fps frames per second with the longer side at most --max-side px,
+           detection, expression, tracks, per 4 s window)
            against SpeechRecognizer.transcribe on the same file, CPU seconds (process time,
            steadier than wall time on a shared machine) and their ratio (target: faces <= speech).
 """
@@ -138,7 +139,7 @@ def speed(threads: int) -> None:
     print(f"expression: {(time.perf_counter() - t0) / 20 / 8 * 1000:.2f} ms per face (batches of 8)")
 
 
-def stage(seconds: float, threads: int) -> None:
+def stage(seconds: float, threads: int, fps: float, max_side: int) -> None:
     import mediagen
     import torch
 
@@ -148,7 +149,7 @@ def stage(seconds: float, threads: int) -> None:
     from mmsa_ray.speech import SpeechConfig, SpeechRecognizer
 
     torch.set_num_threads(threads)
-    config, nets = FaceConfig(), load_face_nets()
+    config, nets = FaceConfig(sample_fps=fps, max_side=max_side), load_face_nets()
     recognizer = SpeechRecognizer(SpeechConfig(cpu_threads=threads))
     with tempfile.TemporaryDirectory() as tmp:
         speech, _ = mediagen.spoken(list(mediagen.TALK_SENTENCES) * 4)
@@ -162,11 +163,12 @@ def stage(seconds: float, threads: int) -> None:
         for start in np.arange(0.0, seconds, 4.0):
             end = min(start + 4.0, seconds)
             clip = decode_clip(str(path), start, end, DecodeConfig(num_frames=len(sample_times(start, end, config)),
-                                                                   height=360, width=640))
+                                                                   max_side=config.max_side))
             count += faces_in_window(clip.frames, clip.frame_times, nets, config)["face_count"]
         face_cpu = time.process_time() - t0
     print(f"{seconds:.0f} s of 640x360 video with speech, {threads} thread(s): speech CPU {asr:.1f} s, face stage "
-          f"CPU {face_cpu:.1f} s at {config.sample_fps:g} frames/s ({count} tracks over 4 s windows); "
+          f"CPU {face_cpu:.1f} s at {config.sample_fps:g} frames/s, frames read at most {config.max_side} px "
+          f"({count} tracks over 4 s windows); "
           f"faces / speech = {face_cpu / asr:.2f} (target <= 1)")
 
 
@@ -175,13 +177,15 @@ def main() -> None:
     p.add_argument("--section", choices=["detectors", "speed", "stage", "all"], default="all")
     p.add_argument("--seconds", type=float, default=60.0, help="length of the stage's clip")
     p.add_argument("--threads", type=int, default=1)
+    p.add_argument("--fps", type=float, default=2.0, help="the stage's frames per second (label --face-fps)")
+    p.add_argument("--max-side", type=int, default=640, help="the stage's frame size (label --face-max-side)")
     a = p.parse_args()
     if a.section in ("detectors", "all"):
         detectors()
     if a.section in ("speed", "all"):
         speed(a.threads)
     if a.section in ("stage", "all"):
-        stage(a.seconds, a.threads)
+        stage(a.seconds, a.threads, a.fps, a.max_side)
 
 
 if __name__ == "__main__":

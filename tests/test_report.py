@@ -374,6 +374,9 @@ def test_report_in_headless_chromium(made, page, rows, tmp_path):
         browser.wait(d, f"Math.abs({player}.currentTime - 4) < 0.05", timeout=10, what="the mark click to seek")
         drivers = [e.text for e in d.find_elements(By.CSS_SELECTOR, "ol.lines li .driver")]
         assert sorted(drivers) == sorted(f"from {r['emotion_driver']}" for r in rows if r["emotion_driver"])
+        # faces were read in every video row (label's default) and none has a face: each line says so
+        faces = [e.text for e in d.find_elements(By.CSS_SELECTOR, "ol.lines li .face")]
+        assert faces == ["no face"] * sum(r["face_count"] == 0 for r in rows) and len(faces) == 4
         browser.screenshot(d, tmp_path, "report.png")
         # filters: only the failed rows -> the two failing files
         Select(d.find_element(By.ID, "f-emotion")).select_by_value("failed")

@@ -102,6 +102,9 @@ def test_upload_shows_timeline_and_modalities(server, clips, tmp_path):
         span = d.execute_script("const li = document.querySelector('#lines li .time'); return li.textContent")
         assert span == "0:00.0–0:02.0", span
         assert d.find_element(By.CSS_SELECTOR, "#lines li .transcript").text == transcript
+        # faces were read (a video) and there is none: said, not guessed
+        assert want["face_count"] == 0 and d.find_element(By.CSS_SELECTOR, "#lines li .face").text == "no face"
+        assert "no face" in head
         browser.screenshot(d, tmp_path, "serve-page.png")
         assert browser.console_errors(d) == []
 

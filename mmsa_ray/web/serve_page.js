@@ -25,6 +25,10 @@
   }
   function fmtTime(s) { const m = Math.floor(s / 60), r = s - 60 * m; return m + ":" + (r < 10 ? "0" : "") + r.toFixed(1); }
   function chip(field, value) { return el("span", { class: "chip", style: "background:" + mmsaColour(field, value), text: value }); }
+  function faceNote(r) {  // the main face's expression beside the label: its own opinion, never fused into it
+    if (r.face_emotion) return el("span", { class: "conf face", text: "face " + r.face_emotion + (r.face_count > 1 ? " (" + r.face_count + " faces)" : "") + (r.fused_emotion ? " · fused " + r.fused_emotion : "") });
+    return r.face_count === 0 ? el("span", { class: "conf face", text: "no face" }) : null;
+  }
   function top(p) { return p && p.length ? Math.max.apply(null, p) : null; }
 
   function showError(status, message) {
@@ -69,6 +73,7 @@
      body.no_label_reason ? el("span", { class: "conf", text: body.no_label_reason })
        : chip("sentiment", whole.sentiment),
      el("span", { class: "conf", text: sc == null ? "" : sc.toFixed(2) }),
+     faceNote(body),
      el("span", { class: "conf", text: "· modalities " + (body.modalities || []).join("+") +
        (utterances.length ? " · " + utterances.length + " utterances" : "") + " · model " + (body.model_id || "?") }),
      // speech recognition ran (no transcript given) but found nothing, or could not read the audio
@@ -105,6 +110,7 @@
         el("span", { class: "conf", text: t.sc == null ? "" : t.sc.toFixed(2) }),
         r.emotion_uncertain || r.sentiment_uncertain ? el("span", { class: "conf", text: "uncertain" }) : null,
         r.asr_confidence != null ? el("span", { class: "conf", text: "ASR " + r.asr_confidence.toFixed(2) }) : null,
+        faceNote(r),
         r.error ? el("span", { class: "err", text: r.error }) : null,
         r.no_label_reason ? el("span", { class: "conf", text: r.no_label_reason }) : null,
         t.transcript ? el("span", { class: "transcript", text: t.transcript }) : null]);
