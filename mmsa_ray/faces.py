@@ -33,6 +33,7 @@ FER_TO_MELD = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": 
 _FER_COLUMNS_IN_MELD_ORDER = [FER_CLASSES.index(next(f for f, m in FER_TO_MELD.items() if m == e)) for e in EMOTIONS]
 _GREY = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as FER-2013's faces were made
 CHUNK_S = 8.0  # a row's frames are decoded this many seconds at a time: a long row never holds them all
+FACE_COLUMNS = ("faces", "face_count", "face_emotion", "face_emotion_probs", "face_error")  # what a row gets
 
 
 @dataclass(frozen=True)
@@ -353,12 +354,15 @@ def faces_in_source(source, start: float, end: float, nets: FaceNets, config: Fa
     kept with the longer side at most config.max_side (`decode` gives the limits). None when
     the source has no video: no visual signal. Raises MediaError when the video cannot be read."""
     decode = dataclasses.replace(decode, max_side=config.max_side)
+    wanted = sample_times(start, end, config)  # the row's frames, shared out among the chunks
     faces: list[list[Face]] = []
     times: list[float] = []
     has_video = False
     for a in np.arange(start, end, CHUNK_S):
         b = min(float(a) + CHUNK_S, end)
-        n = len(sample_times(float(a), b, config))
+        n = int(((wanted >= a) & (wanted < b)).sum())
+        if not n:
+            continue
         clip = decode_clip(source, float(a), b, dataclasses.replace(decode, num_frames=n))
         has_video = has_video or clip.width is not None
         if clip.frames is not None:
@@ -366,8 +370,6 @@ def faces_in_source(source, start: float, end: float, nets: FaceNets, config: Fa
             times += [float(t) for t in clip.frame_times]
     return face_columns(faces, times, config) if has_video else None
 
-
-FACE_COLUMNS = ("faces", "face_count", "face_emotion", "face_emotion_probs", "face_error")
 
 
 def no_faces(error: str | None = None) -> dict:
