@@ -357,14 +357,16 @@ def faces_in_source(source, start: float, end: float, nets: FaceNets, config: Fa
     wanted = sample_times(start, end, config)  # the row's frames, shared out among the chunks
     faces: list[list[Face]] = []
     times: list[float] = []
-    has_video = False
+    has_video = False  # stays False for an empty window
     for a in np.arange(start, end, CHUNK_S):
         b = min(float(a) + CHUNK_S, end)
         n = int(((wanted >= a) & (wanted < b)).sum())
         if not n:
             continue
         clip = decode_clip(source, float(a), b, dataclasses.replace(decode, num_frames=n))
-        has_video = has_video or clip.width is not None
+        if clip.width is None:  # no video stream at all: nothing more to decode (an audio file costs one chunk)
+            return None
+        has_video = True
         if clip.frames is not None:
             faces += read_faces(clip.frames, nets, config)
             times += [float(t) for t in clip.frame_times]
