@@ -488,13 +488,15 @@ def _paste(canvas: np.ndarray, picture: np.ndarray, x: int, y: int, scale: float
 
 
 def write_faces_video(path: str | os.PathLike, heads: int = 2, seconds: float = 4.0, fps: int = 10,
-                      width: int = 480, height: int = 270,
-                      audio: np.ndarray | None = None) -> list[list[tuple[int, int, int, int]]]:
+                      width: int = 480, height: int = 270, audio: np.ndarray | None = None,
+                      rotated: bool = False) -> list[list[tuple[int, int, int, int]]]:
     """An H.264 clip over coffee.png's table with `heads` (0, 1 or 2) real heads pasted in: the
     astronaut's smiling head moving right and growing (about 65 -> 80 px of face), then the
     cameraman's head, still, on the right; `audio` (float32 [N] mono at 16 kHz), if given, as
-    AAC beside it. Returns, per frame, the pasted heads' boxes (x1, y1, x2, y2) px, astronaut
-    first."""
+    AAC beside it. `rotated`: stored as a phone stores a portrait video, the pictures turned a
+    quarter clockwise with display rotation 90 (players turn them back; width x height is as
+    displayed). Returns, per frame, the pasted heads' boxes (x1, y1, x2, y2) px as displayed,
+    astronaut first."""
     import av
     from PIL import Image
 
@@ -505,8 +507,11 @@ def write_faces_video(path: str | os.PathLike, heads: int = 2, seconds: float = 
     boxes = []
     with av.open(str(path), "w") as container:
         vs = container.add_stream("libx264", rate=fps)
-        vs.width, vs.height, vs.pix_fmt = width, height, "yuv420p"
+        vs.width, vs.height = (height, width) if rotated else (width, height)  # as stored
+        vs.pix_fmt = "yuv420p"
         vs.options = {"preset": "veryfast"}
+        if rotated:
+            vs.set_display_rotation(90)
         aus = container.add_stream("aac", rate=16000) if audio is not None else None
         if aus is not None:
             aus.layout = "mono"
@@ -517,7 +522,8 @@ def write_faces_video(path: str | os.PathLike, heads: int = 2, seconds: float = 
             if heads >= 2:
                 frame_boxes.append(_paste(frame, cameraman, width - 120, 80, 1.0))
             boxes.append(frame_boxes)
-            container.mux(vs.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+            stored = np.ascontiguousarray(np.rot90(frame, k=-1)) if rotated else frame
+            container.mux(vs.encode(av.VideoFrame.from_ndarray(stored, format="rgb24")))
         container.mux(vs.encode(None))
         if aus is not None:
             _encode_audio(container, aus, audio[None])

@@ -69,6 +69,22 @@ def test_two_faces_tracked_apart_and_the_smile_reads_joy(tmp_path, nets):
     assert sum(cameraman["emotion_probs"]) == pytest.approx(1.0, abs=1e-4) and cameraman["emotion"] != "joy"
 
 
+def test_a_rotated_phone_video_is_read_upright(tmp_path, nets):
+    """Portrait video stored sideways with display rotation (as phones write it): the frames are
+    turned upright before detection, so the face is found and boxed as displayed."""
+    from mmsa_ray.faces import FaceConfig, faces_in_source
+
+    pasted = mediagen.write_faces_video(tmp_path / "phone.mp4", heads=1, seconds=2.0, width=300, height=480,
+                                        rotated=True)
+    out = faces_in_source(str(tmp_path / "phone.mp4"), 0.0, 2.0, nets, FaceConfig(), DecodeConfig())
+    assert out["face_count"] == 1 and out["face_emotion"] == "joy"
+    x1, y1, x2, y2 = out["faces"][0]["box"]  # where the head is in the portrait picture, not the stored one
+    head = pasted[-1][0]
+    assert head[0] - 2 <= x1 < x2 <= head[2] + 2 and head[1] - 2 <= y1 < y2 <= head[3] + 2
+    upright = decode_clip(str(tmp_path / "phone.mp4"), config=DecodeConfig(num_frames=4, max_side=640)).frames
+    assert upright.shape == (4, 3, 480, 300)  # stored 480 x 300, read as displayed
+
+
 def test_a_clip_without_a_face_has_no_video_signal(tmp_path, nets):
     mediagen.write_faces_video(tmp_path / "none.mp4", heads=0, seconds=2.0)
     clip = decode_clip(str(tmp_path / "none.mp4"), config=DecodeConfig(num_frames=4, height=270, width=480))
