@@ -203,7 +203,8 @@ def test_k8s_serve_matches_jobs_serve_yaml():
 
 
 def test_working_dir_upload_is_code_only(tmp_path):
-    """What `ray job submit --working-dir .` would zip: no venv, git, runs or sample data."""
+    """What `ray job submit --working-dir .` would zip: no venv, git, runs or sample data, and
+    of weights only those the package ships (the uploaded mmsa_ray is the one a job imports)."""
     from ray._private.runtime_env.packaging import create_package
 
     pkg = tmp_path / "pkg.zip"
@@ -212,4 +213,10 @@ def test_working_dir_upload_is_code_only(tmp_path):
     assert "jobs/label.py" in names and "mmsa_ray/labels.py" in names
     for prefix in (".git/", ".venv/", "runs/", "sample_data/"):
         assert not any(n.startswith(prefix) for n in names), prefix
-    assert pkg.stat().st_size < 5 * 2**20, f"{pkg.stat().st_size} bytes"
+    weights = sorted(n for n in names if n.endswith(".safetensors"))
+    assert weights == [f"mmsa_ray/pretrained/{w}" for w in ("face-models/check.safetensors",
+                                                          "face-models/model.safetensors",
+                                                          "meld-text/model.safetensors",
+                                                          "speaker-encoder/model.safetensors")]
+    assert not [n for n in names if n.endswith((".mp4", ".parquet"))]
+    assert pkg.stat().st_size < 40 * 2**20, f"{pkg.stat().st_size} bytes"  # the weights are about 30 MB of it
