@@ -416,7 +416,7 @@ def fit_speech_actors(config: LabelConfig, quiet: bool = False) -> SpeechStageCo
         return asr
     cpus = max(0.0, (total - others) / asr.actors[0])
     if not quiet:
-            print(f"note: {total:g} CPUs cannot hold the speech actors ({need:g}), the model actors and a task "
+        print(f"note: {total:g} CPUs cannot hold the speech actors ({need:g}), the model actors and a task "
               f"({others:g}): each speech actor reserves {cpus:g} CPUs", file=sys.stderr)
     return dataclasses.replace(asr, cpus_per_actor=cpus)
 
