@@ -152,10 +152,13 @@ SUBMIT_CASES = [
     ),
     # Real work on the embedded defaults: the tiny checkpoint labels the synthetic test split,
     # with hostile files beside it: they become error rows and the job still SUCCEEDS (exit 0).
+    # Its actors reserve little: featurize and train run on the same 4-CPU head at the same
+    # time, and jobs whose actors hold every CPU wait on each other's tasks for ever.
     SubmitCase(
         "label-sample",
         ["jobs/label.py", "{label_input}", "--checkpoint", "{tiny_checkpoint}",
-         "--output", "{tmp}/labels", "--actors", "1,1", "--decode-cpus", "0.5", "--cpus-per-actor", "0.5"],
+         "--output", "{tmp}/labels", "--actors", "1,1", "--decode-cpus", "0.5", "--cpus-per-actor", "0.5",
+         "--face-cpus-per-actor", "0"],
         "",
         outputs=("labels/*.parquet",),
         fixtures=["label_input", "tiny_checkpoint"],
