@@ -7,6 +7,8 @@ the training loop. One clip's features are a ``dict[str, np.ndarray]`` (no batch
     "audio"          float32 [1, 64, 300]  normalized log-mel; zeros when absent
     "input_ids"      int64   [128]         pad ids when there is no transcript; with dialogue context:
                                            [CLS] transcript [SEP] newest earlier utterance [SEP] older ... [SEP]
+                                           and with later utterances too (FeatureConfig.future_turns):
+                                           ... older [SEP] [MASK] next utterance [SEP] the one after [SEP]
     "attention_mask" int64   [128]         all zero when there is no transcript
     "mask"           float32 [3]           presence, labels.MODALITIES order (text, audio, video)
 
@@ -16,6 +18,7 @@ the training loop. One clip's features are a ``dict[str, np.ndarray]`` (no batch
 from __future__ import annotations
 
 import functools
+import itertools
 import threading
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
@@ -50,6 +53,10 @@ class FeatureConfig:
     # each context utterance starts with utterances.SAME_SPEAKER or OTHER_SPEAKER: who said it, relative to
     # the current speaker (MELD's speakers in training, diarized ones in label and serve)
     context_speakers: bool = False
+    # later utterances encoded after the earlier ones (0 = none), behind FUTURE_MARKER; a batch job
+    # knows them, Serve only when the client sends them, and training drops them at random so that
+    # the checkpoint reads rows with fewer or none as well
+    future_turns: int = 0
 
     @property
     def mel_shape(self) -> tuple[int, int, int]:
@@ -57,12 +64,14 @@ class FeatureConfig:
         return (1, self.n_mels, self.mel_frames)
 
     def __post_init__(self) -> None:
+        counts = ("context_turns", "future_turns")  # may be 0
         bad = [f"{k}={v!r}" for k, v in vars(self).items() if k != "context_speakers"
-               and not (isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if k == "context_turns" else v > 0))]
+               and not (isinstance(v, int) and not isinstance(v, bool) and (v >= 0 if k in counts else v > 0))]
         if not isinstance(self.context_speakers, bool):
             bad.append(f"context_speakers={self.context_speakers!r}")
         if bad:
-            raise ValueError("invalid FeatureConfig (positive ints; context_turns >= 0): " + ", ".join(bad))
+            raise ValueError("invalid FeatureConfig (positive ints; context_turns, future_turns >= 0): "
+                             + ", ".join(bad))
         if self.hop_length > self.n_fft:
             raise ValueError(f"invalid FeatureConfig: hop_length={self.hop_length} > n_fft={self.n_fft}")
 
@@ -146,8 +155,28 @@ def log_mel(audio: list[np.ndarray], config: FeatureConfig) -> np.ndarray:
 _TOKENIZER_LOCK = threading.Lock()
 
 
+def text_context(config: FeatureConfig, contexts: list | None, futures: list | None) -> tuple[list, list]:
+    """Per row, the earlier utterances (the last `context_turns`) and the later ones (the
+    first `future_turns`) this config encodes, for `tokenize`."""
+    past, after = config.context_turns, config.future_turns
+    rows = len(contexts if contexts is not None else futures if futures is not None else [])
+    contexts = contexts if contexts is not None else [None] * rows
+    futures = futures if futures is not None else [None] * rows
+    return ([list(c)[-past:] if past and c is not None else None for c in contexts],
+            [list(f)[:after] if after and f is not None else None for f in futures])
+
+
+def future_marker_id(tokenizer: Any) -> int:
+    """The token that opens the later utterances: the tokenizer's mask token, which a
+    transcript never contains and which training (`train.loop.future_truncation`) finds."""
+    if tokenizer.mask_token_id is None:
+        raise ValueError(f"{type(tokenizer).__name__} has no mask token to mark later utterances (future_turns > 0)")
+    return int(tokenizer.mask_token_id)
+
+
 def tokenize(texts: list[str | None], tokenizer: Any, max_length: int,
-             contexts: list[list[str] | None] | None = None) -> dict[str, np.ndarray]:
+             contexts: list[list[str] | None] | None = None,
+             futures: list[list[str] | None] | None = None) -> dict[str, np.ndarray]:
     """Transcripts -> {"input_ids", "attention_mask"}: int64 [B, max_length] each.
 
     None, "" or whitespace-only means no transcript: pad ids and an all-zero mask (the
@@ -158,6 +187,9 @@ def tokenize(texts: list[str | None], tokenizer: Any, max_length: int,
     encoded as the second segment, newest first and separated by the tokenizer's [SEP]:
     `[CLS] text [SEP] newest [SEP] older ... [SEP]`, so truncation drops the oldest words
     first and never the transcript itself (unless it alone is longer than max_length).
+    futures[i] (optional): the later utterances, in time order. A row that has some is
+    `[CLS] text [SEP] newest [SEP] ... [SEP] [MASK] next [SEP] after [SEP]` (see
+    `future_marker_id`); earlier and later turns take the room left in turn, nearest first.
     """
     n = len(texts)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else 0
@@ -166,14 +198,18 @@ def tokenize(texts: list[str | None], tokenizer: Any, max_length: int,
     present = [i for i, t in enumerate(texts) if t is not None and str(t).strip()]
     if not present:
         return {"input_ids": ids, "attention_mask": mask}
-    sep = f" {tokenizer.sep_token or tokenizer.eos_token or '|'} "
     first = {i: str(texts[i]).strip() for i in present}
-    second = {}
-    if contexts is not None:
-        for i in present:
-            earlier = [str(c).strip() for c in (contexts[i] or []) if c is not None and str(c).strip()]
-            if earlier:
-                second[i] = sep.join(reversed(earlier))
+    earlier = {i: _turns(contexts, i) for i in present}
+    later = {i: _turns(futures, i) for i in present}
+    both = [i for i in present if later[i]]
+    if both:
+        for i, row in zip(both, _with_future([first[i] for i in both], [earlier[i] for i in both],
+                                             [later[i] for i in both], tokenizer, max_length), strict=True):
+            if row is not None:
+                ids[i, :len(row)], mask[i, :len(row)] = row, 1
+                present.remove(i)
+    sep = f" {tokenizer.sep_token or tokenizer.eos_token or '|'} "
+    second = {i: sep.join(reversed(earlier[i])) for i in present if earlier[i]}
     if second:  # a transcript that leaves no room for context is encoded alone
         with _TOKENIZER_LOCK:
             lengths = tokenizer([first[i] for i in second], add_special_tokens=False)["input_ids"]
@@ -194,6 +230,53 @@ def tokenize(texts: list[str | None], tokenizer: Any, max_length: int,
     return {"input_ids": ids, "attention_mask": mask}
 
 
+def _turns(lists: list[list[str] | None] | None, i: int) -> list[str]:
+    """Row i's non-blank context utterances, stripped."""
+    if lists is None:
+        return []
+    return [str(c).strip() for c in (lists[i] or []) if c is not None and str(c).strip()]
+
+
+def _with_future(texts: list[str], earlier: list[list[str]], later: list[list[str]], tokenizer: Any,
+                 max_length: int) -> list[list[int] | None]:
+    """Token ids (unpadded) of rows with later utterances, laid out as `tokenize` says; None
+    for a transcript too long to leave room for any (it is encoded alone, as without)."""
+    marker = future_marker_id(tokenizer)
+    cls_id = tokenizer.cls_token_id if tokenizer.cls_token_id is not None else tokenizer.bos_token_id
+    sep_id = tokenizer.sep_token_id if tokenizer.sep_token_id is not None else tokenizer.eos_token_id
+    flat = [t for row in zip(texts, earlier, later, strict=True) for t in (row[0], *row[1], *row[2])]
+    with _TOKENIZER_LOCK:
+        pieces = iter(tokenizer(flat, add_special_tokens=False)["input_ids"])
+    out: list[list[int] | None] = []
+    for past_turns, future_turns in zip(earlier, later, strict=True):
+        own = next(pieces)
+        past = [next(pieces) for _ in past_turns][::-1]  # newest first
+        future = [next(pieces) for _ in future_turns]
+        room = max_length - len(own) - 2  # [CLS] own [SEP]
+        if room < 2:
+            out.append(None)
+            continue
+        kept: dict[str, list[list[int]]] = {"past": [], "future": []}
+        order = [(side, t) for pair in itertools.zip_longest(past, future)
+                 for side, t in zip(("past", "future"), pair, strict=True) if t is not None]
+        for side, toks in order:
+            cost = len(toks) + 1 + (side == "future" and not kept["future"])  # its [SEP] (+ the marker)
+            if cost > room:
+                fits = room - (cost - len(toks))
+                if fits > 0:
+                    kept[side].append(toks[:fits])
+                break
+            kept[side].append(toks)
+            room -= cost
+        row = [cls_id, *own, sep_id]
+        for toks in kept["past"]:
+            row += [*toks, sep_id]
+        for j, toks in enumerate(kept["future"]):
+            row += [*([marker] if j == 0 else []), *toks, sep_id]
+        out.append(row)
+    return out
+
+
 # ----------------------------------------------------------------------------- one clip
 
 
@@ -204,6 +287,7 @@ def clip_features(
     config: FeatureConfig,
     decode: DecodeConfig | None = None,
     context: list[str] | None = None,
+    future: list[str] | None = None,
 ) -> dict[str, np.ndarray]:
     """A decoded clip (+ its transcript) -> its feature dict (see the module docstring).
 
@@ -214,7 +298,8 @@ def clip_features(
     ``clip`` None: nothing was decoded (a checkpoint that uses neither audio nor video):
     both absent, and the video placeholder is a [3, 1, 1, 1] zero that no trunk reads.
     ``context``: the earlier utterances (oldest first); the last ``config.context_turns``
-    of them are encoded with the transcript (see `tokenize`).
+    of them are encoded with the transcript (see `tokenize`); ``future``: the later ones (in
+    time order), of which the first ``config.future_turns`` are.
     """
     if decode is None:
         from mmsa_ray.media.types import DecodeConfig
@@ -242,9 +327,7 @@ def clip_features(
     else:
         audio = np.zeros(config.mel_shape, dtype=np.float32)
 
-    turns = config.context_turns
-    tokens = tokenize([transcript], tokenizer, config.max_text_length,
-                      [list(context or [])[-turns:] if turns else None])
+    tokens = tokenize([transcript], tokenizer, config.max_text_length, *text_context(config, [context], [future]))
     has_text = bool(tokens["attention_mask"][0].any())
     present = {"text": has_text, "audio": has_audio, "video": has_video}
     return {

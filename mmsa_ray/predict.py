@@ -87,18 +87,20 @@ class Preprocessing:
         start: float | None = None,
         end: float | None = None,
         context: list[str] | None = None,
+        future: list[str] | None = None,
     ) -> dict[str, np.ndarray]:
         """One clip (path, bytes or file object; optional [start, end) window, seconds)
         -> its features dict (see mmsa_ray.features). Unusable media raises MediaError.
 
         context: the earlier utterances of the same file or dialogue, oldest first (the
-        checkpoint's feature config says how many it encodes; 0: ignored). A checkpoint
+        checkpoint's feature config says how many it encodes; 0: ignored); future: the later
+        ones, in time order (likewise, FeatureConfig.future_turns). A checkpoint
         without audio and video never opens the source."""
         from mmsa_ray.media import decode_clip
 
         clip = decode_clip(source, start=start, end=end, config=self.decode_config) if self.decodes_media else None
         features = clip_features(clip, transcript, self.tokenizer, self.feature_config, decode=self.decode_config,
-                                 context=context)
+                                 context=context, future=future)
         used = np.array([m in self.modalities for m in labels.MODALITIES], dtype=np.float32)
         return features | {"mask": features["mask"] * used}
 
@@ -189,8 +191,9 @@ class Predictor:
 
     @property
     def uses_context(self) -> bool:
-        """True when the checkpoint reads earlier utterances with each transcript."""
-        return "text" in self.modalities and self.feature_config.context_turns > 0
+        """True when the checkpoint reads earlier (or later) utterances with each transcript."""
+        f = self.feature_config
+        return "text" in self.modalities and (f.context_turns > 0 or f.future_turns > 0)
 
     def preprocess(
         self,
@@ -199,10 +202,11 @@ class Predictor:
         start: float | None = None,
         end: float | None = None,
         context: list[str] | None = None,
+        future: list[str] | None = None,
     ) -> dict[str, np.ndarray]:
         """Decode + features of one clip (CPU); raises MediaError for unusable media.
-        context: earlier utterances, oldest first (see Preprocessing.__call__)."""
-        return self.preprocessing(source, transcript=transcript, start=start, end=end, context=context)
+        context / future: earlier utterances, oldest first / later ones (see Preprocessing.__call__)."""
+        return self.preprocessing(source, transcript=transcript, start=start, end=end, context=context, future=future)
 
     def dummy_features(self) -> dict[str, np.ndarray]:
         """A valid all-modalities-present feature dict (Serve's health probe)."""

@@ -135,35 +135,42 @@ def _broken_links(directory: str) -> list[str]:
     ]
 
 
-def _row(id_: str, uri: str, transcript=None, start=None, end=None, context=None) -> dict[str, Any]:
-    return {"id": id_, "uri": uri, "transcript": transcript, "start": start, "end": end, "context": context}
+def _row(id_: str, uri: str, transcript=None, start=None, end=None, context=None, future=None) -> dict[str, Any]:
+    return {"id": id_, "uri": uri, "transcript": transcript, "start": start, "end": end, "context": context,
+            "future": future}
 
 
-def earlier_transcripts(items: list[dict[str, Any]], turns: int) -> list[list[str]]:
+def neighbour_transcripts(items: list[dict[str, Any]], turns: int, later: bool = False) -> list[list[str]]:
     """For each item (one file's utterances: "start", "end" in seconds, "transcript"), the
-    transcripts of up to `turns` items before it in time, oldest first; aligned with `items`."""
+    transcripts of up to `turns` items before it in time, oldest first, or with `later` of
+    up to `turns` after it, in time order; aligned with `items`."""
     order = sorted(range(len(items)), key=lambda i: (items[i]["start"] or 0.0,
                                                      math.inf if items[i]["end"] is None else items[i]["end"]))
     out: list[list[str]] = [[] for _ in items]
     for k, i in enumerate(order):
-        out[i] = [items[j]["transcript"] or "" for j in order[max(0, k - turns):k]] if turns > 0 else []
+        picked = order[k + 1:k + 1 + turns] if later else order[max(0, k - turns):k]
+        out[i] = [items[j]["transcript"] or "" for j in picked] if turns > 0 else []
     return out
 
 
-def with_file_context(rows: Iterable[dict[str, Any]], turns: int) -> Iterator[dict[str, Any]]:
+def with_file_context(rows: Iterable[dict[str, Any]], turns: int, future_turns: int = 0) -> Iterator[dict[str, Any]]:
     """Listed rows -> the same rows, in the same order; each row with a transcript and no
-    `context` of its own gets the transcripts of the earlier rows of its file (same uri,
-    by start time; at most `turns`) as its dialogue context. A file's rows may be anywhere
-    in a manifest, so the listing is read whole first (as list_sources' id check does)."""
+    `context` (or `future`) of its own gets the transcripts of the earlier (later) rows of
+    its file (same uri, by start time; at most `turns` (`future_turns`)) as its dialogue
+    context. A file's rows may be anywhere in a manifest, so the listing is read whole
+    first (as list_sources' id check does)."""
     rows = list(rows)
     by_file: dict[str, list[dict[str, Any]]] = {}
     for row in rows:
         if row["transcript"] is not None and row["uri"]:
             by_file.setdefault(row["uri"], []).append(row)
     for spoken in by_file.values():
-        for row, context in zip(spoken, earlier_transcripts(spoken, turns), strict=True):
-            if row.get("context") is None:
-                row["context"] = context
+        for key, n, later in (("context", turns, False), ("future", future_turns, True)):
+            if n <= 0:
+                continue
+            for row, around in zip(spoken, neighbour_transcripts(spoken, n, later), strict=True):
+                if row.get(key) is None:
+                    row[key] = around
     yield from rows
 
 
@@ -178,7 +185,7 @@ def _manifest_batches(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[pa.
             yield from pq.ParquetFile(f).iter_batches(batch_size=8192)
     elif lower.endswith(".csv"):
         types = {"path": pa.string(), "id": pa.string(), "transcript": pa.string(), "start": pa.float64(),
-                 "end": pa.float64(), "context": pa.string()}
+                 "end": pa.float64(), "context": pa.string(), "future": pa.string()}
         with fs.open_input_stream(path) as f:
             yield from pacsv.open_csv(
                 f, convert_options=pacsv.ConvertOptions(column_types=types, strings_can_be_null=True)
@@ -210,15 +217,16 @@ def _manifest_rows(spec: str, fs: pafs.FileSystem, path: str) -> Iterator[dict[s
             transcript = (None if transcript is None or (isinstance(transcript, float) and np.isnan(transcript))
                           else str(transcript))
             id_ = _window_id(uri, start, end) if id_ is None or id_ == "" else str(id_)
-            context = _context_cell(spec, n, data.get("context", [None] * (i + 1))[i])
-            yield _row(id_, uri, transcript, start, end, context)
+            context, future = (_context_cell(spec, n, key, data.get(key, [None] * (i + 1))[i])
+                               for key in ("context", "future"))
+            yield _row(id_, uri, transcript, start, end, context, future)
     if n == 0:
         raise ValueError(f"{spec}: manifest has no rows")
 
 
-def _context_cell(spec: str, n: int, cell: Any) -> list[str] | None:
-    """A manifest's `context` cell: a list of strings (Parquet, JSON lines) or, in CSV, that
-    list as JSON text; empty -> None."""
+def _context_cell(spec: str, n: int, key: str, cell: Any) -> list[str] | None:
+    """A manifest's `context` (or `future`) cell: a list of strings (Parquet, JSON lines)
+    or, in CSV, that list as JSON text; empty -> None."""
     if cell is None or cell == "" or (isinstance(cell, float) and np.isnan(cell)):
         return None
     if isinstance(cell, str):
@@ -227,7 +235,8 @@ def _context_cell(spec: str, n: int, cell: Any) -> list[str] | None:
         except ValueError:
             cell = None
     if not isinstance(cell, list) or not all(isinstance(t, str) for t in cell):
-        raise ValueError(f"{spec}: row {n}: `context` must be a list of strings (earlier transcripts, oldest first; "
+        what = "later transcripts, in time order" if key == "future" else "earlier transcripts, oldest first"
+        raise ValueError(f"{spec}: row {n}: `{key}` must be a list of strings ({what}; "
                          'in CSV as JSON text, e.g. ["Hi.", "What happened?"])')
     return cell
 

@@ -15,7 +15,7 @@ from mmsa_ray.model import ModelConfig, MultimodalSentimentModel, build_text_enc
 from mmsa_ray.train import driver as train
 from mmsa_ray.train import featurize
 from mmsa_ray.train import loop as train_loop
-from mmsa_ray.train.meld import ClipRecord, dialogue_context, read_meld
+from mmsa_ray.train.meld import ClipRecord, dialogue_context, read_meld, unmarked_share
 
 
 @pytest.fixture(scope="module")
@@ -38,6 +38,13 @@ def test_dialogue_context_is_the_earlier_turns_of_the_same_dialogue():
     assert dialogue_context(recs, 3, speakers=True)[4] == ["[same] a", "[other] b", "[same] c"]
     # the same ids in another split are another dialogue
     assert dialogue_context([_record(1, 0, "a"), _record(1, 1, "b", split="dev")], 2) == [[], []]
+    # the later turns, in time order, marked alike; and rows left unmarked on purpose
+    assert dialogue_context(recs, 2, later=True) == [["c", "d"], ["b", "c"], [], ["d"], []]
+    assert dialogue_context(recs, 1, speakers=True, later=True) == [["[other] c"], ["[other] b"], [], ["[same] d"], []]
+    assert dialogue_context(recs, 1, speakers=True, later=True, unmarked={"train/dia1_utt1"})[0] == ["c"]
+    many = [_record(d, 0, "x") for d in range(1000)]
+    share = unmarked_share(many, 0.3, seed=0)
+    assert 250 < len(share) < 350 and share == unmarked_share(many, 0.3, seed=0) != unmarked_share(many, 0.3, seed=1)
 
 
 def test_tokenize_puts_the_newest_context_next_to_the_transcript(tokenizer):
@@ -55,6 +62,44 @@ def test_tokenize_puts_the_newest_context_next_to_the_transcript(tokenizer):
     assert not tokenize([None, "  "], tokenizer, 16, [["hi"], ["there"]])["attention_mask"].any()
     plain, empty = tokenize(["Hello."], tokenizer, 16), tokenize(["Hello."], tokenizer, 16, [[]])
     assert (plain["input_ids"] == empty["input_ids"]).all()
+
+
+def _words(tokenizer, enc, row: int = 0, mask=None) -> list[str]:
+    keep = (enc["attention_mask"] if mask is None else np.asarray(mask))[row] == 1
+    return tokenizer.convert_ids_to_tokens(enc["input_ids"][row][keep])
+
+
+def test_tokenize_puts_the_later_turns_behind_a_marker_and_shares_the_room(tokenizer):
+    enc = tokenize(["Really?"], tokenizer, 32, [["Guess what.", "I got the job."]], [["Yes, Monday.", "Great!"]])
+    assert _words(tokenizer, enc) == ["[CLS]", "really", "?", "[SEP]", "i", "got", "the", "job", ".", "[SEP]", "guess",
+                                      "what", ".", "[SEP]", "[MASK]", "yes", ",", "monday", ".", "[SEP]", "great", "!",
+                                      "[SEP]"]
+    # little room: the nearest turn on each side first, the transcript whole
+    enc = tokenize(["Really?"], tokenizer, 14, [["Guess what.", "I got the job."]], [["Yes, Monday.", "Great!"]])
+    assert _words(tokenizer, enc) == ["[CLS]", "really", "?", "[SEP]", "i", "got", "the", "job", ".", "[SEP]",
+                                      "[MASK]", "yes", ",", "[SEP]"]
+    # later turns alone, and a row without any beside it: as today
+    enc = tokenize(["Really?", "Fine."], tokenizer, 16, [None, ["Hi."]], [["Great!"], []])
+    assert _words(tokenizer, enc, 0) == ["[CLS]", "really", "?", "[SEP]", "[MASK]", "great", "!", "[SEP]"]
+    assert (enc["input_ids"][1] == tokenize(["Fine."], tokenizer, 16, [["Hi."]])["input_ids"][0]).all()
+    assert not tokenize([None], tokenizer, 16, None, [["Great!"]])["attention_mask"].any()
+
+
+def test_training_keeps_a_random_number_of_later_turns(tokenizer):
+    """future_truncation: each row keeps 0, 1 or all of its later turns (about equally often);
+    keeping none gives exactly the encoding without later turns."""
+    enc = tokenize(["Really?", "Okay."], tokenizer, 40, [["I got the job."], None], [["Yes, Monday.", "Great!"], None])
+    ids, mask = torch.from_numpy(enc["input_ids"]), torch.from_numpy(enc["attention_mask"])
+    gen = torch.Generator().manual_seed(0)
+    seen: dict[int, int] = {}
+    for _ in range(300):
+        kept = train_loop.future_truncation(ids, mask, tokenizer.mask_token_id, tokenizer.sep_token_id, gen)
+        assert (kept[1] == mask[1]).all()  # no later turns: untouched
+        seen[int(kept[0].sum())] = seen.get(int(kept[0].sum()), 0) + 1
+        if int(kept[0].sum()) == 10:
+            none = tokenize(["Really?"], tokenizer, 40, [["I got the job."]])
+            assert _words(tokenizer, enc, 0, kept.numpy()) == _words(tokenizer, none)
+    assert sorted(seen) == [10, 16, 19] and min(seen.values()) > 70, seen
 
 
 def test_class_weights_modes():
@@ -97,16 +142,26 @@ def test_length_bucketed_keeps_every_row_and_trims_padding():
 
 
 def test_context_reaches_the_training_inputs(ray_local, tmp_path, tokenizer):
-    """decode_and_featurize (the train-time path) encodes each record with its dialogue's earlier turns."""
-    model = MultimodalSentimentModel(ModelConfig(features=FeatureConfig(context_turns=2), modalities=("text",)))
+    """decode_and_featurize (the train-time path) encodes each record with its dialogue's
+    earlier turns, its later turns and who said them; speaker_dropout leaves a share unmarked."""
+    features = FeatureConfig(context_turns=2, future_turns=1, context_speakers=True)
+    model = MultimodalSentimentModel(ModelConfig(features=features, modalities=("text",)))
     checkpoint.save(model, tmp_path / "m")
-    recs = [_record(7, 0, "We were on a break!"), _record(7, 1, "Really?")]
-    ds = featurize.raw_dataset(recs, str(tmp_path / "m"), ("text",), str(tmp_path / "staging.parquet"))
-    rows = {r["id"]: r for r in ds.take_all()}
-    second = rows["train/dia7_utt1"]
-    words = tokenizer.convert_ids_to_tokens(np.asarray(second["input_ids"])[np.asarray(second["attention_mask"]) == 1])
-    assert words == ["[CLS]", "really", "?", "[SEP]", "we", "were", "on", "a", "break", "!", "[SEP]"]
-    assert int(np.asarray(rows["train/dia7_utt0"]["attention_mask"]).sum()) == 8  # no earlier turn
+    recs = [_record(7, 0, "We were on a break!"), _record(7, 1, "Really?", "Rachel"), _record(7, 2, "Yes.")]
+
+    def words(**kw) -> dict[str, list[str]]:
+        ds = featurize.raw_dataset(recs, str(tmp_path / "m"), ("text",), str(tmp_path / "staging.parquet"), **kw)
+        return {r["id"].split("_")[-1]: tokenizer.convert_ids_to_tokens(
+            np.asarray(r["input_ids"])[np.asarray(r["attention_mask"]) == 1]) for r in ds.take_all()}
+
+    rows = words()
+    assert rows["utt1"] == ["[CLS]", "really", "?", "[SEP]", "[", "other", "]", "we", "were", "on", "a", "break", "!",
+                            "[SEP]", "[MASK]", "[", "other", "]", "yes", ".", "[SEP]"]
+    assert rows["utt0"][:7] == ["[CLS]", "we", "were", "on", "a", "break", "!"] and rows["utt0"][8] == "[MASK]"
+    assert "[MASK]" not in rows["utt2"]  # the last turn: nothing after it
+    unmarked = words(speaker_dropout=1.0)
+    assert unmarked["utt1"] == ["[CLS]", "really", "?", "[SEP]", "we", "were", "on", "a", "break", "!", "[SEP]",
+                                "[MASK]", "yes", ".", "[SEP]"]
 
 
 def test_compact_checkpoint_round_trip_and_damage(tmp_path):
@@ -155,14 +210,16 @@ def test_compact_checkpoint_round_trip_and_damage(tmp_path):
 
 def test_text_recipe_runs_on_real_ray_train_and_its_loss_falls(ray_local, sample_root, tmp_path):
     """The starter recipe on the sample data: fine-tuned MiniLM (embeddings frozen), two
-    earlier turns as context, no class weights, 2 gloo workers, compact output."""
+    earlier turns and one later as context, marked by speaker (some rows unmarked, the later
+    turn dropped at random), no class weights, 2 gloo workers, compact output."""
     job = train.JobConfig(meld_dir=str(sample_root), output=str(tmp_path / "model"),
                           storage_path=str(tmp_path / "store"),
                           name="recipe", num_workers=2, cache_dir=str(tmp_path / "cache"), compact=True)
     cfg = train.TrainConfig(modalities=("text",), epochs=3, batch_size=8, finetune=("text",), backbone_lr=1e-4,
-                            patience=0, seed=0)
+                            patience=0, seed=0, speaker_dropout=0.3)
     config = ModelConfig(freeze_text=False, modalities=("text",),
-                         features=FeatureConfig(context_turns=2, max_text_length=64))
+                         features=FeatureConfig(context_turns=2, future_turns=1, context_speakers=True,
+                                                max_text_length=64))
     res = train.run(job, cfg, config)
     history = res["history"]
     assert history == json.loads((tmp_path / "model.train.json").read_text())["history"]
@@ -172,6 +229,7 @@ def test_text_recipe_runs_on_real_ray_train_and_its_loss_falls(ray_local, sample
     assert all(h["forward_s"] > 0 and h["backward_s"] > 0 for h in history)
     meta = json.loads((tmp_path / "model" / "config.json").read_text())
     assert meta["compact"] and meta["model"]["features"]["context_turns"] == 2
+    assert meta["model"]["features"]["future_turns"] == 1 and meta["model"]["features"]["context_speakers"]
     assert meta["model"]["modalities"] == ["text"]
     assert (tmp_path / "model" / "model.safetensors").stat().st_size < 25e6
     assert len(read_meld(sample_root, "dev").records) == res["report"]["n"]

@@ -5,6 +5,7 @@ prediction of the same files, plus hostile uploads and the config surface."""
 from __future__ import annotations
 
 import concurrent.futures as cf
+import json
 import socket
 from pathlib import Path
 
@@ -122,11 +123,14 @@ def checkpoint(tmp_path_factory) -> Path:
     import torch
 
     from mmsa_ray import checkpoint
+    from mmsa_ray.features import FeatureConfig
     from mmsa_ray.model import ModelConfig, MultimodalSentimentModel
 
     torch.manual_seed(0)
     path = tmp_path_factory.mktemp("serve") / "checkpoint"
-    checkpoint.save(MultimodalSentimentModel(ModelConfig()), str(path))
+    # reads two earlier and one later utterance with each transcript
+    config = ModelConfig(features=FeatureConfig(context_turns=2, future_turns=1))
+    checkpoint.save(MultimodalSentimentModel(config), str(path))
     return path
 
 
@@ -377,11 +381,12 @@ def _words(text: str) -> set[str]:
 
 def test_upload_without_transcript_returns_utterances(server, speech_clip, predictor):
     """No transcript: the upload is transcribed; each utterance is predicted on its own
-    window with its transcript and the earlier ones as context, exactly as in process."""
+    window with its transcript, the earlier ones as context and the later ones as its
+    future (then the caller's), exactly as in process."""
     from mmsa_ray.features import collate
 
     context = ["Where are you going?"]
-    r = _post(server, speech_clip, context="Where are you going?")
+    r = _post(server, speech_clip, context="Where are you going?", future="Home.")
     assert r.status_code == 200, r.text
     got = r.json()
     (whole,) = _in_process(predictor, speech_clip, [None])
@@ -405,7 +410,9 @@ def test_upload_without_transcript_returns_utterances(server, speech_clip, predi
     assert [u["speaker"] for u in utts] == ["S1", "S1"]  # one voice
     assert [{k: u[k] for k in keys} for u in utts] == [{k: u[k] for k in keys} for u in here]
     feats = [predictor.preprocess(str(speech_clip), transcript=u["transcript"], start=u["start"], end=u["end"],
-                                  context=context + [x["transcript"] for x in utts[:i]]) for i, u in enumerate(utts)]
+                                  context=context + [x["transcript"] for x in utts[:i]],
+                                  future=[x["transcript"] for x in utts[i + 1:]] + ["Home."])
+             for i, u in enumerate(utts)]
     for u, want in zip(utts, predictor.predict_batch(collate(feats)), strict=True):
         _assert_same_prediction(u, want)
 
@@ -426,6 +433,26 @@ def test_transcribe_false_or_a_transcript_keeps_the_whole_clip_answer(server, sp
     assert bad.status_code == 422 and "transcribe" in bad.json()["error"]
     bad = _post(server, speech_clip, context='["ok", 3]')
     assert bad.status_code == 422 and "context" in bad.json()["error"]
+    bad = _post(server, speech_clip, future="[not json")
+    assert bad.status_code == 422 and "'future' starts like JSON but is not" in bad.json()["error"]
+
+
+def test_the_following_utterances_change_an_ambiguous_line(server, speech_clip, predictor):
+    """`future` (later utterances) reaches the model as in process: "Really?" followed by good
+    news or by bad news is read differently, and without any the answer is the plain one."""
+    from mmsa_ray.features import collate
+
+    got = {}
+    for name, future in (("good", ["I got the job!"]), ("bad", ["They fired me."]), ("none", None)):
+        fields = {"transcript": "Really?", "transcribe": "false", "context": "Guess what."}
+        r = _post(server, speech_clip, **fields, **({"future": json.dumps(future)} if future else {}))
+        assert r.status_code == 200, r.text
+        got[name] = r.json()
+        want = predictor.predict_batch(collate([predictor.preprocess(str(speech_clip), "Really?",
+                                                                     context=["Guess what."], future=future)]))[0]
+        _assert_same_prediction(got[name], want)
+    assert np.abs(np.subtract(got["good"]["emotion_probs"], got["bad"]["emotion_probs"])).max() > 1e-4
+    assert np.abs(np.subtract(got["good"]["emotion_probs"], got["none"]["emotion_probs"])).max() > 1e-4
 
 
 def test_two_voices_get_two_speakers(server, tmp_path):

@@ -263,13 +263,14 @@ def test_speech_stage_marks_context_by_speaker_and_the_model_reads_it(tmp_path, 
     (tmp_path / "att").mkdir()
     stage = SpeechStage(speech=SpeechConfig(cpu_threads=1), cache=str(tmp_path / "cache"),
                         attempts_uri=str(tmp_path / "att"), max_attempts=2, context_turns=2, speakers=SpeakerConfig(),
-                        context_speakers=True)
+                        context_speakers=True, future_turns=1)
     rows = pa.Table.from_pylist([{"id": "two.wav", "uri": str(path), "transcript": None, "start": None, "end": None}],
                                 schema=STAGING_SCHEMA)
     items = sorted(stage(rows).to_pylist(), key=lambda r: r["start"])
     assert [it["speaker"] for it in items] == ["S1", "S2"] * 4
     assert items[0]["context"] == [] and items[1]["context"] == [f"[other] {items[0]['transcript']}"]
     assert items[2]["context"] == [f"[same] {items[0]['transcript']}", f"[other] {items[1]['transcript']}"]
+    assert items[2]["future"] == [f"[other] {items[3]['transcript']}"] and items[-1]["future"] == []
     (cached,) = (tmp_path / "cache").glob(f"*{FILE_SPEAKERS_SUFFIX}")
     assert pq.read_table(cached).column("speaker").to_pylist() == ["S1", "S2"]
 
@@ -283,6 +284,25 @@ def test_speech_stage_marks_context_by_speaker_and_the_model_reads_it(tmp_path, 
     # newest context first (features.py: truncation cuts the oldest), each behind its marker
     for marker, said in (("[ other ]", items[1]["transcript"]), ("[ same ]", items[0]["transcript"])):
         assert f"{marker} {said.lower()}" in text, text
+
+
+def test_serve_utterance_windows_read_both_sides_with_their_speakers():
+    """Each utterance of an upload: the caller's context then the upload's earlier readable
+    utterances before it; the upload's later ones then the caller's future after it."""
+    from mmsa_ray.serve.deployments import _marked, _utterance_windows
+    from mmsa_ray.serve.request import UploadForm
+
+    utts = [{"start": 0.0, "end": 1.0, "transcript": "Hi.", "transcript_reliable": True, "speaker": "S1"},
+            {"start": 1.5, "end": 2.0, "transcript": "mumble", "transcript_reliable": False, "speaker": "S2"},
+            {"start": 2.5, "end": 3.0, "transcript": "Bye.", "transcript_reliable": True, "speaker": "S2"}]
+    form = UploadForm(upload=None, transcript=None, start=None, end=None, transcribe=True, context=["Before."],
+                      context_speakers=["S2"], future=["After."], future_speakers=[None])
+    first, unreliable, last = _utterance_windows(utts, form)
+    assert (first["context"], first["future"]) == (["Before."], ["Bye.", "After."])
+    assert unreliable["transcript"] is None and unreliable["context"] == ["Before.", "Hi."]
+    assert (last["context"], last["future"]) == (["Before.", "Hi."], ["After."])
+    assert _marked(first, "context", True) == ["[other] Before."] and _marked(last, "context", True)[1] == "[other] Hi."
+    assert _marked(first, "future", True) == ["[other] Bye.", "After."] and _marked(first, "future", False)[0] == "Bye."
 
 
 def test_serve_context_items_may_say_who_spoke():

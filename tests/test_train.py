@@ -209,3 +209,7 @@ def test_output_must_not_replace_other_files(tmp_path, capsys):
     assert (precious / "notes.txt").read_text() == "keep me"
     with pytest.raises(SystemExit):
         train.main(["--meld-dir", str(tmp_path), "--num-workers", "0"])
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        train.main(["--meld-dir", str(tmp_path), "--speaker-dropout", "1.5"])
+    assert "--speaker-dropout is a share of rows, from 0 to 1; got 1.5" in capsys.readouterr().err

@@ -271,7 +271,8 @@ def text_checkpoint(tmp_path_factory, small_model_config) -> Path:
     from mmsa_ray.model import MultimodalSentimentModel
 
     torch.manual_seed(1)
-    config = dataclasses.replace(small_model_config, modalities=("text",), features=FeatureConfig(context_turns=2))
+    config = dataclasses.replace(small_model_config, modalities=("text",),
+                                 features=FeatureConfig(context_turns=2, future_turns=1))
     path = tmp_path_factory.mktemp("checkpoint") / "text_ctx"
     checkpoint.save(MultimodalSentimentModel(config), str(path))
     return path
@@ -280,7 +281,7 @@ def text_checkpoint(tmp_path_factory, small_model_config) -> Path:
 def test_auto_follows_the_checkpoint(ray_local, tmp_path, speech_dir, tiny_checkpoint, text_checkpoint, capsys):
     """--utterances auto (the default): a checkpoint that also uses audio and video labels one
     row per file and the summary points at --utterances; a text-only one transcribes, and
-    each utterance is labeled with the file's earlier ones as context."""
+    each utterance is labeled with the file's earlier ones as context and its later one."""
     src = tmp_path / "in"
     src.mkdir()
     shutil.copy(speech_dir / "question.wav", src / "question.wav")
@@ -311,15 +312,21 @@ def test_auto_follows_the_checkpoint(ray_local, tmp_path, speech_dir, tiny_check
     without = predictor.predict_batch(collate([predictor.preprocess(second["uri"], second["transcript"])]))[0]
     np.testing.assert_allclose(second["emotion_probs"], want["emotion_probs"], atol=1e-5)
     assert np.abs(np.subtract(want["emotion_probs"], without["emotion_probs"])).max() > 1e-4  # context counts
+    first = rows[-2]  # ... and the second is the first's future
+    want = predictor.predict_batch(collate([predictor.preprocess(first["uri"], first["transcript"],
+                                                                 future=[second["transcript"]])]))[0]
+    np.testing.assert_allclose(first["emotion_probs"], want["emotion_probs"], atol=1e-5)
 
 
 def test_label_manifest_rows_get_their_files_earlier_rows_as_context(ray_local, tmp_path, speech_dir, text_checkpoint):
     """Without speech recognition, a manifest's transcribed rows of one file are labeled with
-    the file's earlier rows (by time) as context: the same numbers as the Predictor given them."""
+    the file's earlier rows (by time) as context and the later one as future: the same
+    numbers as the Predictor given them; a row's own `future` cell is kept."""
     talk = str(speech_dir / "talk.mp4")
     lines = [("Great.", 2.0, 3.0), ("We lost the house.", 0.0, 1.0), ("Really?", 4.0, 5.0)]
-    pq.write_table(pa.Table.from_pylist([{"path": talk, "transcript": t, "start": a, "end": b} for t, a, b in lines]),
-                   tmp_path / "m.parquet")
+    given = {"Really?": ["Now we can move to Paris!"]}
+    pq.write_table(pa.Table.from_pylist([{"path": talk, "transcript": t, "start": a, "end": b, "future": given.get(t)}
+                                         for t, a, b in lines]), tmp_path / "m.parquet")
     out = tmp_path / "labels"
     assert label.main([str(tmp_path / "m.parquet"), "--checkpoint", str(text_checkpoint), "--output", str(out),
                        "--utterances", "off", *FAST]) == 0
@@ -330,10 +337,15 @@ def test_label_manifest_rows_get_their_files_earlier_rows_as_context(ray_local, 
     from mmsa_ray.predict import Predictor
 
     predictor = Predictor.from_checkpoint(text_checkpoint, device="cpu")
-    contexts = {"We lost the house.": [], "Great.": ["We lost the house."], "Really?": ["We lost the house.", "Great."]}
-    for text, context in contexts.items():
-        want = predictor.predict_batch(collate([predictor.preprocess(None, text, context=context)]))[0]
+    contexts = {"We lost the house.": ([], ["Great."]), "Great.": (["We lost the house."], ["Really?"]),
+                "Really?": (["We lost the house.", "Great."], given["Really?"])}
+    for text, (context, future) in contexts.items():
+        want = predictor.predict_batch(collate([predictor.preprocess(None, text, context=context, future=future)]))[0]
         np.testing.assert_allclose(rows[text]["emotion_probs"], want["emotion_probs"], atol=1e-5, err_msg=text)
+    # an ambiguous line: only what follows it differs
+    other = predictor.predict_batch(collate([predictor.preprocess(None, "Really?", context=contexts["Really?"][0],
+                                                                  future=["The bank took everything."])]))[0]
+    assert np.abs(np.subtract(rows["Really?"]["emotion_probs"], other["emotion_probs"])).max() > 1e-4
     alone = predictor.predict_batch(collate([predictor.preprocess(None, "Great.")]))[0]
     assert np.abs(np.subtract(rows["Great."]["emotion_probs"], alone["emotion_probs"])).max() > 1e-4
 

@@ -90,7 +90,7 @@ def decode_batch(
         errors.append(outcome if failed else None)
         feats.append(zeros if failed else outcome)
     columns = {k: pa.array([r[k] for r in rows], STAGING_SCHEMA.field(k).type)
-               for k in STAGING_SCHEMA.names if k != "context"}
+               for k in STAGING_SCHEMA.names if k not in ("context", "future")}
     columns["error"] = pa.array(errors, pa.string())
     columns.update({k: batch.column(k) for k in SPEECH_COLUMNS if k in batch.column_names})
     for k in FEATURE_KEYS:
@@ -109,7 +109,7 @@ def _decode_row(row: dict[str, Any], prep, log: AttemptLog, max_attempts: int) -
         with attempt(log, row["id"], uri, max_attempts) as source:
             return call_with_deadline(prep, watchdog_s(prep.decode_config.timeout_s), source,
                                       transcript=model_transcript(row), start=row["start"], end=row["end"],
-                                      context=row["context"])
+                                      context=row["context"], future=row["future"])
     except RepeatedDeaths as e:
         return f"{uri}: the decoding worker died {e.deaths} times on this file (crash or kill); not retried"
     except MediaError as e:

@@ -197,6 +197,7 @@ class LabelPlan:
     utterances: bool  # the speech stage turns listed files into utterance items inside the pipeline
     context_turns: int  # earlier transcripts each text row carries (0: none)
     context_speakers: bool  # ... marked [same]/[other] by who said them (FeatureConfig.context_speakers)
+    future_turns: int  # later transcripts each text row carries (0: none)
     timeout_s: float  # one decode's (or duration read's) own limit, seconds
     out_fs: pafs.FileSystem
     out_path: str  # OUT as a path on out_fs
@@ -229,6 +230,7 @@ def plan_run(config: LabelConfig) -> LabelPlan:
         utterances=config.utterances == "on" or (config.utterances == "auto" and modalities == ("text",)),
         context_turns=model_config.features.context_turns if "text" in modalities else 0,
         context_speakers=model_config.features.context_speakers,
+        future_turns=model_config.features.future_turns if "text" in modalities else 0,
         timeout_s=config.decode_timeout_s or decode.timeout_s,
         out_fs=out_fs, out_path=out_path, out_uri=config.output if "://" in config.output else out_path,
     )
@@ -242,8 +244,8 @@ class ListedSources:
         rows = list_sources(config.input, config.extensions)
         first = next(rows, None)  # a wrong INPUT fails here, before Ray starts
         rows = itertools.chain([] if first is None else [first], rows)
-        if plan.context_turns:  # rows of one file that come with transcripts: the earlier ones are each row's context
-            rows = with_file_context(rows, plan.context_turns)
+        if plan.context_turns or plan.future_turns:  # rows of one file with transcripts: each other's context
+            rows = with_file_context(rows, plan.context_turns, plan.future_turns)
         self._rows = rows
         self._keep_ids = plan.utterances
         self.untranscribed = 0
@@ -355,7 +357,7 @@ def run_pipeline(config: LabelConfig, plan: LabelPlan, done: np.ndarray | None, 
         ds = speech_stage(files, config.speech, fit_speech_actors(config), plan.out_uri, plan.attempts_uri,
                           config.max_decode_attempts, done=done, keep_transcripts=True,
                           context_turns=plan.context_turns, context_speakers=plan.context_speakers,
-                          segment_s=config.segment_s,
+                          future_turns=plan.future_turns, segment_s=config.segment_s,
                           probe_timeout_s=watchdog_s(plan.timeout_s), speakers=speakers)
     else:
         ds = ray.data.read_parquet(f"{plan.out_uri}/{STAGING_DIR}")

@@ -52,7 +52,8 @@ def split_into_segments(batch: pa.Table, segment_s: float, timeout_s: float, att
         except Exception:  # noqa: BLE001 - unreadable, hung, fatal to workers: its decode says why
             out.append(row)
             continue
-        out += [{**row, "id": f"{row['id']}#t={a:g},{b:g}", "transcript": None, "start": a, "end": b, "context": None}
+        out += [{**row, "id": f"{row['id']}#t={a:g},{b:g}", "transcript": None, "start": a, "end": b, "context": None,
+                 "future": None}
                 for a, b in segment_windows(duration, segment_s)]
     return pa.Table.from_pylist(out, schema=STAGING_SCHEMA)
 

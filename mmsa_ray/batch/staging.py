@@ -38,6 +38,8 @@ STAGING_SCHEMA = pa.schema([
     # model's dialogue context; null: none). From the manifest's `context` column, or
     # sources.with_file_context.
     ("context", pa.list_(pa.string())),
+    # the later ones, in time order (FeatureConfig.future_turns); likewise from the manifest's `future`
+    ("future", pa.list_(pa.string())),
 ])
 
 

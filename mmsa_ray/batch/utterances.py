@@ -7,8 +7,8 @@ per spoken utterance, in a Ray Data actor pool that loads the Whisper model once
       ─► items (ITEM_SCHEMA): one per utterance, id "<file id>#t=<start>,<end>" (seconds in
          the file's time), with transcript, words, asr_confidence, transcript_reliable,
          speech="found" and the file's earlier transcripts as `context` (time order, the
-         last `context_turns`); or, for a stretch of speech without words, speech="unrecognized"
-         and no transcript
+         last `context_turns`) and its later ones as `future` (the first `future_turns`);
+         or, for a stretch of speech without words, speech="unrecognized" and no transcript
 
 A file without speech (or without an audio stream) becomes one item without transcript
 (its whole file or window), or its `--segment` windows, with speech="none"; a file whose
@@ -66,7 +66,7 @@ ITEM_SCHEMA = pa.schema([
     ("speech", pa.string()),
     ("error", pa.string()),  # null when fine; otherwise "<uri>: <cause>"
 ])
-CACHE_SCHEMA = pa.schema([f for f in ITEM_SCHEMA if f.name != "context"])
+CACHE_SCHEMA = pa.schema([f for f in ITEM_SCHEMA if f.name not in ("context", "future")])
 
 # `mmsa-ray transcribe`'s output: one row per utterance (or per file without speech / failed).
 UTTERANCE_SCHEMA = pa.schema([
@@ -176,11 +176,13 @@ class SpeechStage:
     windows of about this many seconds (segments.segment_windows), None: one item;
     `probe_timeout_s`: limit on reading a file's duration for that; `speakers`: a
     SpeakerConfig (who speaks when; None or disabled: utterances split at pauses only);
-    `context_speakers`: mark each context transcript [same]/[other] (the checkpoint reads them)."""
+    `context_speakers`: mark each context transcript [same]/[other] (the checkpoint reads them);
+    `future_turns`: how many later transcripts each item carries (0: none)."""
 
     def __init__(self, speech, cache: str, attempts_uri: str, max_attempts: int, done: np.ndarray | None = None,
                  keep_transcripts: bool = False, context_turns: int = 0, segment_s: float | None = None,
-                 probe_timeout_s: float = 30.0, speakers=None, context_speakers: bool = False):
+                 probe_timeout_s: float = 30.0, speakers=None, context_speakers: bool = False,
+                 future_turns: int = 0):
         from mmsa_ray.speech import SpeechRecognizer
 
         self.recognizer = SpeechRecognizer(speech)
@@ -191,7 +193,7 @@ class SpeechStage:
         attempts_fs, attempts_dir = resolve(attempts_uri)
         self.log = AttemptLog(attempts_fs, attempts_dir, current_job())
         self.max_attempts, self.done = max_attempts, done
-        self.keep_transcripts, self.context_turns = keep_transcripts, context_turns
+        self.keep_transcripts, self.context_turns, self.future_turns = keep_transcripts, context_turns, future_turns
         self.segment_s, self.probe_timeout_s = segment_s, probe_timeout_s
 
     def __call__(self, batch: pa.Table) -> pa.Table:
@@ -203,7 +205,7 @@ class SpeechStage:
                 file_items = [_item(row, file_id=row["id"], error="no media path given for this id in the manifest")]
             else:
                 file_items = self._expand(row, self._recognized(row))
-            items += _with_context(file_items, self.context_turns, self.context_speakers)
+            items += _with_context(file_items, self.context_turns, self.context_speakers, self.future_turns)
         items = [it for it, seen in zip(items, is_done(self.done, [it["id"] for it in items]), strict=True) if not seen]
         return pa.Table.from_pylist(items, schema=ITEM_SCHEMA)
 
@@ -287,20 +289,25 @@ def _item(row: dict[str, Any], **changes) -> dict[str, Any]:
     return item
 
 
-def _with_context(items: list[dict[str, Any]], turns: int, speakers: bool = False) -> list[dict[str, Any]]:
+def _with_context(items: list[dict[str, Any]], turns: int, speakers: bool = False,
+                  future_turns: int = 0) -> list[dict[str, Any]]:
     """Each utterance item gets the transcripts of the file's earlier ones (by start time,
-    oldest first, at most `turns`; unreliable ones left out), with `speakers` each marked by
-    whether the item's speaker said it (utterances.marked_context); others get none."""
+    oldest first, at most `turns`) as `context` and of its later ones (at most
+    `future_turns`, in time order) as `future`, unreliable ones left out; with `speakers`
+    each marked by whether the item's speaker said it (utterances.marked_context); others
+    get none."""
     from mmsa_ray.utterances import marked_context
 
-    if turns <= 0:
+    if turns <= 0 and future_turns <= 0:
         return items
-    recent: list[tuple[str, str | None]] = []
-    for it in sorted((it for it in items if it["speech"] == "found"), key=lambda it: it["start"]):
-        it["context"] = [marked_context(text, who, it["speaker"]) if speakers else text
-                         for text, who in recent[-turns:]]
-        if it["transcript_reliable"] is not False:
-            recent.append((it["transcript"] or "", it["speaker"]))
+    spoken = sorted((it for it in items if it["speech"] == "found"), key=lambda it: it["start"])
+    readable = [(k, it["transcript"] or "", it["speaker"]) for k, it in enumerate(spoken)
+                if it["transcript_reliable"] is not False]
+    for k, it in enumerate(spoken):
+        before = [(text, who) for j, text, who in readable if j < k][-turns:] if turns > 0 else []
+        after = [(text, who) for j, text, who in readable if j > k][:future_turns] if future_turns > 0 else []
+        for key, picked in (("context", before), ("future", after)):
+            it[key] = [marked_context(text, who, it["speaker"]) if speakers else text for text, who in picked]
     return items
 
 

@@ -94,16 +94,17 @@ class Preprocessor:
         self._face_config = FaceConfig()
 
     async def preprocess(self, data: bytes, transcript: str | None, start: float | None, end: float | None,
-                         context: list[str] | None = None) -> dict[str, Any]:
+                         context: list[str] | None = None, future: list[str] | None = None) -> dict[str, Any]:
         """-> {"features": dict[str, np.ndarray]} or {"error": cause} for unusable media.
-        context: earlier utterances, oldest first (Preprocessing.__call__)."""
+        context / future: earlier utterances, oldest first / later ones (Preprocessing.__call__)."""
         from mmsa_ray.media import MediaError
 
         loop = asyncio.get_running_loop()
         try:
             features = await loop.run_in_executor(
                 self._pool,
-                lambda: self._preprocessing(data, transcript=transcript, start=start, end=end, context=context),
+                lambda: self._preprocessing(data, transcript=transcript, start=start, end=end, context=context,
+                                            future=future),
             )
         except MediaError as e:
             return {"error": e.cause}  # the cause alone: the source is only "<bytes: N B>" here
@@ -111,12 +112,14 @@ class Preprocessor:
 
     async def preprocess_windows(self, data: bytes, windows: list[dict[str, Any]]) -> list[dict[str, Any]]:
         """Several windows of one upload (the bytes travel once): each window
-        {transcript, start, end, context[, context_speakers, speaker]} -> what `preprocess`
-        returns for it, in order. A checkpoint with FeatureConfig.context_speakers reads each
-        context utterance marked by whether the window's speaker said it (marked_context)."""
+        {transcript, start, end, context, future[, context_speakers, future_speakers, speaker]}
+        -> what `preprocess` returns for it, in order. A checkpoint with
+        FeatureConfig.context_speakers reads each context utterance marked by whether the
+        window's speaker said it (marked_context)."""
         marks = self._preprocessing.feature_config.context_speakers
         return list(await asyncio.gather(*(
-            self.preprocess(data, w["transcript"], w["start"], w["end"], _context(w, marks)) for w in windows)))
+            self.preprocess(data, w["transcript"], w["start"], w["end"], _marked(w, "context", marks),
+                            _marked(w, "future", marks)) for w in windows)))
 
 
     async def faces(self, data: bytes, windows: list[tuple[float | None, float | None]]) -> list[dict[str, Any]]:
@@ -133,12 +136,36 @@ class Preprocessor:
             for start, end in windows)))
 
 
-def _context(window: dict[str, Any], marks: bool) -> list[str] | None:
-    context = window.get("context")
-    if not marks or not context:
-        return context
-    speakers = window.get("context_speakers") or [None] * len(context)
-    return [marked_context(t, who, window.get("speaker")) for t, who in zip(context, speakers, strict=True)]
+def _marked(window: dict[str, Any], key: str, marks: bool) -> list[str] | None:
+    """The window's `context` or `future` texts, each marked by who said it when `marks`."""
+    texts = window.get(key)
+    if not marks or not texts:
+        return texts
+    speakers = window.get(f"{key}_speakers") or [None] * len(texts)
+    return [marked_context(t, who, window.get("speaker")) for t, who in zip(texts, speakers, strict=True)]
+
+
+def _utterance_windows(utterances: list[dict[str, Any]], form: UploadForm) -> list[dict[str, Any]]:
+    """One window per utterance of an upload: its transcript, times and speaker, the
+    caller's context and the upload's earlier utterances before it, the upload's later
+    utterances and then the caller's future after it (with their speakers where known,
+    as the upload's utterances name them). An unreliable transcript is returned, not
+    read, nor context for another."""
+    def given(texts, speakers):
+        return list(zip(texts or [], speakers or [None] * len(texts or []), strict=True))
+
+    readable = [(k, model_transcript(u), u["speaker"]) for k, u in enumerate(utterances)
+                if model_transcript(u) is not None]
+    before, after = given(form.context, form.context_speakers), given(form.future, form.future_speakers)
+    windows = []
+    for k, u in enumerate(utterances):
+        past = before + [(t, who) for j, t, who in readable if j < k]
+        future = [(t, who) for j, t, who in readable if j > k] + after
+        windows.append({"transcript": model_transcript(u), "start": u["start"], "end": u["end"],
+                        "speaker": u["speaker"], "context": [t for t, _ in past],
+                        "context_speakers": [who for _, who in past], "future": [t for t, _ in future],
+                        "future_speakers": [who for _, who in future]})
+    return windows
 
 
 # ----------------------------------------------------------------------------- speech
@@ -424,7 +451,8 @@ class Ingress:
                   if form.transcribe and not has_transcript else None)
         faces = self._pre.faces.remote(data, [(form.start, form.end)])  # beside the decode, on another thread
         stage.name = "decoding the upload"
-        result = await self._pre.preprocess.remote(data, form.transcript, form.start, form.end, form.context)
+        result = await self._pre.preprocess.remote(data, form.transcript, form.start, form.end, form.context,
+                                                   form.future)
         if "error" in result:
             for pending in (speech, faces):
                 if pending is not None:
@@ -438,27 +466,18 @@ class Ingress:
             stage.name = "speech recognition"
             transcribed = await speech
             stage.name = "labeling the utterances"
-            out.update(await self._utterances(data, transcribed, form.context, form.context_speakers))
+            out.update(await self._utterances(data, transcribed, form))
         return out
 
-    async def _utterances(self, data: bytes, speech: dict[str, Any], context: list[str] | None,
-                          context_speakers: list[str | None] | None = None) -> dict[str, Any]:
-        """Each utterance's window predicted as a clip of its own, with its transcript and
-        the earlier ones as context: {"utterances": [...]} (+ "speech_error" when the
-        upload's audio could not be transcribed, e.g. a video without sound)."""
+    async def _utterances(self, data: bytes, speech: dict[str, Any], form: UploadForm) -> dict[str, Any]:
+        """Each utterance's window predicted as a clip of its own, with its transcript, the
+        earlier ones as context and the later ones as its future: {"utterances": [...]} (+
+        "speech_error" when the upload's audio could not be transcribed, e.g. a video
+        without sound)."""
         if "error" in speech:
             return {"utterances": [], "speech_error": speech["error"]}
         utterances = speech["utterances"]
-        # the caller's context, with its speakers where given (as the upload's utterances name them)
-        texts: list[tuple[str, str | None]] = list(zip(context or [], context_speakers or [None] * len(context or []),
-                                                       strict=True))
-        windows = []
-        for u in utterances:  # an unreliable transcript is returned, not read, nor context for the next
-            windows.append({"transcript": model_transcript(u), "start": u["start"], "end": u["end"],
-                            "context": [t for t, _ in texts], "context_speakers": [who for _, who in texts],
-                            "speaker": u["speaker"]})
-            if model_transcript(u) is not None:
-                texts.append((model_transcript(u), u["speaker"]))
+        windows = _utterance_windows(utterances, form)
         out = []
         # max_batch_size windows at a time: one request never floods the model's queue,
         # and at most one batch of features is in flight

@@ -40,6 +40,10 @@ PREDICT_OPENAPI = {
                                                    "strings (or of {\"text\": ..., \"speaker\": ...} objects, the "
                                                    "speaker as the upload's utterances name them: S1, S2, ...), or one "
                                                    "per line"},
+                        "future": {"type": "string",
+                                   "description": "later utterances of the dialogue, in time order, in the same "
+                                                  "forms as `context` (a checkpoint trained with future turns reads "
+                                                  "them; others ignore them)"},
                         "num_speakers": {"type": "integer", "minimum": 1, "maximum": MAX_SPEAKERS,
                                          "description": "how many people speak in the upload, when known (default: "
                                                         "estimated); `utterances` carry `speaker` S1, S2, ..."},
@@ -61,7 +65,7 @@ ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
     503: {"description": "overloaded (queue full) or a worker is unavailable; retry later", **_ERROR_SCHEMA},
     504: {"description": "the request took longer than request_timeout_s", **_ERROR_SCHEMA},
 }
-FORM_FIELDS = ("file", "transcript", "start", "end", "transcribe", "context", "num_speakers")
+FORM_FIELDS = ("file", "transcript", "start", "end", "transcribe", "context", "future", "num_speakers")
 # Content types a client may declare for the file part. Anything else (text/plain,
 # image/png, application/json, ...) is refused before any decoding. image/gif is taken:
 # `label` takes .gif files (an animated GIF is a video stream to FFmpeg), and an upload
@@ -82,6 +86,8 @@ class UploadForm(NamedTuple):
     context: list[str] | None  # earlier utterances, oldest first, blank ones dropped
     context_speakers: list[str | None] | None = None  # who said each (None: not given)
     num_speakers: int | None = None  # speakers in the upload, when the caller knows
+    future: list[str] | None = None  # later utterances, in time order, blank ones dropped
+    future_speakers: list[str | None] | None = None  # who said each (None: not given)
 
 
 class RequestError(Exception):
@@ -137,19 +143,19 @@ def count_field(form: Any, name: str, most: int) -> int | None:
     return int(text)
 
 
-def context_field(form: Any) -> list[tuple[str, str | None]] | None:
-    """`context`: a JSON list of strings or of {"text", "speaker"} objects, or one utterance
-    per line (blank ones dropped) -> [(text, speaker or None)]."""
-    text = text_field(form, "context")
+def context_field(form: Any, name: str = "context") -> list[tuple[str, str | None]] | None:
+    """`context` (or `future`): a JSON list of strings or of {"text", "speaker"} objects, or
+    one utterance per line (blank ones dropped) -> [(text, speaker or None)]."""
+    text = text_field(form, name)
     if text is None or not text.strip():
         return None
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except ValueError as e:
-            raise RequestError(422, f"form field 'context' starts like JSON but is not: {e}") from None
+            raise RequestError(422, f"form field {name!r} starts like JSON but is not: {e}") from None
         if not isinstance(items, list) or not all(_context_item(x) for x in items):
-            raise RequestError(422, "form field 'context' must be a JSON list of strings or of {\"text\": ..., "
+            raise RequestError(422, f"form field {name!r} must be a JSON list of strings or of {{\"text\": ..., "
                                     "\"speaker\": ...} objects (or one utterance per line)")
         pairs = [(x, None) if isinstance(x, str) else (x["text"], x.get("speaker")) for x in items]
         return [(t, s) for t, s in pairs if t.strip()]
@@ -166,7 +172,7 @@ def _context_item(x: Any) -> bool:
 def check_form(form: Any, max_transcript_chars: int) -> UploadForm:
     """The fields of a parsed multipart form (starlette FormData), checked: RequestError for
     no parts, an unknown field, a missing file or one of a non-media type, a transcript (or
-    transcript + context) longer than max_transcript_chars, or an end not after start."""
+    transcript + context + future) longer than max_transcript_chars, or an end not after start."""
     if not form:
         # A body that is not multipart at all parses to zero parts.
         raise RequestError(400, "malformed multipart body: no form parts found (expected a 'file' part)")
@@ -188,12 +194,14 @@ def check_form(form: Any, max_transcript_chars: int) -> UploadForm:
     if start is not None and end is not None and end <= start:
         raise RequestError(422, f"end={end:g} must be greater than start={start:g}")
     transcribe = bool_field(form, "transcribe", True)
-    pairs = context_field(form)
-    context = [t for t, _ in pairs] if pairs else None
-    chars = len(transcript or "") + sum(len(c) for c in context or ())
-    if context and chars > max_transcript_chars:
-        raise RequestError(422, f"transcript and context have {chars} characters; the limit is "
+    pairs, later = context_field(form, "context"), context_field(form, "future")
+    chars = len(transcript or "") + sum(len(t) for t, _ in [*(pairs or ()), *(later or ())])
+    if (pairs or later) and chars > max_transcript_chars:
+        raise RequestError(422, f"transcript, context and future have {chars} characters; the limit is "
                                 f"max_transcript_chars={max_transcript_chars}")
     return UploadForm(upload=upload, transcript=transcript, start=start, end=end, transcribe=transcribe,
-                      context=context, context_speakers=[s for _, s in pairs] if pairs else None,
-                      num_speakers=count_field(form, "num_speakers", MAX_SPEAKERS))
+                      context=[t for t, _ in pairs] if pairs else None,
+                      context_speakers=[s for _, s in pairs] if pairs else None,
+                      num_speakers=count_field(form, "num_speakers", MAX_SPEAKERS),
+                      future=[t for t, _ in later] if later else None,
+                      future_speakers=[s for _, s in later] if later else None)

@@ -145,7 +145,7 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
     mel_shape = model_config.features.mel_shape
     info: dict = {"run_dir": dirs.run_dir, "mode": "end-to-end" if cfg.end_to_end else "cached"}
     if cfg.end_to_end:
-        datasets = _streamed_datasets(records, init_model, cfg.modalities, dirs.run_dir)
+        datasets = _streamed_datasets(records, init_model, cfg, dirs.run_dir)
         bad = {"train": set(), "dev": set()}
     else:
         datasets, bad = _cached_datasets(records, model, cfg.modalities, job, dirs.cache_dir, info)
@@ -236,14 +236,17 @@ def _feature_dataset(path: str, share: float = 0.1, block_rows: int = 256):
     return ray.data.from_arrow([table.slice(i, block_rows) for i in range(0, max(1, table.num_rows), block_rows)])
 
 
-def _streamed_datasets(records: dict, init_model: str, modalities, run_dir: str) -> dict:
-    """End-to-end mode: each split's raw clips, decoded and featurized by Ray Data every epoch."""
+def _streamed_datasets(records: dict, init_model: str, cfg: TrainConfig, run_dir: str) -> dict:
+    """End-to-end mode: each split's raw clips, decoded and featurized by Ray Data every epoch
+    (training rows with cfg.speaker_dropout of them unmarked)."""
     from mmsa_ray.train import featurize
 
     datasets = {}
     for split, recs in records.items():
         staging = os.path.join(run_dir, "_staging", f"{split}.parquet")
-        datasets[split] = featurize.raw_dataset(recs, init_model, modalities, staging).map_batches(
+        dropout = cfg.speaker_dropout if split == "train" else 0.0
+        datasets[split] = featurize.raw_dataset(recs, init_model, cfg.modalities, staging, speaker_dropout=dropout,
+                                                seed=cfg.seed).map_batches(
             drop_error_rows, batch_format="numpy", batch_size=64)
     return datasets
 
@@ -409,6 +412,12 @@ def _add_optimizer_args(g, d: TrainConfig) -> None:
     g.add_argument("--modality-dropout", type=float, default=d.modality_dropout,
                    help="probability of hiding a present modality per sample, so that clips missing one still "
                         f"predict well (never all; default {d.modality_dropout:g})")
+    g.add_argument("--speaker-dropout", type=float, default=d.speaker_dropout,
+                   help="with --context-speakers: share of training rows read without [same]/[other] markers "
+                        f"(default {d.speaker_dropout:g})")
+    g.add_argument("--no-future-truncation", dest="truncate_future", action="store_false",
+                   help="with --future-turns: train on every row's later turns whole (default: a random number "
+                        "of them each step, down to none, so rows without any are read as well)")
     g.add_argument("--patience", type=int, default=d.patience,
                    help="stop after this many epochs without a gain in the --select-on score "
                         f"(0 = never; default {d.patience})")
@@ -448,6 +457,9 @@ def _configs_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
 
     if args.num_workers < 1:
         p.error(f"--num-workers must be >= 1, got {args.num_workers}")
+    for flag in ("modality_dropout", "speaker_dropout"):
+        if not 0.0 <= getattr(args, flag) <= 1.0:
+            p.error(f"--{flag.replace('_', '-')} is a share of rows, from 0 to 1; got {getattr(args, flag):g}")
     try:  # fail before any work, not after training
         refuse_non_checkpoint(Path(args.output).absolute())
     except FileExistsError as e:
@@ -471,7 +483,8 @@ def _configs_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
         modalities=modalities, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         encoder_lr=args.encoder_lr, backbone_lr=args.backbone_lr, weight_decay=args.weight_decay,
         label_smoothing=args.label_smoothing, class_weighting=args.class_weighting,
-        modality_dropout=args.modality_dropout, patience=args.patience, select_on=args.select_on, seed=args.seed,
+        modality_dropout=args.modality_dropout, truncate_future=args.truncate_future,
+        speaker_dropout=args.speaker_dropout, patience=args.patience, select_on=args.select_on, seed=args.seed,
         end_to_end=args.end_to_end, finetune=finetune, pid_dir=args.pid_dir,
     )
     job = JobConfig(meld_dir=meld_dir, output=args.output, storage_path=args.storage_path, name=args.name,

@@ -138,14 +138,15 @@ def decode_and_featurize(batch: dict[str, np.ndarray], model_dir: str, modalitie
     """Manifest rows -> raw model inputs (Ray Data map_batches, numpy format).
 
     Input columns: id, path, transcript, split, emotion_index, sentiment_index, and
-    optionally context (earlier transcripts of the dialogue, oldest first).
+    optionally context (earlier transcripts of the dialogue, oldest first) and future (the
+    later ones, in time order).
     Output: those labels plus "audio" float32 [B,1,64,300], "input_ids"/"attention_mask"
     int64 [B,L], "mask" float32 [B,3] (limited to `modalities`), "error" (None or a
     message), and "video" float32 [B,3,T,H,W] when video is wanted. A clip that fails to
     decode becomes a row of zeros with mask 0 and its error; the batch never fails.
     Without `decode_media` no file is opened (text only).
     """
-    from mmsa_ray.features import tokenize
+    from mmsa_ray.features import text_context, tokenize
 
     prep = _preprocessing(model_dir)
     fcfg, tok, d = prep.feature_config, prep.tokenizer, prep.decode_config
@@ -165,11 +166,8 @@ def decode_and_featurize(batch: dict[str, np.ndarray], model_dir: str, modalitie
     }
     if "video" in modalities:
         out["video"] = np.zeros((n, 3, d.num_frames, d.height, d.width), np.float32)
-    turns = fcfg.context_turns
-    contexts = None
-    if "context" in batch:
-        contexts = [list(c)[-turns:] if (turns and c is not None) else None for c in batch["context"]]
-    tokens = tokenize(transcripts, tok, fcfg.max_text_length, contexts)
+    contexts, futures = text_context(fcfg, batch.get("context"), batch.get("future"))
+    tokens = tokenize(transcripts, tok, fcfg.max_text_length, contexts, futures)
     out["input_ids"], out["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
     out["mask"][:, MODALITIES.index("text")] = tokens["attention_mask"].any(axis=1)
     if decode_media:
@@ -177,7 +175,7 @@ def decode_and_featurize(batch: dict[str, np.ndarray], model_dir: str, modalitie
             if not path:
                 continue  # no clip file: text (if any) only
             try:
-                f = prep(str(path), transcripts[i], context=contexts[i] if contexts else None)
+                f = prep(str(path), transcripts[i], context=contexts[i], future=futures[i])
             except Exception as e:  # per clip: MediaError, or a feature error naming the clip
                 out["error"][i] = f"{type(e).__name__}: {e}"
                 out["mask"][i] = 0.0
@@ -194,23 +192,26 @@ def decode_and_featurize(batch: dict[str, np.ndarray], model_dir: str, modalitie
 
 
 def raw_dataset(records, model_dir: str, modalities, staging_path: str, *, decode_batch_size: int = 8,
-                cpus_per_task: float = 1.0):
+                cpus_per_task: float = 1.0, speaker_dropout: float = 0.0, seed: int = 0):
     """The Ray Dataset of raw model inputs (decode_and_featurize's columns) for `records`:
-    read_parquet(staging manifest) -> CPU map_batches. Shared by featurize and end-to-end training."""
+    read_parquet(staging manifest) -> CPU map_batches. Shared by featurize and end-to-end training.
+    `speaker_dropout`: share of rows whose context goes without speaker markers (seeded)."""
     import ray
 
     from mmsa_ray.checkpoint import read_checkpoint_config
     from mmsa_ray.model import ModelConfig
-    from mmsa_ray.train.meld import dialogue_context, write_manifest
+    from mmsa_ray.train.meld import dialogue_context, unmarked_share, write_manifest
 
     records = list(records)
     modalities = tuple(m for m in MODALITIES if m in modalities)
     features = ModelConfig.from_dict(read_checkpoint_config(model_dir)["model"]).features
-    turns = features.context_turns
-    contexts = (dialogue_context(records, turns, features.context_speakers) if turns and "text" in modalities
-                else None)
+    text = "text" in modalities
+    unmarked = unmarked_share(records, speaker_dropout, seed) if features.context_speakers and speaker_dropout else ()
+    around = {later: dialogue_context(records, turns, features.context_speakers, later=later, unmarked=unmarked)
+              if turns and text else None
+              for later, turns in ((False, features.context_turns), (True, features.future_turns))}
     # small row groups: Ray Data reads one block per file fragment, and row groups let it split further
-    write_manifest(records, staging_path, row_group_size=64, contexts=contexts)
+    write_manifest(records, staging_path, row_group_size=64, contexts=around[False], futures=around[True])
     n_blocks = max(1, min(64, -(-len(records) // max(1, decode_batch_size * 4))))
     ds = ray.data.read_parquet(staging_path, override_num_blocks=n_blocks)
     return ds.map_batches(
@@ -465,6 +466,12 @@ def add_model_args(p: argparse.ArgumentParser) -> None:
                    help=f"tokens per transcript, context included (default {f.max_text_length})")
     p.add_argument("--context-turns", type=int, default=f.context_turns,
                    help=f"earlier utterances of the dialogue encoded with each transcript (default {f.context_turns})")
+    p.add_argument("--future-turns", type=int, default=f.future_turns,
+                   help="later utterances of the dialogue encoded after the earlier ones; training keeps a random "
+                        f"number of them per step, down to none (default {f.future_turns})")
+    p.add_argument("--context-speakers", action="store_true",
+                   help="mark each context utterance [same] or [other] by who said it (MELD's speakers in training, "
+                        "diarized ones in label and serve)")
     p.add_argument("--text-pooling", default=m.text_pooling, choices=["mean", "current", "cls"],
                    help="text encoder pooling: mean of all tokens, of the transcript's own tokens ('current', "
                         f"context excluded), or [CLS] (default {m.text_pooling})")
@@ -478,7 +485,8 @@ def model_config_from_args(args, **overrides):
     return ModelConfig(
         text_encoder=args.text_encoder, video_weights=args.video_weights,
         decode=DecodeConfig(num_frames=args.num_frames, height=args.size, width=args.size),
-        features=FeatureConfig(max_text_length=args.max_text_length, context_turns=args.context_turns),
+        features=FeatureConfig(max_text_length=args.max_text_length, context_turns=args.context_turns,
+                               future_turns=args.future_turns, context_speakers=args.context_speakers),
         text_pooling=args.text_pooling, **overrides,
     )
 

@@ -57,6 +57,12 @@ class TrainConfig:
     aux_weight: float = 0.5  # weight of the per-modality heads' loss
     # per sample, per present modality; never drops all (so a clip missing a modality still predicts well)
     modality_dropout: float = 0.2
+    # with FeatureConfig.future_turns: each step keeps a random number of each row's later turns (down to
+    # none), so one checkpoint reads a batch job's rows (later turns known) and Serve's (often none)
+    truncate_future: bool = True
+    # with FeatureConfig.context_speakers: share of training rows read without [same]/[other] markers,
+    # so rows whose speakers are unknown (speakers off) are read as well as marked ones
+    speaker_dropout: float = 0.3
     patience: int = 3  # epochs without dev improvement before stopping (0 = never)
     # dev weighted F1 that picks the best epoch: "emotion", "sentiment" or "mean" of the two heads
     select_on: str = "mean"
@@ -186,6 +192,27 @@ def modality_dropout(mask, p: float, generator=None):
     return torch.where(empty.unsqueeze(1), mask, new)
 
 
+def future_truncation(input_ids, attention_mask, marker_id: int, sep_id: int, generator=None):
+    """Keep a random number of each row's later turns, uniformly 0..all of them: [B, L] int64
+    ids and mask -> the new mask. A row's later turns follow its marker token, each ending
+    with [SEP] (features.tokenize); dropping them all leaves the row as it is encoded
+    without any (up to the room they took from the earlier turns). Rows without a marker
+    are kept whole."""
+    import torch
+
+    is_marker = input_ids == marker_id
+    has = is_marker.any(dim=1, keepdim=True)
+    start = torch.where(has, is_marker.long().argmax(dim=1, keepdim=True), torch.full_like(has, input_ids.shape[1],
+                                                                                            dtype=torch.long))
+    pos = torch.arange(input_ids.shape[1], device=input_ids.device).unsqueeze(0)
+    ends = (input_ids == sep_id) & (pos > start) & (attention_mask > 0)
+    seps_before = torch.cumsum(ends.long(), dim=1) - ends.long()  # later turns finished before each token
+    turns = ends.sum(dim=1, keepdim=True)
+    keep_turns = (torch.rand(turns.shape, generator=generator).to(turns.device) * (turns + 1)).floor().long()
+    keep = (pos < start) | (seps_before < keep_turns)
+    return attention_mask * keep.long()
+
+
 def _save_state(d: Path, optimizer, state: dict) -> None:
     """optimizer moments -> optimizer.safetensors, everything else -> train_state.json."""
     import torch
@@ -284,6 +311,7 @@ class _Worker:
     gen: object  # torch.Generator: modality dropout and length buckets
     collate: ToTensors
     pool: int  # training batches read at once for `length_bucketed` (1 = off)
+    future_ids: tuple[int, int] | None = None  # (marker, [SEP]) token ids when later turns are truncated
     writer: object = None  # TensorBoard (rank 0)
     dev_batches: list | None = None  # the dev set is small and fixed: read once, evaluated every epoch
 
@@ -352,11 +380,16 @@ def _set_up(wc: WorkerConfig) -> _Worker:
     # cached mode sees (they train the same model), and cached rows have no tokens.
     pool = max(1, cfg.length_pool) if "text" in cfg.finetune and "text" in cfg.modalities else 1
     gen = torch.Generator().manual_seed(cfg.seed * 1000 + rank + 7919 * state["epoch"])
+    future_ids = None
+    if cfg.truncate_future and model.config.features.future_turns and "text" in cfg.modalities:
+        from mmsa_ray.features import future_marker_id
+
+        future_ids = (future_marker_id(model.tokenizer), int(model.sep_token_id))
     return _Worker(
         cfg=cfg, rank=rank, distributed=distributed, device=device, model=model, ddp=ddp, optimizer=optimizer,
         state=state, ce=ce, ce_none=ce_none, total_steps=max(1, wc.steps_per_epoch * cfg.epochs),
         use_bf16=device.type == "cuda", gen=gen, collate=ToTensors(cfg.modalities, tuple(wc.mel_shape)), pool=pool,
-        writer=writer,
+        future_ids=future_ids, writer=writer,
     )
 
 
@@ -455,6 +488,9 @@ def _train_epoch(w: _Worker, shard, epoch: int) -> tuple[_Tally, dict[str, float
     tick = time.time()
     for batch in batches:
         batch["mask"] = modality_dropout(batch["mask"], cfg.modality_dropout, w.gen)
+        if w.future_ids is not None and "input_ids" in batch:
+            batch["attention_mask"] = future_truncation(batch["input_ids"], batch["attention_mask"], *w.future_ids,
+                                                        generator=w.gen)
         batch = {k: v.to(w.device) for k, v in batch.items()}
         factor = lr_factor(w.state["step"], w.total_steps, cfg.warmup_frac)
         for g in w.optimizer.param_groups:

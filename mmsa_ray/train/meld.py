@@ -27,9 +27,11 @@ import csv
 import os
 import re
 from collections import Counter
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Collection, Iterable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+import numpy as np
 
 from mmsa_ray.labels import EMOTIONS, SENTIMENTS, emotion_index, sentiment_index
 from mmsa_ray.utterances import marked_context
@@ -283,24 +285,36 @@ _FLOAT_FIELDS = ("start_s", "end_s")
 MANIFEST_COLUMNS: tuple[str, ...] = tuple(f.name for f in fields(ClipRecord)) + ("emotion_index", "sentiment_index")
 
 
-def dialogue_context(records: Iterable[ClipRecord], turns: int, speakers: bool = False) -> list[list[str]]:
+def dialogue_context(records: Iterable[ClipRecord], turns: int, speakers: bool = False, *, later: bool = False,
+                     unmarked: Collection[str] = ()) -> list[list[str]]:
     """For each record, the transcripts of up to `turns` earlier utterances of its dialogue
-    (same split and Dialogue_ID, lower Utterance_ID), oldest first; with `speakers` each
-    marked "[same]" or "[other]" by whether the record's speaker said it
-    (utterances.marked_context). Never names: label and serve know diarized speakers (S1,
-    S2), not people, and training sees what inference will."""
+    (same split and Dialogue_ID, lower Utterance_ID), oldest first, or with `later` the
+    `turns` after it, in time order; with `speakers` each marked "[same]" or "[other]" by
+    whether the record's speaker said it (utterances.marked_context), except for the
+    records whose ids are in `unmarked`. Never names: label and serve know diarized
+    speakers (S1, S2), not people, and training sees what inference will."""
     records = list(records)
     by_dialogue: dict[tuple[str, int], list[ClipRecord]] = {}
     for r in records:
         by_dialogue.setdefault((r.split, r.dialogue_id), []).append(r)
-    earlier: dict[str, list[str]] = {}
+    unmarked = set(unmarked)
+    around: dict[str, list[str]] = {}
     for rows in by_dialogue.values():
         rows.sort(key=lambda r: r.utterance_id)
         for i, r in enumerate(rows):
-            before = rows[max(0, i - turns):i] if turns > 0 else []
-            earlier[r.id] = [marked_context(b.transcript, b.speaker or None, r.speaker or None) if speakers
-                             else b.transcript for b in before]
-    return [earlier[r.id] for r in records]
+            picked = (rows[i + 1:i + 1 + turns] if later else rows[max(0, i - turns):i]) if turns > 0 else []
+            marks = speakers and r.id not in unmarked
+            around[r.id] = [marked_context(b.transcript, b.speaker or None, r.speaker or None) if marks
+                            else b.transcript for b in picked]
+    return [around[r.id] for r in records]
+
+
+def unmarked_share(records: Iterable[ClipRecord], share: float, seed: int) -> set[str]:
+    """Ids of a random `share` of the records (seeded): those read without speaker markers
+    in training (TrainConfig.speaker_dropout)."""
+    ids = sorted(r.id for r in records)
+    rng = np.random.default_rng(seed)
+    return {i for i, u in zip(ids, rng.random(len(ids)), strict=True) if u < share}
 
 
 def to_columns(records: Iterable[ClipRecord]) -> dict[str, list]:
@@ -324,12 +338,12 @@ def to_items(records: Iterable[ClipRecord]) -> list[dict]:
 
 
 def write_manifest(records: Iterable[ClipRecord], path: str | os.PathLike, row_group_size: int | None = None,
-                   contexts: list[list[str]] | None = None) -> Path:
+                   contexts: list[list[str]] | None = None, futures: list[list[str]] | None = None) -> Path:
     """Write records to a .parquet or .csv manifest (MANIFEST_COLUMNS) and return its path.
 
     row_group_size: rows per Parquet row group (None: pyarrow's default).
     contexts: Parquet only, an extra `context` column (list of earlier transcripts per row,
-    see `dialogue_context`).
+    see `dialogue_context`); futures: likewise a `future` column (later transcripts).
 
     The file appears only when complete (written beside it, then renamed). In CSV an
     absent clip's path is an empty field; in Parquet it is null. Read back with
@@ -347,12 +361,13 @@ def write_manifest(records: Iterable[ClipRecord], path: str | os.PathLike, row_g
         import pyarrow.parquet as pq
 
         table = pa.table(cols, schema=_manifest_schema())
-        if contexts is not None:
-            table = table.append_column("context", pa.array(contexts, type=pa.list_(pa.string())))
+        for name, column in (("context", contexts), ("future", futures)):
+            if column is not None:
+                table = table.append_column(name, pa.array(column, type=pa.list_(pa.string())))
         pq.write_table(table, tmp, row_group_size=row_group_size)
     else:
-        if contexts is not None:
-            raise ValueError(f"manifest {path}: a context column needs a .parquet manifest")
+        if contexts is not None or futures is not None:
+            raise ValueError(f"manifest {path}: context and future columns need a .parquet manifest")
         with open(tmp, "w", encoding="utf-8", newline="") as fh:
             writer = csv.writer(fh, lineterminator="\n")
             writer.writerow(MANIFEST_COLUMNS)
