@@ -149,7 +149,7 @@ def _feature_dir(tmp_path, model, n=24):
     return d, table
 
 
-def test_evaluate_cli_on_features(tmp_path, tiny_checkpoint):
+def test_evaluate_cli_on_features(tmp_path, tiny_checkpoint, capsys):
 
     model = checkpoint.load(tiny_checkpoint)
     d, table = _feature_dir(tmp_path, model)
@@ -167,6 +167,11 @@ def test_evaluate_cli_on_features(tmp_path, tiny_checkpoint):
     for h in ("emotion", "sentiment"):
         assert got["heads"][h]["confusion"] == expected["heads"][h]["confusion"]
     assert set(got["per_modality"]) == set(MODALITIES)
+    with pytest.raises(SystemExit):  # already encoded: nothing to withhold
+        evaluate.main([*argv, "--without", "future"])
+    with pytest.raises(SystemExit):
+        evaluate.main([*argv, "--without", "faces"])
+    assert "--without takes future and/or speakers, got faces" in capsys.readouterr().err
     # masking a modality out changes what the model sees
     text_only, _ = evaluate.load_features(d, modalities=("text",))
     assert text_only.mask[:, 1:].sum() == 0 and text_only.mask[:, 0].all()

@@ -285,6 +285,8 @@ def markdown_report(result: dict, title: str = "Evaluation") -> str:
     for k in ("checkpoint", "data", "modalities"):
         if k in result:
             lines.append(f"- {k}: `{result[k]}`")
+    if result.get("withheld"):
+        lines.append(f"- context withheld: {', '.join(result['withheld'])}")
     failed = f" ({len(result.get('errors', []))} failed to decode, excluded)" if result.get("errors") else ""
     lines.append(f"- clips evaluated: {result['n']}" + failed)
     lines += ["", "| head | accuracy | weighted F1 | macro F1 |", "| --- | --- | --- | --- |"]
@@ -374,6 +376,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="evaluate only the first N records of the split (with --meld-dir)")
     p.add_argument("--cache-dir", default=None,
                    help="feature cache root (with --meld-dir; default <storage>/features, see featurize)")
+    p.add_argument("--without", default="",
+                   help="context to withhold, comma separated: 'future' (the later turns: as Serve reads a clip "
+                        "sent without them) and/or 'speakers' (the [same]/[other] markers: as label reads rows with "
+                        "speakers off); default none: the rows as the checkpoint was trained to read them")
     p.add_argument("--batch-size", type=int, default=256, help="clips per forward pass (default 256)")
     p.add_argument("--device", default=None, help="torch device (default cuda when available, else cpu)")
     p.add_argument("--output", required=True,
@@ -418,6 +424,23 @@ def load_split(p: argparse.ArgumentParser, args: argparse.Namespace,
     return data, errors, str(path), modalities
 
 
+WITHHELD = {"future": {"future_turns": 0}, "speakers": {"context_speakers": False}}
+
+
+def _withhold(p: argparse.ArgumentParser, model, names: str) -> list[str]:
+    """--without: the model's feature config with those parts of the context off (the
+    weights are untouched); the names withheld."""
+    import dataclasses
+
+    picked = [n.strip() for n in names.split(",") if n.strip()]
+    unknown = sorted(set(picked) - set(WITHHELD))
+    if unknown:
+        p.error(f"--without takes {' and/or '.join(WITHHELD)}, got {', '.join(unknown)}")
+    for name in picked:
+        model.config.features = dataclasses.replace(model.config.features, **WITHHELD[name])
+    return picked
+
+
 def main(argv: list[str] | None = None) -> int:
     from mmsa_ray import console
 
@@ -428,11 +451,14 @@ def main(argv: list[str] | None = None) -> int:
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     model = checkpoint.load(args.checkpoint, map_location=device).to(device)
+    withheld = _withhold(p, model, args.without)
+    if withheld and args.features:
+        p.error("--without needs --meld-dir: the rows of --features were encoded with their context already")
     t0 = time.time()
     data, errors, source, modalities = load_split(p, args, model)
     result = evaluate(model, data, args.batch_size, device, checkpoint.read_calibration(args.checkpoint))
     result.update(checkpoint=str(Path(args.checkpoint).absolute()), data=source, modalities=",".join(modalities),
-                  errors=errors)
+                  errors=errors, withheld=withheld)
     out = write_report(result, args.output, f"Evaluation on {Path(source).name}")
     print(summary_line(result))
     print(f"report: {out / 'report.md'} ({time.time() - t0:.1f} s)")
