@@ -20,6 +20,7 @@ import mediagen
 import numpy as np
 import pyarrow as pa
 import pyarrow.dataset as pads
+import pyarrow.fs as pafs
 import pyarrow.parquet as pq
 import pytest
 
@@ -183,10 +184,13 @@ def test_decode_batch_timeout_attempt_records_and_watchdog(tmp_path, media_dir, 
                          "not retried")
     assert errors[1] is None and out.column("mask").chunk(0).to_numpy()[1].tolist() == [1.0, 1.0, 0.0]  # text + audio
     assert record.exists()
-    # one earlier death: decoded again, and the record is gone once decode returns
+    # one earlier death: decoded again, the record gone once decode returns, the retry noted for the summary
     record.write_text(json.dumps({"id": ids[0], "attempts": 1, "job": job, "pid": 1}))
     out = decode.decode_batch(batch, decode_timeout_s=None, **kw)
-    assert out.column("error").to_pylist() == [None, None] and list(records.iterdir()) == []
+    assert out.column("error").to_pylist() == [None, None] and not record.exists()
+    log = attempts.AttemptLog(pafs.LocalFileSystem(), str(records), job)
+    assert [(r["id"], r["deaths"]) for r in log.retried()] == [(ids[0], 1)]
+    assert attempts.AttemptLog(pafs.LocalFileSystem(), str(records), "another job").retried() == []
 
     # the watchdog behind DecodeConfig.timeout_s: a call that does not return is abandoned
     with pytest.raises(attempts.DecodeHung, match="still running after 0.2 s"):

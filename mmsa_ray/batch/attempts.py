@@ -33,6 +33,7 @@ import pyarrow.fs as pafs
 from mmsa_ray.sources import open_media
 
 ATTEMPTS_DIR = "_attempts"  # per-item attempt records, under OUT
+RETRIED_DIR = "retried"  # under ATTEMPTS_DIR: one record per item tried again after its worker died
 
 
 class AttemptLog:
@@ -60,6 +61,26 @@ class AttemptLog:
                   "time": time.time()}
         with self.fs.open_output_stream(self._path(key)) as f:
             f.write(json.dumps(record).encode())
+
+    def note_retry(self, key: str, deaths: int) -> None:
+        """A lasting record that `key` is tried again after `deaths` deaths (the attempt record
+        itself goes when the retry ends): what the run's summary counts."""
+        record = {"id": key, "deaths": deaths, "job": self.job, "host": socket.gethostname(), "time": time.time()}
+        self.fs.create_dir(f"{self.dir}/{RETRIED_DIR}", recursive=True)
+        with self.fs.open_output_stream(f"{self.dir}/{RETRIED_DIR}/{hashlib.sha1(key.encode()).hexdigest()}.json") as f:
+            f.write(json.dumps(record).encode())
+
+    def retried(self) -> list[dict]:
+        """The retry records of this log's job, one per item (its latest)."""
+        selector = pafs.FileSelector(f"{self.dir}/{RETRIED_DIR}", allow_not_found=True)
+        records = []
+        for info in self.fs.get_file_info(selector):
+            try:
+                with self.fs.open_input_stream(info.path) as f:
+                    records.append(json.loads(f.read()))
+            except (OSError, ValueError):
+                continue
+        return [r for r in records if r.get("job") == self.job]
 
     def end(self, key: str) -> None:
         try:
@@ -123,6 +144,8 @@ def attempt(log: AttemptLog, key: str, uri: str, max_attempts: int) -> Iterator[
     deaths = log.deaths(key)  # one read of the record (a remote request on cloud OUT)
     if deaths >= max_attempts:
         raise RepeatedDeaths(deaths)
+    if deaths:
+        log.note_retry(key, deaths)
     log.begin(key, deaths + 1)
     try:
         with open_media(uri) as source:

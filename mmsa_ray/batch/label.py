@@ -87,6 +87,8 @@ import pyarrow.fs as pafs
 from mmsa_ray import console
 from mmsa_ray.batch.attempts import (
     ATTEMPTS_DIR,
+    AttemptLog,
+    current_job,
     watchdog_s,
 )
 from mmsa_ray.batch.decode import decode_batch, item_tasks
@@ -304,6 +306,7 @@ def label(config: LabelConfig) -> LabelSummary:
     plan.out_fs.create_dir(f"{plan.out_path}/{ATTEMPTS_DIR}", recursive=True)
     remove_inprogress(plan.out_fs, plan.out_path)
     started_ray = console.init_ray(address=config.ray_address)
+    attempts = AttemptLog(plan.out_fs, f"{plan.out_path}/{ATTEMPTS_DIR}", current_job())  # this run's records
     ctx = DataContext.get_current()
     previous = ctx.checkpoint_config
     stats = "(nothing to label)"
@@ -324,8 +327,12 @@ def label(config: LabelConfig) -> LabelSummary:
         ctx.checkpoint_config = previous
         if started_ray:
             ray.shutdown()
+    retried = attempts.retried()
     plan.out_fs.delete_dir_contents(f"{plan.out_path}/{ATTEMPTS_DIR}", missing_dir_ok=True)
     summary = summarize(plan.out_fs, plan.out_path, run_start, staged.listed, config.output, plan.model_id)
+    if retried:
+        summary.notes.append(f"{len(retried)} items were worked on again after the worker on them died (a node "
+                             "or process lost): each is in OUT once")
     _add_run_notes(summary, plan, sources, staged, run_start)
     summary.seconds, summary.stats = time.time() - t0, stats
     if speakers is not None:
