@@ -155,11 +155,10 @@ def log_mel(audio: list[np.ndarray], config: FeatureConfig) -> np.ndarray:
 _TOKENIZER_LOCK = threading.Lock()
 
 
-def text_context(config: FeatureConfig, contexts: list | None, futures: list | None) -> tuple[list, list]:
-    """Per row, the earlier utterances (the last `context_turns`) and the later ones (the
-    first `future_turns`) this config encodes, for `tokenize`."""
+def text_context(config: FeatureConfig, rows: int, contexts: list | None, futures: list | None) -> tuple[list, list]:
+    """Per row (of `rows`), the earlier utterances (the last `context_turns`) and the later
+    ones (the first `future_turns`) this config encodes, for `tokenize`; None: not given."""
     past, after = config.context_turns, config.future_turns
-    rows = len(contexts if contexts is not None else futures if futures is not None else [])
     contexts = contexts if contexts is not None else [None] * rows
     futures = futures if futures is not None else [None] * rows
     return ([list(c)[-past:] if past and c is not None else None for c in contexts],
@@ -168,7 +167,7 @@ def text_context(config: FeatureConfig, contexts: list | None, futures: list | N
 
 def future_marker_id(tokenizer: Any) -> int:
     """The token that opens the later utterances: the tokenizer's mask token, which a
-    transcript never contains and which training (`train.loop.future_truncation`) finds."""
+    transcript never contains and which training (`train.batches.future_truncation`) finds."""
     if tokenizer.mask_token_id is None:
         raise ValueError(f"{type(tokenizer).__name__} has no mask token to mark later utterances (future_turns > 0)")
     return int(tokenizer.mask_token_id)
@@ -327,7 +326,7 @@ def clip_features(
     else:
         audio = np.zeros(config.mel_shape, dtype=np.float32)
 
-    tokens = tokenize([transcript], tokenizer, config.max_text_length, *text_context(config, [context], [future]))
+    tokens = tokenize([transcript], tokenizer, config.max_text_length, *text_context(config, 1, [context], [future]))
     has_text = bool(tokens["attention_mask"][0].any())
     present = {"text": has_text, "audio": has_audio, "video": has_video}
     return {

@@ -166,7 +166,7 @@ def decode_and_featurize(batch: dict[str, np.ndarray], model_dir: str, modalitie
     }
     if "video" in modalities:
         out["video"] = np.zeros((n, 3, d.num_frames, d.height, d.width), np.float32)
-    contexts, futures = text_context(fcfg, batch.get("context"), batch.get("future"))
+    contexts, futures = text_context(fcfg, n, batch.get("context"), batch.get("future"))
     tokens = tokenize(transcripts, tok, fcfg.max_text_length, contexts, futures)
     out["input_ids"], out["attention_mask"] = tokens["input_ids"], tokens["attention_mask"]
     out["mask"][:, MODALITIES.index("text")] = tokens["attention_mask"].any(axis=1)
