@@ -12,8 +12,8 @@ import torch
 from mmsa_ray import checkpoint
 from mmsa_ray.features import FeatureConfig, tokenize
 from mmsa_ray.model import ModelConfig, MultimodalSentimentModel, build_text_encoder
+from mmsa_ray.train import batches, featurize
 from mmsa_ray.train import driver as train
-from mmsa_ray.train import featurize
 from mmsa_ray.train import loop as train_loop
 from mmsa_ray.train.meld import ClipRecord, dialogue_context, read_meld, unmarked_share
 
@@ -93,7 +93,7 @@ def test_training_keeps_a_random_number_of_later_turns(tokenizer):
     gen = torch.Generator().manual_seed(0)
     seen: dict[int, int] = {}
     for _ in range(300):
-        kept = train_loop.future_truncation(ids, mask, tokenizer.mask_token_id, tokenizer.sep_token_id, gen)
+        kept = batches.future_truncation(ids, mask, tokenizer.mask_token_id, tokenizer.sep_token_id, gen)
         assert (kept[1] == mask[1]).all()  # no later turns: untouched
         seen[int(kept[0].sum())] = seen.get(int(kept[0].sum()), 0) + 1
         if int(kept[0].sum()) == 10:
@@ -131,14 +131,14 @@ def test_length_bucketed_keeps_every_row_and_trims_padding():
     lengths = [3, 10, 1, 7, 2, 9, 4, 8]
     mask = torch.tensor([[1] * n + [0] * (12 - n) for n in lengths])
     pool = {"input_ids": mask * 5, "attention_mask": mask, "emotion": torch.arange(8)}
-    out = list(train_loop.length_bucketed([pool], 3, torch.Generator().manual_seed(0)))
+    out = list(batches.length_bucketed([pool], 3, torch.Generator().manual_seed(0)))
     assert sorted(len(b["emotion"]) for b in out) == [2, 3, 3]
     assert sorted(torch.cat([b["emotion"] for b in out]).tolist()) == list(range(8))
     for b in out:  # similar lengths together, each cut to its own longest row
         assert b["attention_mask"].shape[1] == int(b["attention_mask"].sum(dim=1).max())
     assert sorted(b["attention_mask"].shape[1] for b in out) == [3, 8, 10]
     cached = {"text_emb": torch.zeros(4, 2), "emotion": torch.arange(4)}
-    assert list(train_loop.length_bucketed([cached], 3)) == [cached]
+    assert list(batches.length_bucketed([cached], 3)) == [cached]
 
 
 def test_context_reaches_the_training_inputs(ray_local, tmp_path, tokenizer):
