@@ -48,6 +48,8 @@ def test_config_from_strings_and_unknown_keys():
     assert ServeConfig(checkpoint="ck").fuse_weights() is None
     with pytest.raises(ValueError, match="invalid ServeConfig: faces='maybe' must be on or off; fuse weight of face"):
         ServeConfig(checkpoint="ck", faces="maybe", fuse="face=x")
+    with pytest.raises(ValueError, match="proxy_location='Nowhere' must be one of EveryNode, HeadOnly"):
+        ServeConfig(checkpoint="ck", proxy_location="Nowhere")
 
 
 def test_cli_flags_map_onto_config():
@@ -270,7 +272,9 @@ def test_hostile_uploads_get_4xx_with_reason_and_server_stays_healthy(server, cl
         "cannot use uploaded file 'clip.mp4': not a readable media file")
 
     health = requests.get(f"{server}/healthz", timeout=30)
-    assert health.status_code == 200 and health.json()["status"] == "ok"
+    assert health.status_code == 200 and health.json()["status"] == "ok", health.text
+    replicas = health.json()["replicas"]  # deployment -> replicas by state: every one running
+    assert len(replicas) >= 3 and all(set(states) == {"RUNNING"} for states in replicas.values()), replicas
     assert _post(server, clips["av"], transcript="still fine?").status_code == 200
 
 

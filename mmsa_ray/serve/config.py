@@ -21,6 +21,8 @@ def _setting(default: Any, help_text: str) -> Any:
     return field(default=default, metadata={"help": help_text})
 
 
+PROXY_LOCATIONS = ("EveryNode", "HeadOnly")  # Serve's ProxyLocation values that serve HTTP
+
 @dataclass
 class ServeConfig:
     """Everything `mmsa-ray serve`, `serve run mmsa_ray.serve:app` and jobs/serve.yaml set.
@@ -33,6 +35,9 @@ class ServeConfig:
                                    "checkpoint shipped in the package (MELD text, mmsa_ray/pretrained/meld-text)")
     host: str = _setting("127.0.0.1", "HTTP bind address; 0.0.0.0 exposes it beyond this machine")
     port: int = _setting(8000, "HTTP port")
+    proxy_location: str = _setting(
+        "EveryNode", "where Serve answers HTTP: EveryNode (every node on host:port, behind a load balancer) or "
+        "HeadOnly (the head alone; several nodes on one machine must share one port)")
     app_name: str = _setting("mmsa", "Serve application name")
     route_prefix: str = _setting("/", "HTTP route prefix of the application")
     # Limits: beyond them a request gets a 4xx with the reason, never a 500.
@@ -133,6 +138,8 @@ class ServeConfig:
         for name in ("speakers", "faces"):
             if getattr(self, name) not in ("on", "off"):
                 bad.append(f"{name}={getattr(self, name)!r} must be on or off")
+        if self.proxy_location not in PROXY_LOCATIONS:
+            bad.append(f"proxy_location={self.proxy_location!r} must be one of {', '.join(PROXY_LOCATIONS)}")
         if self.asr_device not in ("cpu", "cuda", "auto"):
             bad.append(f"asr_device={self.asr_device!r} must be cpu, cuda or auto")
         if self.num_gpus is not None and self.num_gpus < 0:

@@ -344,13 +344,15 @@ api = FastAPI(
 )
 
 
-def _deployments_without_replicas() -> list[str]:
-    """Names of this application's deployments that have no RUNNING replica (Serve's status)."""
+def _replica_states() -> dict[str, dict[str, int]]:
+    """This application's deployments -> how many of their replicas are in each state
+    (RUNNING, STARTING, RECOVERING, ...; Serve's status); {} when Serve does not know it."""
     app_name = serve.get_replica_context().app_name
     status = serve.status().applications.get(app_name)
     if status is None:
-        return []
-    return sorted(name for name, d in status.deployments.items() if not d.replica_states.get("RUNNING"))
+        return {}
+    return {name: {str(getattr(k, "value", k)): int(v) for k, v in d.replica_states.items() if v}
+            for name, d in sorted(status.deployments.items())}
 
 
 class _UploadTooLarge(Exception):
@@ -551,21 +553,24 @@ class Ingress:
     @api.get("/healthz", summary="Readiness: every deployment has a running replica")
     async def healthz(self) -> JSONResponse:
         """200 while every deployment has a running replica (a busy model counts as up), with
-        the model's info; 503 naming the deployments without one, or when the model is
-        unavailable."""
+        the model's info and each deployment's replicas by state: status "ok", or "degraded"
+        while some replica is not running (lost with its node, restarting); 503 naming the
+        deployments without one, or when the model is unavailable."""
         loop = asyncio.get_running_loop()
         try:
-            missing = await asyncio.wait_for(loop.run_in_executor(None, _deployments_without_replicas), timeout=5.0)
+            replicas = await asyncio.wait_for(loop.run_in_executor(None, _replica_states), timeout=5.0)
         except TimeoutError:
-            missing = []  # the controller is slow to answer: the model's own answer decides
+            replicas = {}  # the controller is slow to answer: the model's own answer decides
+        missing = [name for name, states in replicas.items() if not states.get("RUNNING")]
         if missing:
-            return JSONResponse({"status": "unavailable", "error": "no running replica: " + ", ".join(missing)},
-                                status_code=503)
+            return JSONResponse({"status": "unavailable", "error": "no running replica: " + ", ".join(missing),
+                                 "replicas": replicas}, status_code=503)
+        status = "degraded" if any(set(states) - {"RUNNING"} for states in replicas.values()) else "ok"
         try:
             info = await asyncio.wait_for(self._model.info.remote(), timeout=5.0)
         except (BackPressureError, TimeoutError):
-            return JSONResponse({"status": "ok", "model": "busy"})
+            return JSONResponse({"status": status, "model": "busy", "replicas": replicas})
         except (DeploymentUnavailableError, RayActorError) as e:
-            return JSONResponse({"status": "unavailable", "error": str(e)}, status_code=503)
-        return JSONResponse({"status": "ok", "model": info})
+            return JSONResponse({"status": "unavailable", "error": str(e), "replicas": replicas}, status_code=503)
+        return JSONResponse({"status": status, "model": info, "replicas": replicas})
 

@@ -144,7 +144,8 @@ def run_serve(config: ServeConfig, ready_timeout_s: float = READY_TIMEOUT_S) -> 
         if started:  # a cluster we joined may grow (autoscaling); our own local Ray will not
             plan.check_fits(cluster)
         logging_config = console.serve_logging_config()
-        serve.start(http_options=http_options(config), logging_config=logging_config)
+        serve.start(proxy_location=config.proxy_location, http_options=http_options(config),
+                    logging_config=logging_config)
         deploying = _Deploying(build_app(config, plan), name=config.app_name, route_prefix=config.route_prefix,
                                logging_config=logging_config)
         deploying.start()
