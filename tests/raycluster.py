@@ -186,11 +186,21 @@ class LocalCluster:
         """A worker node with `cpus` logical CPUs and the resource {name: 1}."""
         node = self._start(name, [f"--address={self.gcs_address}", f"--num-cpus={cpus:g}",
                                   f"--resources={json.dumps({name: 1})}", f"--object-store-memory={OBJECT_STORE}",
-                                  f"--dashboard-agent-listen-port={free_port()}"])
+                                  f"--dashboard-agent-listen-port={free_port()}",
+                                  # its own session files, as on its own machine: the nodes' runtime-env agents
+                                  # would otherwise clean up one another's job working dirs
+                                  f"--temp-dir={self.root}/{name}"])
         self.workers[name] = node
         if wait:
             self.wait_nodes({"head", *self.workers})
         return node
+
+    def node_of(self, pid: int) -> str:
+        """The name of the worker node whose process tree holds `pid`."""
+        for name, node in self.workers.items():
+            if pid in descendants(node.proc.pid):
+                return name
+        raise LookupError(f"process {pid} runs on no worker node of this cluster")
 
     def kill_node(self, name: str) -> None:
         """A node dies as a machine does: SIGKILL to its raylet, then to all it leaves behind."""

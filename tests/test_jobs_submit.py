@@ -2,10 +2,10 @@
 a real Ray head with token authentication, exactly as on a cluster (cluster.yaml starts every
 node with RAY_AUTH_MODE=token).
 
-One head per module, started with `ray start --head --block` in its own temp dir, HOME and
-ports, so it neither sees nor disturbs any other Ray on the machine. It is torn down by
-process id (its own process tree), never with `ray stop`, which kills every Ray process on
-the machine.
+One head per module (tests/raycluster.py: `ray start --head --block` in its own temp dir,
+HOME and ports), so it neither sees nor disturbs any other Ray on the machine. It is torn
+down by process id (its own process tree), never with `ray stop`, which kills every Ray
+process on the machine.
 
 Adding an end-to-end job is one entry in SUBMIT_CASES: argv after `python`, a text its
 logs must contain, the final status and exit code it must end with, globs (relative to
@@ -17,13 +17,8 @@ side (--no-wait); a case with `after` is submitted once its predecessor has SUCC
 from __future__ import annotations
 
 import json
-import os
-import secrets
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -32,13 +27,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
+import raycluster
+from raycluster import BIN, free_port
 
 # A real head, real job uploads, real featurize/train/evaluate/label jobs and a Serve app:
 # a few minutes on a 2-core box.
 pytestmark = pytest.mark.slow
 
 ROOT = Path(__file__).resolve().parents[1]
-BIN = Path(sys.executable).parent  # the venv's `ray` and `python`
 
 
 @dataclass
@@ -184,12 +180,6 @@ def label_input(sample_root, tmp_path_factory) -> Path:
     return d
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Head:
     dashboard: str                  # http://127.0.0.1:<port>
@@ -258,124 +248,19 @@ class Head:
         return out.stdout
 
 
-def _clean_env(home: Path) -> dict[str, str]:
-    """This process's environment minus anything Ray: the session's own local Ray (or a
-    developer's shell) must not leak its address, auth mode or token into the head."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    env.update(
-        HOME=str(home),                       # no ~/.ray/auth_token unless we write one
-        PATH=f"{BIN}{os.pathsep}{env.get('PATH', '')}",
-        HF_HUB_OFFLINE="1",
-        TRANSFORMERS_OFFLINE="1",
-        RAY_USAGE_STATS_ENABLED="0",
-    )
-    return env
-
-
-def _processes() -> dict[int, tuple[int, list[str]]]:
-    """pid -> (parent pid, argv) of every process, from /proc."""
-    procs = {}
-    for d in Path("/proc").iterdir():
-        if not d.name.isdigit():
-            continue
-        try:
-            stat = (d / "stat").read_text()
-            ppid = int(stat[stat.rindex(")") + 2:].split()[1])
-            argv = (d / "cmdline").read_bytes().decode(errors="replace").split("\0")
-        except (OSError, ValueError):
-            continue
-        procs[int(d.name)] = (ppid, argv)
-    return procs
-
-
-def _descendants(pid: int) -> set[int]:
-    procs, found, todo = _processes(), set(), [pid]
-    while todo:
-        parent = todo.pop()
-        children = [p for p, (ppid, _) in procs.items() if ppid == parent and p not in found]
-        found.update(children)
-        todo.extend(children)
-    return found
-
-
-def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return False
-    return state[state.rindex(")") + 2] != "Z"
-
-
-def _kill(pids: set[int], sig: int) -> None:
-    for pid in pids:
-        try:
-            os.kill(pid, sig)
-        except OSError:
-            pass
-
-
-def _stop(proc: subprocess.Popen, root: str) -> None:
-    """Stop the head: SIGTERM to `ray start --block` (it shuts its node down), then SIGKILL
-    to whatever of its own process tree, or anything running out of its temp dir, is left.
-    By process id only: `ray stop` would kill every Ray process on the machine."""
-    tree = _descendants(proc.pid)
-    if proc.poll() is None:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=5)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=10)
-    deadline = time.monotonic() + 5
-    while any(_alive(p) for p in tree) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    strays = {p for p, (_, argv) in _processes().items() if any(root in a for a in argv)}
-    _kill({p for p in tree if _alive(p)} | strays, signal.SIGKILL)
-
-
 @pytest.fixture(scope="module")
 def head():
+    """One head, no worker nodes (tests/raycluster.py), with 4 logical CPUs on this 2-core box
+    (as conftest's ray_local): the featurize, train and label jobs run side by side, and each
+    holds an encoder actor while its decode tasks need CPUs too; on 2 they could wait on each
+    other forever."""
     if not sys.platform.startswith("linux"):
         pytest.skip("the head is torn down through /proc")
-    root = tempfile.mkdtemp(prefix="mmsa-rj-")   # short: Ray's socket paths must fit 107 bytes
-    home = Path(root) / "home"
-    home.mkdir()
-    token_path = Path(root) / "auth_token"
-    token = secrets.token_hex(32)                 # what `ray get-auth-token --generate` writes
-    token_path.write_text(token)
-    token_path.chmod(0o600)
-    base_env = _clean_env(home)
-    dash = _free_port()
-    head_env = dict(base_env, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(token_path))
-    log = open(Path(root) / "ray-start.log", "w")
-    # 4 logical CPUs on this 2-core box (as conftest's ray_local): the featurize, train and
-    # label jobs run side by side, and each holds an encoder actor while its decode tasks need
-    # CPUs too; on 2 they could wait on each other forever.
-    proc = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block",
-         f"--port={_free_port()}", f"--dashboard-port={dash}", "--dashboard-host=127.0.0.1",
-         f"--ray-client-server-port={_free_port()}", f"--dashboard-agent-listen-port={_free_port()}",
-         "--num-cpus=4", "--include-dashboard=true", f"--temp-dir={root}/ray", "--disable-usage-stats"],
-        env=head_env, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-    )
-    address = f"http://127.0.0.1:{dash}"
+    cluster = raycluster.start_cluster(head_cpus=4)
     try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, (Path(root) / "ray-start.log").read_text()[-3000:]
-            try:
-                req = urllib.request.Request(f"{address}/api/version", headers={"Authorization": f"Bearer {token}"})
-                with urllib.request.urlopen(req, timeout=5) as r:
-                    if r.status == 200:
-                        break
-            except OSError:
-                pass
-            assert time.monotonic() < deadline, "Ray head did not come up in 120 s"
-            time.sleep(1)
-        yield Head(address, token, home, base_env)
+        yield Head(cluster.dashboard, cluster.token, cluster.root / "home", cluster.base_env)
     finally:
-        _stop(proc, root)
-        log.close()
+        cluster.stop()
 
 
 def test_submit_with_token_runs_the_job(head, submitted):
@@ -521,7 +406,7 @@ def test_serve_deploy_with_token(head, tiny_checkpoint, tmp_path):
     import mediagen
     import requests
 
-    port = _free_port()
+    port = free_port()
     config = _serve_config(tmp_path, tiny_checkpoint, port)
     refused = head.serve("deploy", str(config), "-a", head.dashboard, env=head.env(token=None, mode=None))
     assert refused.returncode != 0

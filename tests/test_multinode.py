@@ -9,9 +9,12 @@ of its own).
 
 from __future__ import annotations
 
+import json
 import shutil
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -19,18 +22,22 @@ import mediagen
 import pyarrow.parquet as pq
 import pytest
 import raycluster
+import requests
+
+from mmsa_ray.batch.attempts import ATTEMPTS_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
 ROOT = Path(__file__).resolve().parents[1]
 WORKER_CPUS = 2  # logical CPUs per worker node: a model actor and a decode task side by side
+# The head has 1 CPU: Ray Data's read tasks run there while Ray Train's workers fill the worker nodes.
 
 
 @pytest.fixture(scope="module")
 def cluster():
     if not sys.platform.startswith("linux"):
         pytest.skip("the nodes are torn down through /proc")
-    c = raycluster.start_cluster(head_cpus=0, workers={"node_a": WORKER_CPUS, "node_b": WORKER_CPUS})
+    c = raycluster.start_cluster(head_cpus=1, workers={"node_a": WORKER_CPUS, "node_b": WORKER_CPUS})
     try:
         yield c
     finally:
@@ -61,30 +68,46 @@ def _rows(out: Path) -> list[dict]:
 
 @pytest.fixture(scope="module")
 def archive(tmp_path_factory) -> Path:
-    """Twelve short clips (video and audio): enough that a node dies with work left."""
+    """Eight short clips (video and audio): enough that a node dies with work left."""
     d = tmp_path_factory.mktemp("archive")
     made = mediagen.clips(d / "made")
     kinds = [p for p in made.values() if p.suffix in (".mp4", ".wav")]
-    for i in range(12):
+    for i in range(8):
         src = kinds[i % len(kinds)]
         shutil.copy(src, d / f"clip{i:02d}{src.suffix}")
     shutil.rmtree(d / "made")
     return d
 
 
+def _decoding_on(cluster: raycluster.LocalCluster, out: Path, node: str) -> str | None:
+    """The id of an item a worker of `node` is decoding now (its attempt record names the pid)."""
+    for record in (out / ATTEMPTS_DIR).glob("*.json"):
+        try:
+            item = json.loads(record.read_text())
+            if cluster.node_of(item["pid"]) == node:
+                return item["id"]
+        except (OSError, ValueError, KeyError, LookupError):
+            continue
+    return None
+
+
 def test_label_survives_a_worker_node_killed_mid_run(cluster, archive, tiny_checkpoint, tmp_path):
     """label across two worker nodes, OUT as a file:// URI (the cloud code path on storage
-    every node sees); node_a is killed once the first rows are written, and a node comes back
-    in its place once the death is seen (as an autoscaler or a spot pool replaces it): the
-    actors that were on it restart there, the tasks it was running are retried, and the run
-    ends with every item exactly once and no error."""
+    every node sees); node_a is killed while one of its workers decodes a file, and a node
+    comes back in its place once the death is seen (as an autoscaler or a spot pool replaces
+    it): the actors that were on it restart there, the decode is retried and counted as such,
+    and the run ends with every item exactly once and no error."""
+    src = tmp_path / "in"
+    shutil.copytree(archive, src)
+    for i in range(2):  # 300 s of audio: about a second to decode, time to be caught at it
+        mediagen.write_audio(src / f"long{i}.wav", 300.0, 48000, 2)
     out = tmp_path / "labels"
     log = tmp_path / "label.log"
-    proc = _driver(cluster, ["label", str(archive), "--checkpoint", str(tiny_checkpoint), "--output",
+    proc = _driver(cluster, ["label", str(src), "--checkpoint", str(tiny_checkpoint), "--output",
                              f"file://{out}", "--batch-size", "1", "--decode-batch-size", "1",
                              "--rows-per-file", "1"], log)
     try:
-        _wait(lambda: len(_rows(out)) >= 2 if out.is_dir() else False, 300, "the first rows", proc, log)
+        caught = _wait(lambda: _decoding_on(cluster, out, "node_a"), 300, "a decode on node_a", proc, log)
         cluster.kill_node("node_a")
         cluster.wait_nodes({"head", "node_b"})
         cluster.add_worker("node_a", WORKER_CPUS)
@@ -97,7 +120,195 @@ def test_label_survives_a_worker_node_killed_mid_run(cluster, archive, tiny_chec
             cluster.add_worker("node_a", WORKER_CPUS)
     rows = _rows(out)
     ids = [r["id"] for r in rows]
-    assert sorted(ids) == sorted(p.name for p in archive.iterdir()), log.read_text()[-3000:]
+    assert sorted(ids) == sorted(p.name for p in src.iterdir()), log.read_text()[-3000:]
     assert [r for r in rows if r["error"]] == []
     printed = log.read_text()
-    assert "labeled 12, failed 0" in printed, printed[-3000:]
+    assert "labeled 10, failed 0" in printed, printed[-3000:]
+    assert caught in ids and "items were worked on again after the worker on them died" in printed, printed[-3000:]
+
+
+# A training driver of the cluster: the sample MELD data, text alone (frozen MiniLM, cached features), two
+# Ray Train workers that each need a whole worker node (2 CPUs), so they run on different nodes.
+TRAIN_DRIVER = """
+import json, sys
+import ray
+from mmsa_ray.media import DecodeConfig
+from mmsa_ray.model import ModelConfig
+from mmsa_ray.train import driver as train
+
+a = json.loads(sys.argv[1])
+ray.init()
+job = train.JobConfig(meld_dir=a["meld"], output=a["output"], storage_path=a["storage"], name=a["name"],
+                      num_workers=2, cpus_per_worker=2, max_failures=1, cache_dir=a["cache"], limit=42)
+cfg = train.TrainConfig(modalities=("text",), epochs=3, batch_size=8, lr=3e-3, encoder_lr=3e-3, patience=0, seed=0,
+                        shuffle_buffer=0, deterministic=True, pid_dir=a["pids"])
+res = train.run(job, cfg, ModelConfig(decode=DecodeConfig(num_frames=8, height=64, width=64), modalities=("text",)))
+print("RESULT " + json.dumps({"history": res["history"], "best": res["best_metrics"]}))
+"""
+
+
+def _train(cluster: raycluster.LocalCluster, tmp: Path, name: str, sample_root: Path) -> tuple[subprocess.Popen, Path]:
+    args = {"meld": str(sample_root), "output": str(tmp / name / "model"), "storage": str(tmp / "store"),
+            "name": name, "cache": str(tmp / "cache"), "pids": str(tmp / name / "pids")}
+    log = tmp / f"{name}.log"
+    proc = subprocess.Popen([sys.executable, "-c", TRAIN_DRIVER, json.dumps(args)], env=cluster.env(), cwd=ROOT,
+                            stdout=log.open("w"), stderr=subprocess.STDOUT)
+    return proc, log
+
+
+def _result(log: Path) -> dict:
+    lines = [x for x in log.read_text().splitlines() if x.startswith("RESULT ")]
+    assert lines, log.read_text()[-4000:]
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def test_train_resumes_from_its_checkpoint_when_a_workers_node_dies(cluster, sample_root, tmp_path):
+    """2 Ray Train workers (gloo) on the two worker nodes, checkpoints in shared storage: the
+    node of rank 1 is killed once epoch 1's checkpoint is written and a node comes back in its
+    place; with max_failures=1 the run resumes from that checkpoint, trains each epoch once, and
+    ends with the dev scores of an undisturbed run of the same seed."""
+    proc, log = _train(cluster, tmp_path, "calm", sample_root)
+    assert proc.wait(600) == 0, log.read_text()[-4000:]
+    calm = _result(log)
+
+    proc, log = _train(cluster, tmp_path, "killed", sample_root)
+    pids, run_dir = tmp_path / "killed" / "pids", tmp_path / "store" / "killed"
+    try:
+        _wait(lambda: (run_dir / "epoch_001").is_dir() and (pids / "rank1.pid").is_file(), 600,
+              "epoch 1's checkpoint", proc, log)
+        pid = int((pids / "rank1.pid").read_text())
+        nodes = {cluster.node_of(pid), cluster.node_of(int((pids / "rank0.pid").read_text()))}
+        assert nodes == {"node_a", "node_b"}, nodes  # one worker per node
+        cluster.kill_node(cluster.node_of(pid))
+        cluster.wait_nodes({"head", *cluster.workers})
+        cluster.add_worker(next(n for n in ("node_a", "node_b") if n not in cluster.workers), WORKER_CPUS)
+        assert proc.wait(600) == 0, log.read_text()[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    killed = _result(log)
+    assert int((pids / "rank1.pid").read_text()) != pid, "rank 1 was not restarted"
+    assert [h["epoch"] for h in killed["history"]] == [1, 2, 3]  # resumed, not restarted: each epoch once
+    for key in ("dev_emotion_accuracy", "dev_sentiment_accuracy"):
+        assert abs(killed["best"][key] - calm["best"][key]) <= 0.05, (key, calm["best"], killed["best"])
+
+
+class _Traffic:
+    """A steady stream of requests (two clients posting a clip and a transcript in a loop)
+    and a /healthz poll every 0.5 s, each recorded with its time."""
+
+    def __init__(self, base: str, clip: Path):
+        self.base, self.clip = base, clip
+        self.answers: list[tuple[float, int, float]] = []  # (time sent, status or -1, seconds)
+        self.health: list[tuple[float, int, dict]] = []  # (time, status or -1, body)
+        self._stop = threading.Event()
+        self._threads = [threading.Thread(target=self._post, daemon=True) for _ in range(2)]
+        self._threads.append(threading.Thread(target=self._watch, daemon=True))
+
+    def _post(self) -> None:
+        while not self._stop.is_set():
+            t0 = time.monotonic()
+            try:
+                r = requests.post(f"{self.base}/v1/predict", data={"transcript": "I can't believe it worked!"},
+                                  files={"file": ("clip.mp4", self.clip.read_bytes(), "video/mp4")}, timeout=60)
+                code = r.status_code
+            except requests.RequestException:
+                code = -1  # no answer at all
+            self.answers.append((t0, code, time.monotonic() - t0))
+
+    def _watch(self) -> None:
+        while not self._stop.is_set():
+            try:
+                r = requests.get(f"{self.base}/healthz", timeout=10)
+                self.health.append((time.monotonic(), r.status_code, r.json()))
+            except requests.RequestException:
+                self.health.append((time.monotonic(), -1, {}))
+            time.sleep(0.5)
+
+    def status_since(self, t: float, status: str) -> bool:
+        return any(h[0] > t and h[2].get("status") == status for h in self.health)
+
+    def __enter__(self) -> _Traffic:
+        for t in self._threads:
+            t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        for t in self._threads:
+            t.join(70)
+
+
+def test_serve_keeps_answering_when_a_node_dies(cluster, archive, tiny_checkpoint, tmp_path):
+    """Serve with two model and two ingress replicas over the worker nodes (the HTTP proxy on
+    the head); node_a is killed under a steady stream of requests: few requests fail, none
+    hangs past the request timeout, and /healthz says "degraded" (the replicas left answer;
+    the lost ones wait for room: each reserved its share of the whole cluster) until a node
+    comes back in its place, then "ok" with every replica running again."""
+    port, timeout_s = raycluster.free_port(), 20
+    log = tmp_path / "serve.log"
+    proc = _driver(cluster, ["serve", "--checkpoint", str(tiny_checkpoint), "--port", str(port),
+                             "--proxy-location", "HeadOnly", "--min-replicas", "2", "--max-replicas", "2",
+                             "--ingress-replicas", "2", "--request-timeout-s", str(timeout_s), "--faces", "off"], log)
+    try:
+        _wait(lambda: "mmsa-ray serve: page" in log.read_text(), 300, "Serve to be ready", proc, log)
+        with _Traffic(f"http://127.0.0.1:{port}", next(archive.glob("*.mp4"))) as traffic:
+            time.sleep(8)
+            t_kill = time.monotonic()
+            cluster.kill_node("node_a")
+            _wait(lambda: traffic.status_since(t_kill, "degraded"), 120, "/healthz to show the loss", proc, log)
+            time.sleep(5)  # requests go on to the replicas left
+            t_back = time.monotonic()
+            cluster.add_worker("node_a", WORKER_CPUS)
+            _wait(lambda: traffic.status_since(t_back, "ok"), 180, "/healthz to show the recovery", proc, log)
+            time.sleep(3)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        if "node_a" not in cluster.workers:
+            cluster.add_worker("node_a", WORKER_CPUS)
+    answers, health = traffic.answers, traffic.health
+    before = [a for a in answers if a[0] + a[2] < t_kill]  # answered before the kill
+    during = [a for a in answers if a[0] + a[2] >= t_kill]
+    failed = [a for a in during if a[1] != 200]
+    print(f"serve across nodes: {len(before)} requests answered before the kill ({[a[1] for a in before]}); "
+          f"{len(during)} after, {len(failed)} failed ({100 * len(failed) / max(1, len(during)):.0f}%: "
+          f"{sorted(a[1] for a in failed)})")
+    assert before and all(a[1] == 200 for a in before)
+    assert len(during) >= 10 and len(failed) <= 0.2 * len(during), failed
+    assert max(a[2] for a in answers) <= timeout_s + 10  # nothing hangs past the request timeout
+    assert all(a[1] in (200, 500, 503, 504) for a in failed), failed
+    assert health[-1][2]["status"] == "ok"
+    assert health[-1][2]["replicas"] == next(h[2]["replicas"] for h in health if h[0] < t_kill)
+
+
+def test_jobs_submitted_with_the_token_run_across_the_nodes(cluster, sample_root, archive, tiny_checkpoint, tmp_path):
+    """`ray job submit` to the cluster's head: without the token refused, nothing created;
+    with it, a train job whose two workers take a whole worker node each, then a label job."""
+    from test_jobs_submit import SMALL_MODEL, Head
+
+    head = Head(cluster.dashboard, cluster.token, cluster.root / "home", cluster.base_env)
+    refused = head.submit("mn-refused", ["-c", "print('must not run')"], env=head.env(token=None, mode=None))
+    assert refused.returncode != 0 and head.info("mn-refused") is None
+    jobs = {
+        "mn-train": ["jobs/train.py", "--meld-dir", str(sample_root), "--modalities", "text", "--epochs", "1",
+                     "--limit", "14",
+                     "--patience", "0", "--num-workers", "2", "--cpus-per-worker", str(WORKER_CPUS), *SMALL_MODEL,
+                     "--output", str(tmp_path / "ckpt"), "--storage-path", str(tmp_path / "store"),
+                     "--cache-dir", str(tmp_path / "features")],
+        "mn-label": ["jobs/label.py", str(archive), "--checkpoint", str(tiny_checkpoint),
+                     "--output", str(tmp_path / "labels")],
+    }
+    for job, argv in jobs.items():  # one after the other: the train job fills both worker nodes
+        out = head.submit(job, argv, wait=False)
+        assert out.returncode == 0, out.stderr[-2000:]
+        info = head.wait(job, timeout=400)
+        assert info["status"] == "SUCCEEDED", (job, head.logs(job)[-6000:])
+    assert "[train] dev:" in head.logs("mn-train")
+    assert (tmp_path / "ckpt" / "model.safetensors").is_file()
+    assert "labeled 8, failed 0" in head.logs("mn-label")
