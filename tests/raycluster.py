@@ -158,6 +158,12 @@ class LocalCluster:
         return {n["node_id"]: next((k for k in n["resources_total"] if k in names), "?")
                 for n in nodes if n["state"] == "ALIVE"}
 
+    def actor_nodes(self, class_name: str) -> set[str]:
+        """The names of the nodes where live actors of this class run (Ray's state API)."""
+        actors = self.api("/api/v0/actors?detail=1&limit=10000")["data"]["result"]["result"]
+        nodes = self.alive_nodes()
+        return {nodes.get(a["node_id"], "?") for a in actors if a["class_name"] == class_name and a["state"] == "ALIVE"}
+
     def wait_nodes(self, names: set[str], timeout: float = 120) -> None:
         """Until exactly these nodes are alive."""
         deadline = time.monotonic() + timeout

@@ -61,6 +61,12 @@ def _wait(pred, timeout: float, what: str, proc: subprocess.Popen, log: Path):
     pytest.fail(f"timed out waiting for {what}:\n{log.read_text()[-4000:]}")
 
 
+def _restore(cluster: raycluster.LocalCluster) -> None:
+    """Both worker nodes up again, for the next test, whatever this one killed."""
+    for name in sorted({"node_a", "node_b"} - set(cluster.workers)):
+        cluster.add_worker(name, WORKER_CPUS)
+
+
 def _rows(out: Path) -> list[dict]:
     files = [p for p in out.glob("*.parquet") if p.name[0] not in "._"]
     return [r for p in files for r in pq.read_table(p, columns=["id", "error"]).to_pylist()]
@@ -79,27 +85,28 @@ def archive(tmp_path_factory) -> Path:
     return d
 
 
-def _decoding_on(cluster: raycluster.LocalCluster, out: Path, node: str) -> str | None:
-    """The id of an item a worker of `node` is decoding now (its attempt record names the pid)."""
+def _decoding(cluster: raycluster.LocalCluster, out: Path, prefix: str) -> tuple[str, str] | None:
+    """(worker node, item id) of an item (id starting with `prefix`) that a worker node is
+    decoding now: its attempt record names the pid."""
     for record in (out / ATTEMPTS_DIR).glob("*.json"):
         try:
             item = json.loads(record.read_text())
-            if cluster.node_of(item["pid"]) == node:
-                return item["id"]
-        except (OSError, ValueError, KeyError, LookupError):
+            if item["id"].startswith(prefix):
+                return cluster.node_of(item["pid"]), item["id"]
+        except (OSError, ValueError, KeyError, LookupError):  # gone, half written, or on the head
             continue
     return None
 
 
 def test_label_survives_a_worker_node_killed_mid_run(cluster, archive, tiny_checkpoint, tmp_path):
     """label across two worker nodes, OUT as a file:// URI (the cloud code path on storage
-    every node sees); node_a is killed while one of its workers decodes a file, and a node
+    every node sees); the worker node that is decoding a long file is killed, and a node
     comes back in its place once the death is seen (as an autoscaler or a spot pool replaces
     it): the actors that were on it restart there, the decode is retried and counted as such,
     and the run ends with every item exactly once and no error."""
     src = tmp_path / "in"
     shutil.copytree(archive, src)
-    for i in range(2):  # 300 s of audio: about a second to decode, time to be caught at it
+    for i in range(3):  # 300 s of audio: about a second to decode, time to be caught at it
         mediagen.write_audio(src / f"long{i}.wav", 300.0, 48000, 2)
     out = tmp_path / "labels"
     log = tmp_path / "label.log"
@@ -107,23 +114,23 @@ def test_label_survives_a_worker_node_killed_mid_run(cluster, archive, tiny_chec
                              f"file://{out}", "--batch-size", "1", "--decode-batch-size", "1",
                              "--rows-per-file", "1"], log)
     try:
-        caught = _wait(lambda: _decoding_on(cluster, out, "node_a"), 300, "a decode on node_a", proc, log)
-        cluster.kill_node("node_a")
-        cluster.wait_nodes({"head", "node_b"})
-        cluster.add_worker("node_a", WORKER_CPUS)
+        node, caught = _wait(lambda: _decoding(cluster, out, "long"), 300, "a long decode on a worker node", proc,
+                             log)
+        cluster.kill_node(node)
+        cluster.wait_nodes({"head", *cluster.workers})
+        cluster.add_worker(node, WORKER_CPUS)
         assert proc.wait(400) == 0, log.read_text()[-4000:]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
-        if "node_a" not in cluster.workers:  # back for the next test
-            cluster.add_worker("node_a", WORKER_CPUS)
+        _restore(cluster)
     rows = _rows(out)
     ids = [r["id"] for r in rows]
     assert sorted(ids) == sorted(p.name for p in src.iterdir()), log.read_text()[-3000:]
     assert [r for r in rows if r["error"]] == []
     printed = log.read_text()
-    assert "labeled 10, failed 0" in printed, printed[-3000:]
+    assert "labeled 11, failed 0" in printed, printed[-3000:]
     assert caught in ids and "items were worked on again after the worker on them died" in printed, printed[-3000:]
 
 
@@ -179,14 +186,16 @@ def test_train_resumes_from_its_checkpoint_when_a_workers_node_dies(cluster, sam
         pid = int((pids / "rank1.pid").read_text())
         nodes = {cluster.node_of(pid), cluster.node_of(int((pids / "rank0.pid").read_text()))}
         assert nodes == {"node_a", "node_b"}, nodes  # one worker per node
-        cluster.kill_node(cluster.node_of(pid))
+        node = cluster.node_of(pid)
+        cluster.kill_node(node)
         cluster.wait_nodes({"head", *cluster.workers})
-        cluster.add_worker(next(n for n in ("node_a", "node_b") if n not in cluster.workers), WORKER_CPUS)
+        cluster.add_worker(node, WORKER_CPUS)
         assert proc.wait(600) == 0, log.read_text()[-4000:]
     finally:
         if proc.poll() is None:
             proc.kill()
             proc.wait()
+        _restore(cluster)
     killed = _result(log)
     assert int((pids / "rank1.pid").read_text()) != pid, "rank 1 was not restarted"
     assert [h["epoch"] for h in killed["history"]] == [1, 2, 3]  # resumed, not restarted: each epoch once
@@ -226,8 +235,8 @@ class _Traffic:
                 self.health.append((time.monotonic(), -1, {}))
             time.sleep(0.5)
 
-    def status_since(self, t: float, status: str) -> bool:
-        return any(h[0] > t and h[2].get("status") == status for h in self.health)
+    def status_since(self, t: float, *statuses: str) -> bool:
+        return any(h[0] > t and h[2].get("status") in statuses for h in self.health)
 
     def __enter__(self) -> _Traffic:
         for t in self._threads:
@@ -241,8 +250,9 @@ class _Traffic:
 
 
 def test_serve_keeps_answering_when_a_node_dies(cluster, archive, tiny_checkpoint, tmp_path):
-    """Serve with two model and two ingress replicas over the worker nodes (the HTTP proxy on
-    the head); node_a is killed under a steady stream of requests: few requests fail, none
+    """Serve with two model and two ingress replicas over the nodes (the HTTP proxy on the
+    head); a worker node with a model replica is killed under a steady stream of requests:
+    few requests fail, none
     hangs past the request timeout, and /healthz says "degraded" (the replicas left answer;
     the lost ones wait for room: each reserved its share of the whole cluster) until a node
     comes back in its place, then "ok" with every replica running again."""
@@ -255,12 +265,14 @@ def test_serve_keeps_answering_when_a_node_dies(cluster, archive, tiny_checkpoin
         _wait(lambda: "mmsa-ray serve: page" in log.read_text(), 300, "Serve to be ready", proc, log)
         with _Traffic(f"http://127.0.0.1:{port}", next(archive.glob("*.mp4"))) as traffic:
             time.sleep(8)
+            node = min(cluster.actor_nodes("ServeReplica:mmsa:Model") & set(cluster.workers))
             t_kill = time.monotonic()
-            cluster.kill_node("node_a")
-            _wait(lambda: traffic.status_since(t_kill, "degraded"), 120, "/healthz to show the loss", proc, log)
+            cluster.kill_node(node)
+            _wait(lambda: traffic.status_since(t_kill, "degraded", "unavailable"), 120, "/healthz to show the loss",
+                  proc, log)
             time.sleep(5)  # requests go on to the replicas left
             t_back = time.monotonic()
-            cluster.add_worker("node_a", WORKER_CPUS)
+            cluster.add_worker(node, WORKER_CPUS)
             _wait(lambda: traffic.status_since(t_back, "ok"), 180, "/healthz to show the recovery", proc, log)
             time.sleep(3)
     finally:
@@ -270,8 +282,7 @@ def test_serve_keeps_answering_when_a_node_dies(cluster, archive, tiny_checkpoin
         except subprocess.TimeoutExpired:
             proc.kill()
             proc.wait()
-        if "node_a" not in cluster.workers:
-            cluster.add_worker("node_a", WORKER_CPUS)
+        _restore(cluster)
     answers, health = traffic.answers, traffic.health
     before = [a for a in answers if a[0] + a[2] < t_kill]  # answered before the kill
     during = [a for a in answers if a[0] + a[2] >= t_kill]
