@@ -110,10 +110,11 @@ def test_list_sources_directory_glob_and_manifests(tmp_path, media_dir):
         got = list(sources.list_sources(str(tmp_path / name)))
         assert got == [
             {"id": f"{a_uri}#t=0.5,1.5", "uri": a_uri, "transcript": "I am so happy!", "start": 0.5, "end": 1.5,
-             "context": None},
+             "context": None, "future": None},
             {"id": "b-id", "uri": str(tmp_path / "clips" / "b.mp4"), "transcript": None, "start": None, "end": None,
-             "context": None},
-            {"id": "/abs/c.wav", "uri": "/abs/c.wav", "transcript": "x", "start": None, "end": None, "context": None},
+             "context": None, "future": None},
+            {"id": "/abs/c.wav", "uri": "/abs/c.wav", "transcript": "x", "start": None, "end": None, "context": None,
+             "future": None},
         ], name
 
     with open(tmp_path / "dup.csv", "w") as f:

@@ -289,20 +289,21 @@ def test_speech_stage_marks_context_by_speaker_and_the_model_reads_it(tmp_path, 
 def test_serve_utterance_windows_read_both_sides_with_their_speakers():
     """Each utterance of an upload: the caller's context then the upload's earlier readable
     utterances before it; the upload's later ones then the caller's future after it."""
-    from mmsa_ray.serve.deployments import _marked, _utterance_windows
-    from mmsa_ray.serve.request import UploadForm
+    from mmsa_ray.serve.request import UploadForm, marked_texts, utterance_windows
 
     utts = [{"start": 0.0, "end": 1.0, "transcript": "Hi.", "transcript_reliable": True, "speaker": "S1"},
             {"start": 1.5, "end": 2.0, "transcript": "mumble", "transcript_reliable": False, "speaker": "S2"},
             {"start": 2.5, "end": 3.0, "transcript": "Bye.", "transcript_reliable": True, "speaker": "S2"}]
     form = UploadForm(upload=None, transcript=None, start=None, end=None, transcribe=True, context=["Before."],
                       context_speakers=["S2"], future=["After."], future_speakers=[None])
-    first, unreliable, last = _utterance_windows(utts, form)
+    first, unreliable, last = utterance_windows(utts, form)
     assert (first["context"], first["future"]) == (["Before."], ["Bye.", "After."])
     assert unreliable["transcript"] is None and unreliable["context"] == ["Before.", "Hi."]
     assert (last["context"], last["future"]) == (["Before.", "Hi."], ["After."])
-    assert _marked(first, "context", True) == ["[other] Before."] and _marked(last, "context", True)[1] == "[other] Hi."
-    assert _marked(first, "future", True) == ["[other] Bye.", "After."] and _marked(first, "future", False)[0] == "Bye."
+    assert marked_texts(first, "context", True) == ["[other] Before."]
+    assert marked_texts(last, "context", True)[1] == "[other] Hi."
+    assert marked_texts(first, "future", True) == ["[other] Bye.", "After."]
+    assert marked_texts(first, "future", False)[0] == "Bye."
 
 
 def test_serve_context_items_may_say_who_spoke():

@@ -61,8 +61,10 @@ from mmsa_ray.serve.request import (
     RequestError,
     UploadForm,
     check_form,
+    marked_texts,
+    utterance_windows,
 )
-from mmsa_ray.utterances import marked_context, model_transcript, no_speech_reason
+from mmsa_ray.utterances import no_speech_reason
 
 logger = logging.getLogger("ray.serve")
 
@@ -118,8 +120,8 @@ class Preprocessor:
         window's speaker said it (marked_context)."""
         marks = self._preprocessing.feature_config.context_speakers
         return list(await asyncio.gather(*(
-            self.preprocess(data, w["transcript"], w["start"], w["end"], _marked(w, "context", marks),
-                            _marked(w, "future", marks)) for w in windows)))
+            self.preprocess(data, w["transcript"], w["start"], w["end"], marked_texts(w, "context", marks),
+                            marked_texts(w, "future", marks)) for w in windows)))
 
 
     async def faces(self, data: bytes, windows: list[tuple[float | None, float | None]]) -> list[dict[str, Any]]:
@@ -134,38 +136,6 @@ class Preprocessor:
         return list(await asyncio.gather(*(loop.run_in_executor(
             self._pool, row_faces, data, start, end, self._face_nets, self._face_config, decode)
             for start, end in windows)))
-
-
-def _marked(window: dict[str, Any], key: str, marks: bool) -> list[str] | None:
-    """The window's `context` or `future` texts, each marked by who said it when `marks`."""
-    texts = window.get(key)
-    if not marks or not texts:
-        return texts
-    speakers = window.get(f"{key}_speakers") or [None] * len(texts)
-    return [marked_context(t, who, window.get("speaker")) for t, who in zip(texts, speakers, strict=True)]
-
-
-def _utterance_windows(utterances: list[dict[str, Any]], form: UploadForm) -> list[dict[str, Any]]:
-    """One window per utterance of an upload: its transcript, times and speaker, the
-    caller's context and the upload's earlier utterances before it, the upload's later
-    utterances and then the caller's future after it (with their speakers where known,
-    as the upload's utterances name them). An unreliable transcript is returned, not
-    read, nor context for another."""
-    def given(texts, speakers):
-        return list(zip(texts or [], speakers or [None] * len(texts or []), strict=True))
-
-    readable = [(k, model_transcript(u), u["speaker"]) for k, u in enumerate(utterances)
-                if model_transcript(u) is not None]
-    before, after = given(form.context, form.context_speakers), given(form.future, form.future_speakers)
-    windows = []
-    for k, u in enumerate(utterances):
-        past = before + [(t, who) for j, t, who in readable if j < k]
-        future = [(t, who) for j, t, who in readable if j > k] + after
-        windows.append({"transcript": model_transcript(u), "start": u["start"], "end": u["end"],
-                        "speaker": u["speaker"], "context": [t for t, _ in past],
-                        "context_speakers": [who for _, who in past], "future": [t for t, _ in future],
-                        "future_speakers": [who for _, who in future]})
-    return windows
 
 
 # ----------------------------------------------------------------------------- speech
@@ -479,7 +449,7 @@ class Ingress:
         if "error" in speech:
             return {"utterances": [], "speech_error": speech["error"]}
         utterances = speech["utterances"]
-        windows = _utterance_windows(utterances, form)
+        windows = utterance_windows(utterances, form)
         out = []
         # max_batch_size windows at a time: one request never floods the model's queue,
         # and at most one batch of features is in flight

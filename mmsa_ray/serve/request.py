@@ -12,6 +12,8 @@ from typing import Any, NamedTuple
 
 from starlette.datastructures import UploadFile
 
+from mmsa_ray.utterances import marked_context, model_transcript
+
 MAX_SPEAKERS = 20  # num_speakers above this is refused (422)
 
 # Declared by hand because the body is parsed by hand (streamed, with a size cap);
@@ -205,3 +207,35 @@ def check_form(form: Any, max_transcript_chars: int) -> UploadForm:
                       num_speakers=count_field(form, "num_speakers", MAX_SPEAKERS),
                       future=[t for t, _ in later] if later else None,
                       future_speakers=[s for _, s in later] if later else None)
+
+
+def utterance_windows(utterances: list[dict[str, Any]], form: UploadForm) -> list[dict[str, Any]]:
+    """One window per utterance of an upload: its transcript, times and speaker, the
+    caller's context and the upload's earlier utterances before it, the upload's later
+    utterances and then the caller's future after it (with their speakers where known,
+    as the upload's utterances name them). An unreliable transcript is returned, not
+    read, nor context for another."""
+    def given(texts, speakers):
+        return list(zip(texts or [], speakers or [None] * len(texts or []), strict=True))
+
+    readable = [(k, model_transcript(u), u["speaker"]) for k, u in enumerate(utterances)
+                if model_transcript(u) is not None]
+    before, after = given(form.context, form.context_speakers), given(form.future, form.future_speakers)
+    windows = []
+    for k, u in enumerate(utterances):
+        past = before + [(t, who) for j, t, who in readable if j < k]
+        future = [(t, who) for j, t, who in readable if j > k] + after
+        windows.append({"transcript": model_transcript(u), "start": u["start"], "end": u["end"],
+                        "speaker": u["speaker"], "context": [t for t, _ in past],
+                        "context_speakers": [who for _, who in past], "future": [t for t, _ in future],
+                        "future_speakers": [who for _, who in future]})
+    return windows
+
+
+def marked_texts(window: dict[str, Any], key: str, marks: bool) -> list[str] | None:
+    """The window's `context` or `future` texts, each marked by who said it when `marks`."""
+    texts = window.get(key)
+    if not marks or not texts:
+        return texts
+    speakers = window.get(f"{key}_speakers") or [None] * len(texts)
+    return [marked_context(t, who, window.get("speaker")) for t, who in zip(texts, speakers, strict=True)]
