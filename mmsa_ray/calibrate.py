@@ -1,10 +1,20 @@
-"""Calibrated probabilities and the "uncertain" flag: per-head temperature scaling fitted on
-held-out logits, the threshold below which a calibrated top probability is flagged
-uncertain, and the measures that say whether probabilities mean what they claim.
+"""Calibrated probabilities and the "uncertain" flag: per-head temperature scaling and a
+top-label recalibration fitted on held-out logits, the threshold below which a calibrated top
+probability is flagged uncertain, and the measures that say whether probabilities mean what
+they claim.
 
-Temperature scaling (Guo et al., 2017): p = softmax(z / T) with one T > 0 per head, chosen
-to minimise the negative log-likelihood of the dev labels. It never changes a row's class
-(argmax is unchanged), only how sure the row says it is.
+Two steps per head, both fitted on dev by maximum likelihood:
+1. Temperature scaling (Guo et al., 2017): p = softmax(z / T), one T > 0 per head, minimising
+   the negative log-likelihood of the dev labels.
+2. Top-label recalibration (Platt scaling of the top class, as in Gupta & Ramdas 2021's
+   top-label calibration): the top probability becomes c = sigmoid(a * logit(p_top) + b), a
+   logistic regression of "the top class is right" on logit(p_top); the other classes share
+   1 - c in their proportions. The NLL fit of step 1 spreads one T over every class and every
+   confidence, and on the starter left the emotion head's ECE where it was (0.047 -> 0.049);
+   step 2 fits the quantity ECE measures (5-fold on dev: 0.048 -> 0.032 emotion, 0.035 ->
+   0.021 sentiment; the model card has the numbers).
+Neither step changes a row's class: T keeps the order of the logits, and c is never lowered
+below the runner-up's share (c >= p_2 / (1 - p_top + p_2)).
 
 The threshold: the smallest calibrated top probability t such that the dev rows at or above t
 reach `target_accuracy`; rows below it are flagged uncertain. The target and the share of dev
@@ -12,9 +22,12 @@ rows it keeps are stored with it.
 
 A checkpoint stores the result in config.json under "calibration" (CALIBRATION_KEY):
 
-    {"emotion": {"temperature": T, "threshold": t, "target_accuracy": a, "coverage": c,
-                 "ece_before": e0, "ece_after": e1, "nll_before": ..., "nll_after": ...},
+    {"emotion": {"temperature": T, "top_slope": a, "top_intercept": b, "threshold": t,
+                 "target_accuracy": acc, "coverage": c, "ece_before": e0, "ece_after": e1,
+                 "nll_before": ..., "nll_after": ...},
      "sentiment": {...}, "fitted_on": "MELD dev (1108 utterances)"}
+
+A record without top_slope / top_intercept (written before they existed) is temperature only.
 
 Measures (all over rows with a label): expected calibration error with 15 equal-width bins
 of the top probability, ECE = sum_b (n_b / N) |accuracy_b - mean confidence_b|; negative
@@ -89,6 +102,51 @@ def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
     return float(np.exp(res.x))
 
 
+def _logit(p: np.ndarray) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), 1e-7, 1 - 1e-7)
+    return np.log(p / (1 - p))
+
+
+def fit_top_label(probs: np.ndarray, labels: np.ndarray) -> tuple[float, float]:
+    """(a, b) of the logistic regression of "argmax is the label" on logit(top probability)
+    of probs [N, K]: maximum likelihood, no penalty (scikit-learn, C = inf)."""
+    from sklearn.linear_model import LogisticRegression
+
+    confidence, correct = _top(probs, labels)
+    if correct.all() or not correct.any():  # one outcome only: nothing to fit, keep the identity
+        return 1.0, 0.0
+    fit = LogisticRegression(C=np.inf).fit(_logit(confidence)[:, None], correct.astype(int))
+    return float(fit.coef_[0, 0]), float(fit.intercept_[0])
+
+
+def recalibrate_top(probs: np.ndarray, slope: float, intercept: float) -> np.ndarray:
+    """probs [N, K] with each row's top probability replaced by sigmoid(slope * logit(p_top) +
+    intercept), never below what keeps it the top class, the others rescaled to share the rest
+    in their proportions. float64 [N, K]."""
+    p = np.asarray(probs, dtype=np.float64)
+    rows = np.arange(len(p))
+    top = p.argmax(axis=1)
+    p_top = p[rows, top]
+    runner_up = np.sort(p, axis=1)[:, -2] if p.shape[1] > 1 else np.zeros(len(p))
+    c = 1.0 / (1.0 + np.exp(-(slope * _logit(p_top) + intercept)))
+    rest = np.clip(1.0 - p_top, 1e-12, None)
+    c = np.clip(np.maximum(c, runner_up / (rest + runner_up)), 0.0, 1.0 - 1e-7)
+    out = p * ((1.0 - c) / rest)[:, None]
+    out[rows, top] = c
+    return out
+
+
+def calibrated_probs(logits: np.ndarray, head: dict | None) -> np.ndarray:
+    """Probabilities float64 [N, K] of logits [N, K] under one head's calibration record
+    (softmax(z / T), then the top-label step when the record has one); raw softmax for None."""
+    if not head:
+        return softmax(logits)
+    p = softmax(logits, float(head["temperature"]))
+    if "top_slope" in head:
+        p = recalibrate_top(p, float(head["top_slope"]), float(head["top_intercept"]))
+    return p
+
+
 def confident_threshold(probs: np.ndarray, labels: np.ndarray, target_accuracy: float) -> tuple[float, float]:
     """(t, coverage): the smallest top probability t such that the rows at or above it reach
     `target_accuracy`, and the share of rows they are. (1.0, 0.0) when no t reaches it."""
@@ -121,9 +179,12 @@ def risk_coverage(probs: np.ndarray, labels: np.ndarray, coverages=(1.0, 0.9, 0.
 
 @dataclass(frozen=True)
 class HeadCalibration:
-    """One head's temperature and uncertainty threshold, with the dev numbers behind them."""
+    """One head's temperature, top-label step and uncertainty threshold, with the dev
+    numbers behind them."""
 
     temperature: float
+    top_slope: float  # c = sigmoid(top_slope * logit(p_top) + top_intercept)
+    top_intercept: float
     threshold: float  # calibrated top probability below which a row is flagged uncertain
     target_accuracy: float  # what the rows at or above the threshold reached on dev
     coverage: float  # the share of dev rows at or above the threshold
@@ -137,12 +198,14 @@ class HeadCalibration:
 
 def calibrate_head(logits: np.ndarray, labels: np.ndarray, target_accuracy: float) -> HeadCalibration:
     """Fit one head on held-out logits [N, K] and integer labels [N]."""
-    t = fit_temperature(logits, labels)
-    before, after = softmax(logits), softmax(logits, t)
+    t = round(fit_temperature(logits, labels), 4)
+    slope, intercept = (round(v, 4) for v in fit_top_label(softmax(logits, t), labels))
+    before = softmax(logits)
+    after = calibrated_probs(logits, {"temperature": t, "top_slope": slope, "top_intercept": intercept})
     threshold, coverage = confident_threshold(after, labels, target_accuracy)
     return HeadCalibration(
-        temperature=round(t, 4), threshold=round(threshold, 6), target_accuracy=target_accuracy,
-        coverage=round(coverage, 4),
+        temperature=t, top_slope=slope, top_intercept=intercept, threshold=round(threshold, 6),
+        target_accuracy=target_accuracy, coverage=round(coverage, 4),
         ece_before=round(expected_calibration_error(before, labels), 4),
         ece_after=round(expected_calibration_error(after, labels), 4),
         nll_before=round(nll(before, labels), 4), nll_after=round(nll(after, labels), 4),

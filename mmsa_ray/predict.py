@@ -19,7 +19,8 @@ A row (one per clip):
     checkpoint's threshold; None for an uncalibrated checkpoint or a row without a label).
 
 Probabilities are the checkpoint's calibrated ones when it has a calibration
-(mmsa_ray.calibrate: softmax of logits / T per head), else the raw softmax.
+(mmsa_ray.calibrate.calibrated_probs: softmax of logits / T, then the top class's probability
+recalibrated, per head), else the raw softmax.
 
 No signal, no label: a clip none of whose modalities the checkpoint reads is present (a
 text-only model and no transcript, say) gets emotion, sentiment and their probabilities
@@ -36,6 +37,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 import numpy as np
 
 from mmsa_ray import checkpoint, labels
+from mmsa_ray.calibrate import calibrated_probs
 from mmsa_ray.features import FeatureConfig, clip_features, log_mel, tokenize, video_features
 
 if TYPE_CHECKING:
@@ -215,7 +217,7 @@ class Predictor:
     def predict_batch(self, batch: dict[str, np.ndarray]) -> list[dict[str, Any]]:
         """Collated features (numpy, batch axis 0) -> one row per clip (module docstring).
 
-        Extra keys (ids, uris, ...) are ignored. Probabilities are softmax in float32,
+        Extra keys (ids, uris, ...) are ignored. Probabilities are calibrated (float64),
         as Python floats."""
         import torch
 
@@ -231,8 +233,9 @@ class Predictor:
             torch.autocast(self.device.type, dtype=self.dtype or torch.bfloat16, enabled=use_amp),
         ):
             out = self.model(inputs)
-        emotion = torch.softmax(out["emotion"].float() / self._temperature("emotion"), dim=-1).cpu().numpy()
-        sentiment = torch.softmax(out["sentiment"].float() / self._temperature("sentiment"), dim=-1).cpu().numpy()
+        emotion, sentiment = (calibrated_probs(out[head].float().cpu().numpy(),
+                                               self.calibration[head] if self.calibration else None)
+                              for head in ("emotion", "sentiment"))
         own = {m: torch.softmax(out["per_modality"][m]["emotion"].float(), dim=-1).cpu().numpy()
                for m in labels.MODALITIES}  # each modality's own emotion head
         present = inputs["mask"].float().cpu().numpy() > 0.5
@@ -256,9 +259,6 @@ class Predictor:
                 row[f"{head}_uncertain"] = self._uncertain(head, probs) if signal else None
             rows.append(row)
         return rows
-
-    def _temperature(self, head: str) -> float:
-        return float(self.calibration[head]["temperature"]) if self.calibration else 1.0
 
     def _uncertain(self, head: str, probs: np.ndarray) -> bool | None:
         """Calibrated top probability below the head's threshold; None when uncalibrated."""

@@ -54,6 +54,43 @@ def test_temperature_fitted_on_overconfident_logits_helps_on_data_held_aside():
     assert (scaled.argmax(1) == raw.argmax(1)).all()  # scaling never changes a class
 
 
+def _top_miscalibrated(n: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """7-class logits whose top class is right with probability sigmoid(0.5 logit(p_top) + 0.8),
+    p_top = max softmax(z): unsure rows are right more often than they say, sure ones less,
+    a shape no single temperature undoes."""
+    rng = np.random.default_rng(seed)
+    z = rng.normal(0, 1.5, size=(n, 7))
+    p = calibrate.softmax(z)
+    top = p.argmax(1)
+    right = rng.random(n) < 1 / (1 + np.exp(-(0.5 * np.log(p.max(1) / (1 - p.max(1))) + 0.8)))
+    others = [rng.choice([k for k in range(7) if k != t]) for t in top]
+    return z, np.where(right, top, others)
+
+
+def test_top_label_step_fixes_what_temperature_cannot_on_data_held_aside():
+    fit_z, fit_y = _top_miscalibrated(4000, 3)
+    held_z, held_y = _top_miscalibrated(4000, 4)
+    t = calibrate.fit_temperature(fit_z, fit_y)
+    slope, intercept = calibrate.fit_top_label(calibrate.softmax(fit_z, t), fit_y)
+    head = {"temperature": t, "top_slope": slope, "top_intercept": intercept}
+    scaled, both = calibrate.softmax(held_z, t), calibrate.calibrated_probs(held_z, head)
+    ece = calibrate.expected_calibration_error
+    assert ece(both, held_y) < 0.03 < ece(scaled, held_y)
+    assert calibrate.nll(both, held_y) < calibrate.nll(scaled, held_y)
+    assert (both.argmax(1) == held_z.argmax(1)).all() and np.allclose(both.sum(1), 1.0)
+    # without the top-label keys a record is temperature only (checkpoints written before them)
+    assert np.allclose(calibrate.calibrated_probs(held_z, {"temperature": t}), scaled)
+
+
+def test_top_label_step_keeps_the_class_and_the_proportions():
+    probs = np.array([[0.40, 0.35, 0.25], [0.90, 0.06, 0.04]])
+    out = calibrate.recalibrate_top(probs, slope=1.0, intercept=-2.0)  # pulls every top probability down
+    # row 0: sigmoid(logit(0.4) - 2) = 0.083 would fall under the runner-up; floored where the two tie
+    assert out[0, 0] == pytest.approx(0.35 / (0.60 + 0.35)) and out[0, 0] == pytest.approx(out[0, 1])
+    assert out[1, 0] == pytest.approx(1 / (1 + np.exp(-(np.log(9) - 2))))
+    assert out[1, 1] / out[1, 2] == pytest.approx(0.06 / 0.04) and out.sum(1) == pytest.approx([1, 1])
+
+
 def test_threshold_and_coverage():
     probs = np.array([[0.95, 0.05], [0.9, 0.1], [0.8, 0.2], [0.7, 0.3], [0.6, 0.4]])
     labels = np.array([0, 0, 1, 0, 1])  # correct: yes, yes, no, yes, no
@@ -79,8 +116,9 @@ def test_checkpoint_stores_applies_and_round_trips_its_calibration(calibrated_co
     assert row["emotion_uncertain"] is None and row["sentiment_uncertain"] is None
     top = max(row["emotion_probs"])
 
-    def with_calibration(temperature: float, threshold: float) -> dict:
-        record = {head: {"temperature": temperature, "threshold": threshold} for head in ("emotion", "sentiment")}
+    def with_calibration(temperature: float, threshold: float, **top) -> dict:
+        record = {head: {"temperature": temperature, "threshold": threshold, **top}
+                  for head in ("emotion", "sentiment")}
         checkpoint.write_calibration(calibrated_copy, {**record, "fitted_on": "a test"})
         assert checkpoint.read_calibration(calibrated_copy) == {**record, "fitted_on": "a test"}
         (out,) = Predictor.from_checkpoint(str(calibrated_copy), device="cpu").predict_batch(batch)
@@ -95,6 +133,11 @@ def test_checkpoint_stores_applies_and_round_trips_its_calibration(calibrated_co
     out = with_calibration(2.0, 0.0)
     assert out["emotion_probs"] == pytest.approx(calibrate.softmax(logits[None], 2.0)[0].tolist(), abs=1e-5)
     assert out["emotion"] == row["emotion"]
+    # and the top-label step after it: what calibrate.calibrated_probs gives, the same class
+    top_step = {"top_slope": 0.7, "top_intercept": 0.3}
+    out = with_calibration(2.0, 0.0, **top_step)
+    expected = calibrate.calibrated_probs(logits[None], {"temperature": 2.0, **top_step})[0]
+    assert out["emotion_probs"] == pytest.approx(expected.tolist(), abs=1e-5) and out["emotion"] == row["emotion"]
     # the weights, and so the model_id, stay as they were; config.json keeps everything else
     assert checkpoint.model_id(calibrated_copy).split("-")[-1] == plain.model_id.split("-")[-1]
     meta = json.loads((calibrated_copy / "config.json").read_text())
@@ -108,6 +151,7 @@ def test_calibration_record_of_both_heads():
     assert record["fitted_on"] == "synthetic"
     e = record["emotion"]
     assert e["ece_after"] < e["ece_before"] and e["nll_after"] < e["nll_before"] and e["temperature"] > 2
+    assert 0.5 < e["top_slope"] < 2  # after the temperature, little is left for the top-label step to do
     assert e["target_accuracy"] == calibrate.TARGET_ACCURACY["emotion"] and 0 < e["coverage"] <= 1
 
 
@@ -131,7 +175,8 @@ def test_calibrate_and_evaluate_commands_on_the_starter(tmp_path):
     r = subprocess.run([mmsa_ray, "calibrate", "--checkpoint", str(starter), *common], env=env, capture_output=True,
                        text=True, timeout=600)
     assert r.returncode == 0, r.stdout + r.stderr
-    assert re.search(r"^emotion: temperature [\d.]+; ECE [\d.]+ -> [\d.]+", r.stdout, re.M), r.stdout
+    assert re.search(r"^emotion: temperature [\d.]+, top -?[\d.]+ x logit \+ -?[\d.]+; ECE [\d.]+ -> [\d.]+",
+                     r.stdout, re.M), r.stdout
     record = checkpoint.read_calibration(starter)
     assert record["fitted_on"] == "MELD dev (120 clips)" and (starter / "model.safetensors").read_bytes() == weights
     r = subprocess.run([mmsa_ray, "evaluate", "--checkpoint", str(starter), *common, "--output", str(tmp_path / "ev")],

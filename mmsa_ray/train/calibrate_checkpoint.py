@@ -2,6 +2,7 @@
 a held-out split (MELD dev by default) and store it in its config.json, weights untouched.
 
 Per head: the temperature T that minimises the dev negative log-likelihood of softmax(z / T),
+the top-label step (the top probability recalibrated by a logistic regression on its logit),
 and the threshold below which a calibrated top probability is flagged uncertain, chosen so
 that the dev rows at or above it reach calibrate.TARGET_ACCURACY (mmsa_ray.calibrate). label,
 serve and evaluate then apply it through Predictor and the evaluation report.
@@ -20,8 +21,9 @@ from mmsa_ray.train.evaluate import load_split, predict_logits
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="mmsa-ray calibrate",
-                                description="Fit per-head temperature scaling and the uncertainty threshold on a "
-                                            "held-out split; store them in the checkpoint's config.json.")
+                                description="Fit per-head temperature scaling, top-label recalibration and the "
+                                            "uncertainty threshold on a held-out split; store them in the "
+                                            "checkpoint's config.json.")
     p.add_argument("--checkpoint", required=True, help="checkpoint directory to calibrate (config.json is rewritten)")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--features", help="a featurized Parquet directory (output of `mmsa-ray featurize`) to fit on")
@@ -43,8 +45,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def describe(record: dict) -> list[str]:
-    """One line per head: temperature, ECE before and after, the uncertainty threshold."""
-    return [f"{head}: temperature {c['temperature']:.3f}; ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}, "
+    """One line per head: temperature, top-label step, ECE before and after, the uncertainty threshold."""
+    return [f"{head}: temperature {c['temperature']:.3f}, top {c.get('top_slope', 1):.3f} x logit "
+            f"+ {c.get('top_intercept', 0):.3f}; ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}, "
             f"NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}; uncertain below {c['threshold']:.3f} "
             f"(the confident {c['coverage']:.1%} of rows reach accuracy {c['target_accuracy']:.2f})"
             for head, c in record.items() if head in ("emotion", "sentiment")]

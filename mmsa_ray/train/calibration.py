@@ -13,6 +13,7 @@ import numpy as np
 
 from mmsa_ray.calibrate import (
     brier,
+    calibrated_probs,
     expected_calibration_error,
     nll,
     reliability,
@@ -31,7 +32,7 @@ def calibration_metrics(logits: dict[str, np.ndarray], labels: dict[str, np.ndar
         y = np.asarray(labels[head])
         variants = {"raw": softmax(logits[head])}
         if calibration:
-            variants["calibrated"] = softmax(logits[head], calibration[head]["temperature"])
+            variants["calibrated"] = calibrated_probs(logits[head], calibration[head])
         served = variants.get("calibrated", variants["raw"])
         out[head] = {
             **{name: {"ece": expected_calibration_error(p, y), "nll": nll(p, y), "brier": brier(p, y)}
@@ -53,7 +54,8 @@ def calibration_metrics(logits: dict[str, np.ndarray], labels: dict[str, np.ndar
 def calibration_markdown(cal: dict, calibrated: bool) -> list[str]:
     lines = ["", "## calibration", "",
              "Expected calibration error (15 equal-width bins of the top probability), negative log-likelihood "
-             "and Brier score" + ("; calibrated = the checkpoint's temperature, as label and serve apply it."
+             "and Brier score" + ("; calibrated = the checkpoint's temperature and top-label step, as label and "
+                                  "serve apply them."
                                   if calibrated else "; this checkpoint is uncalibrated (`mmsa-ray calibrate`)."),
              "", "| head | probabilities | ECE | NLL | Brier |", "| --- | --- | --- | --- | --- |"]
     for head, m in cal.items():
