@@ -17,29 +17,6 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
 
-# The suite runs on two pytest-xdist workers (pyproject: `-n 2 --dist loadgroup`): most of its
-# time is spent waiting on Ray, subprocesses and sockets, not computing. Each test file is one
-# unit, so its module fixtures are built once; the files that start their own multi-node
-# clusters share a unit, so that two clusters never compete for this machine at once; and the
-# longest units are handed out first, so that neither worker is left with a long tail.
-SHARED_UNITS = {"test_multinode.py": "clusters", "test_jobs_submit.py": "clusters"}
-LONGEST_FIRST = ["clusters", "test_train.py", "test_context.py", "test_label.py", "test_utterances.py",
-                 "test_serve_command.py", "test_transcripts.py", "test_console.py", "test_calibrate.py",
-                 "test_serve.py", "test_speech.py", "test_cli.py"]
-
-
-@pytest.hookimpl(tryfirst=True)
-def pytest_collection_modifyitems(config, items):
-    def unit(item) -> str:
-        name = item.path.name
-        return SHARED_UNITS.get(name, name)
-
-    for item in items:
-        item.add_marker(pytest.mark.xdist_group(unit(item)))
-    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
-    items.sort(key=lambda item: rank.get(unit(item), len(rank)))  # stable: file order within a unit
-
-
 @pytest.fixture(scope="session")
 def ray_local():
     """A local Ray with more logical CPUs than this 2-core machine has: Train workers
