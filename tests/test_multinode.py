@@ -10,6 +10,7 @@ of its own).
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -96,6 +97,46 @@ def _decoding(cluster: raycluster.LocalCluster, out: Path, prefix: str) -> tuple
         except (OSError, ValueError, KeyError, LookupError):  # gone, half written, or on the head
             continue
     return None
+
+
+def _readme_blocks(section: str) -> list[str]:
+    """The ```bash blocks of the README section whose heading starts with `section`."""
+    text = (ROOT / "README.md").read_text()
+    body = text[text.index(f"\n### {section}"):]
+    body = body[:body.index("\n## ", 1)]
+    body = body[:body.index("\n### ", 1)] if "\n### " in body[1:] else body
+    return [b.split("```", 1)[0] for b in body.split("```bash\n")[1:]]
+
+
+def test_readme_cluster_by_hand_starts_three_nodes_and_stops_by_pid(tmp_path):
+    """README "From laptop to cluster", section 6: the start block and the stop block run in
+    bash as they are written (the venv's `ray` and `python` on PATH, no Ray variables of this
+    session): three nodes with token auth and the custom resources; the kill stops every
+    process of the three."""
+    start, stop = _readme_blocks("6. Several nodes on one machine")
+    env = raycluster.clean_env(tmp_path)
+    started = subprocess.run(["bash", "-c", start], env=env, cwd=ROOT, capture_output=True, text=True, timeout=240)
+    try:
+        assert started.returncode == 0, started.stdout[-3000:] + started.stderr[-3000:]
+        status = started.stdout
+        assert re.search(r"\b5\.0 CPU\b", status) and " node_a" in status and " node_b" in status, status
+        assert status.count("node_") >= 2 and "Active:" in status, status
+        # token auth is on: a client without the token is refused
+        no_token = {k: v for k, v in env.items() if not k.startswith("RAY_AUTH")}
+        refused = subprocess.run([str(raycluster.BIN / "ray"), "status", "--address", "127.0.0.1:6380"],
+                                 env=no_token, capture_output=True, text=True, timeout=60)
+        assert refused.returncode != 0, refused.stdout[-2000:]
+    finally:
+        pids = [int(p.read_text()) for p in Path("/tmp/mn").glob("*.pid")]
+        trees = {q for p in pids for q in raycluster.descendants(p)} | set(pids)
+        stopped = subprocess.run(["bash", "-c", stop], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+        deadline = time.monotonic() + 30
+        while any(raycluster.alive(p) for p in trees) and time.monotonic() < deadline:
+            time.sleep(0.5)
+        left = {p for p in trees if raycluster.alive(p)}
+        raycluster.kill(left, signal.SIGKILL)  # never leave a cluster behind, even when the test fails
+    assert stopped.returncode == 0, stopped.stderr
+    assert len(pids) == 3 and not left, f"still running after the README's kill: {sorted(left)}"
 
 
 def test_label_survives_a_worker_node_killed_mid_run(cluster, archive, tiny_checkpoint, tmp_path):
@@ -323,3 +364,4 @@ def test_jobs_submitted_with_the_token_run_across_the_nodes(cluster, sample_root
     assert "[train] dev:" in head.logs("mn-train")
     assert (tmp_path / "ckpt" / "model.safetensors").is_file()
     assert "labeled 8, failed 0" in head.logs("mn-label")
+
