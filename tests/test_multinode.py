@@ -26,6 +26,7 @@ import raycluster
 import requests
 
 from mmsa_ray.batch.attempts import ATTEMPTS_DIR
+from mmsa_ray.batch.utterances import SPEECH_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
@@ -174,6 +175,54 @@ def test_label_survives_a_worker_node_killed_mid_run(cluster, archive, tiny_chec
     assert "labeled 11, failed 0" in printed, printed[-3000:]
     assert caught in ids and "items were worked on again after the worker on them died" in printed, printed[-3000:]
 
+
+
+def _cached_speech(out: Path) -> dict[str, int]:
+    """{file: mtime_ns} of the speech stage's per-file results under OUT (what a retry reads
+    instead of transcribing again)."""
+    return {p.name: p.stat().st_mtime_ns for p in (out / SPEECH_DIR).rglob("*.parquet")
+            if not p.name.endswith(".speakers.parquet")}
+
+
+def test_label_utterances_transcribe_nothing_twice_when_a_node_dies(cluster, tiny_checkpoint, tmp_path):
+    """label with speech recognition across the worker nodes (--utterances on, two speech
+    actors): once one file's speech is done, the node transcribing another is killed and comes
+    back. The files already done are not transcribed again (their results, written before their
+    rows move on, are never rewritten), the one cut short is, and every utterance is a row once."""
+    src = tmp_path / "talks"
+    src.mkdir()
+    for i in range(4):  # 4 talks of about 30 s: two rounds for two speech actors
+        wave, _ = mediagen.spoken(mediagen.TALK_SENTENCES[4 * i:4 * i + 4] * 2, rate=16000, gap_s=1.0)
+        mediagen.write_audio(src / f"talk{i}.wav", rate=16000, channels=1, samples=wave[None])
+    out, log = tmp_path / "labels", tmp_path / "label.log"
+    proc = _driver(cluster, ["label", str(src), "--checkpoint", str(tiny_checkpoint), "--utterances", "on",
+                             "--asr-actors", "2,2", "--speakers", "off", "--faces", "off",
+                             "--output", f"file://{out}"], log)
+    try:
+        def transcribing_after_one_is_done():
+            done = _cached_speech(out)
+            busy = _decoding(cluster, out, "speech:") if done else None
+            return (busy, done) if busy else None
+        (node, item), done = _wait(transcribing_after_one_is_done, 400, "a talk transcribed and another in progress",
+                                   proc, log)
+        cluster.kill_node(node)
+        cluster.wait_nodes({"head", *cluster.workers})
+        cluster.add_worker(node, WORKER_CPUS)
+        assert proc.wait(400) == 0, log.read_text()[-4000:]
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _restore(cluster)
+    after = _cached_speech(out)
+    assert 1 <= len(done) < 4, done  # the kill cut a transcription short, with another already done
+    assert len(after) == 4 and {k: after[k] for k in done} == done, (done, after)  # done before the kill: kept
+    rows = pq.read_table(out, columns=["id", "error", "transcript"]).to_pylist()
+    assert [r for r in rows if r["error"]] == [] and len({r["id"] for r in rows}) == len(rows)
+    assert {r["id"].split("#")[0] for r in rows} == {p.name for p in src.iterdir()}
+    assert item.removeprefix("speech:") in {r["id"].split("#")[0] for r in rows}
+    printed = log.read_text()
+    assert "worked on again after the worker on them died" in printed, printed[-3000:]
 
 # A training driver of the cluster: the sample MELD data, text alone (frozen MiniLM, cached features), two
 # Ray Train workers that each need a whole worker node (2 CPUs), so they run on different nodes.
