@@ -130,7 +130,8 @@ def recalibrate_top(probs: np.ndarray, slope: float, intercept: float) -> np.nda
     runner_up = np.sort(p, axis=1)[:, -2] if p.shape[1] > 1 else np.zeros(len(p))
     c = 1.0 / (1.0 + np.exp(-(slope * _logit(p_top) + intercept)))
     rest = np.clip(1.0 - p_top, 1e-12, None)
-    c = np.clip(np.maximum(c, runner_up / (rest + runner_up)), 0.0, 1.0 - 1e-7)
+    # at least the share where top and runner-up tie, plus a hair so that argmax keeps the top
+    c = np.clip(np.maximum(c, runner_up / (rest + runner_up) + 1e-6), 0.0, 1.0 - 1e-7)
     out = p * ((1.0 - c) / rest)[:, None]
     out[rows, top] = c
     return out

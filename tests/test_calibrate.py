@@ -83,12 +83,13 @@ def test_top_label_step_fixes_what_temperature_cannot_on_data_held_aside():
 
 
 def test_top_label_step_keeps_the_class_and_the_proportions():
-    probs = np.array([[0.40, 0.35, 0.25], [0.90, 0.06, 0.04]])
+    probs = np.array([[0.40, 0.35, 0.25], [0.90, 0.06, 0.04], [0.35, 0.25, 0.40]])
     out = calibrate.recalibrate_top(probs, slope=1.0, intercept=-2.0)  # pulls every top probability down
     # row 0: sigmoid(logit(0.4) - 2) = 0.083 would fall under the runner-up; floored where the two tie
-    assert out[0, 0] == pytest.approx(0.35 / (0.60 + 0.35)) and out[0, 0] == pytest.approx(out[0, 1])
+    assert out[0, 0] == pytest.approx(0.35 / (0.60 + 0.35), abs=1e-5) == pytest.approx(out[0, 1], abs=1e-5)
+    assert out.argmax(1).tolist() == [0, 0, 2]  # a tie at the floor never hands the label to an earlier class
     assert out[1, 0] == pytest.approx(1 / (1 + np.exp(-(np.log(9) - 2))))
-    assert out[1, 1] / out[1, 2] == pytest.approx(0.06 / 0.04) and out.sum(1) == pytest.approx([1, 1])
+    assert out[1, 1] / out[1, 2] == pytest.approx(0.06 / 0.04) and out.sum(1) == pytest.approx([1, 1, 1])
 
 
 def test_threshold_and_coverage():
