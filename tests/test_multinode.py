@@ -17,6 +17,7 @@ import subprocess
 import sys
 import threading
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 import mediagen
@@ -67,6 +68,28 @@ def _restore(cluster: raycluster.LocalCluster) -> None:
     """Both worker nodes up again, for the next test, whatever this one killed."""
     for name in sorted({"node_a", "node_b"} - set(cluster.workers)):
         cluster.add_worker(name, WORKER_CPUS)
+
+
+def _replace_node_then_finish(cluster: raycluster.LocalCluster, node: str, proc: subprocess.Popen, log: Path,
+                              timeout: float) -> None:
+    """SIGKILL `node` as a machine dies; once the cluster has seen the death, a node of the same
+    name comes back (as an autoscaler or a spot pool replaces it); then the driver must finish."""
+    cluster.kill_node(node)
+    cluster.wait_nodes({"head", *cluster.workers})
+    cluster.add_worker(node, WORKER_CPUS)
+    assert proc.wait(timeout) == 0, log.read_text()[-4000:]
+
+
+@contextmanager
+def _driving(cluster: raycluster.LocalCluster, proc: subprocess.Popen):
+    """Kill the driver if the test leaves it running; both worker nodes are up again afterwards."""
+    try:
+        yield
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        _restore(cluster)
 
 
 def _rows(out: Path) -> list[dict]:
@@ -155,18 +178,10 @@ def test_label_survives_a_worker_node_killed_mid_run(cluster, archive, tiny_chec
     proc = _driver(cluster, ["label", str(src), "--checkpoint", str(tiny_checkpoint), "--output",
                              f"file://{out}", "--batch-size", "1", "--decode-batch-size", "1",
                              "--rows-per-file", "1"], log)
-    try:
+    with _driving(cluster, proc):
         node, caught = _wait(lambda: _decoding(cluster, out, "long"), 300, "a long decode on a worker node", proc,
                              log)
-        cluster.kill_node(node)
-        cluster.wait_nodes({"head", *cluster.workers})
-        cluster.add_worker(node, WORKER_CPUS)
-        assert proc.wait(400) == 0, log.read_text()[-4000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        _restore(cluster)
+        _replace_node_then_finish(cluster, node, proc, log, 400)
     rows = _rows(out)
     ids = [r["id"] for r in rows]
     assert sorted(ids) == sorted(p.name for p in src.iterdir()), log.read_text()[-3000:]
@@ -198,22 +213,14 @@ def test_label_utterances_transcribe_nothing_twice_when_a_node_dies(cluster, tin
     proc = _driver(cluster, ["label", str(src), "--checkpoint", str(tiny_checkpoint), "--utterances", "on",
                              "--asr-actors", "2,2", "--speakers", "off", "--faces", "off",
                              "--output", f"file://{out}"], log)
-    try:
+    with _driving(cluster, proc):
         def transcribing_after_one_is_done():
             done = _cached_speech(out)
             busy = _decoding(cluster, out, "speech:") if done else None
             return (busy, done) if busy else None
         (node, item), done = _wait(transcribing_after_one_is_done, 400, "a talk transcribed and another in progress",
                                    proc, log)
-        cluster.kill_node(node)
-        cluster.wait_nodes({"head", *cluster.workers})
-        cluster.add_worker(node, WORKER_CPUS)
-        assert proc.wait(400) == 0, log.read_text()[-4000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        _restore(cluster)
+        _replace_node_then_finish(cluster, node, proc, log, 400)
     after = _cached_speech(out)
     assert 1 <= len(done) < 4, done  # the kill cut a transcription short, with another already done
     assert len(after) == 4 and {k: after[k] for k in done} == done, (done, after)  # done before the kill: kept
@@ -270,22 +277,14 @@ def test_train_resumes_from_its_checkpoint_when_a_workers_node_dies(cluster, sam
 
     proc, log = _train(cluster, tmp_path, "killed", sample_root)
     pids, run_dir = tmp_path / "killed" / "pids", tmp_path / "store" / "killed"
-    try:
+    with _driving(cluster, proc):
         _wait(lambda: (run_dir / "epoch_001").is_dir() and (pids / "rank1.pid").is_file(), 600,
               "epoch 1's checkpoint", proc, log)
         pid = int((pids / "rank1.pid").read_text())
         nodes = {cluster.node_of(pid), cluster.node_of(int((pids / "rank0.pid").read_text()))}
         assert nodes == {"node_a", "node_b"}, nodes  # one worker per node
         node = cluster.node_of(pid)
-        cluster.kill_node(node)
-        cluster.wait_nodes({"head", *cluster.workers})
-        cluster.add_worker(node, WORKER_CPUS)
-        assert proc.wait(600) == 0, log.read_text()[-4000:]
-    finally:
-        if proc.poll() is None:
-            proc.kill()
-            proc.wait()
-        _restore(cluster)
+        _replace_node_then_finish(cluster, node, proc, log, 600)
     killed = _result(log)
     assert int((pids / "rank1.pid").read_text()) != pid, "rank 1 was not restarted"
     assert [h["epoch"] for h in killed["history"]] == [1, 2, 3]  # resumed, not restarted: each epoch once
