@@ -50,16 +50,8 @@ def temperature_isotonic(z, y):
 
     def apply(q):
         p = C.softmax(q, t)
-        return _with_top(p, iso.predict(p.max(1)))
+        return C.with_top_probability(p, iso.predict(p.max(1)))
     return apply
-
-
-def _with_top(p: np.ndarray, c: np.ndarray) -> np.ndarray:
-    """p [N, K] with the top probability set to c [N] and the others sharing the rest."""
-    rows, top = np.arange(len(p)), p.argmax(1)
-    out = p * ((1 - c) / np.clip(1 - p[rows, top], 1e-12, None))[:, None]
-    out[rows, top] = c
-    return out
 
 
 def temperature_top_label(z, y):

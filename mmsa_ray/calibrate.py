@@ -124,16 +124,21 @@ def recalibrate_top(probs: np.ndarray, slope: float, intercept: float) -> np.nda
     intercept), never below what keeps it the top class, the others rescaled to share the rest
     in their proportions. float64 [N, K]."""
     p = np.asarray(probs, dtype=np.float64)
-    rows = np.arange(len(p))
-    top = p.argmax(axis=1)
-    p_top = p[rows, top]
+    p_top = p.max(axis=1)
     runner_up = np.sort(p, axis=1)[:, -2] if p.shape[1] > 1 else np.zeros(len(p))
     c = 1.0 / (1.0 + np.exp(-(slope * _logit(p_top) + intercept)))
-    rest = np.clip(1.0 - p_top, 1e-12, None)
     # at least the share where top and runner-up tie, plus a hair so that argmax keeps the top
-    c = np.clip(np.maximum(c, runner_up / (rest + runner_up) + 1e-6), 0.0, 1.0 - 1e-7)
-    out = p * ((1.0 - c) / rest)[:, None]
-    out[rows, top] = c
+    floor = runner_up / (np.clip(1.0 - p_top, 1e-12, None) + runner_up) + 1e-6
+    return with_top_probability(p, np.clip(np.maximum(c, floor), 0.0, 1.0 - 1e-7))
+
+
+def with_top_probability(probs: np.ndarray, top: np.ndarray) -> np.ndarray:
+    """probs [N, K] with each row's top probability set to top [N] and the other classes
+    rescaled to share 1 - top in their proportions. float64 [N, K]."""
+    p = np.asarray(probs, dtype=np.float64)
+    rows, k = np.arange(len(p)), p.argmax(axis=1)
+    out = p * ((1.0 - top) / np.clip(1.0 - p[rows, k], 1e-12, None))[:, None]
+    out[rows, k] = top
     return out
 
 

@@ -27,7 +27,6 @@ import raycluster
 import requests
 
 from mmsa_ray.batch.attempts import ATTEMPTS_DIR
-from mmsa_ray.batch.utterances import SPEECH_DIR
 
 pytestmark = [pytest.mark.slow, pytest.mark.multinode]
 
@@ -192,14 +191,9 @@ def test_label_survives_a_worker_node_killed_mid_run(cluster, archive, tiny_chec
 
 
 
-def _cached_speech(out: Path) -> dict[str, int]:
-    """{file: mtime_ns} of the speech stage's per-file results under OUT (what a retry reads
-    instead of transcribing again)."""
-    return {p.name: p.stat().st_mtime_ns for p in (out / SPEECH_DIR).rglob("*.parquet")
-            if not p.name.endswith(".speakers.parquet")}
-
-
 def test_label_utterances_transcribe_nothing_twice_when_a_node_dies(cluster, tiny_checkpoint, tmp_path):
+    from test_utterances import cache_files  # {speech cache file: mtime_ns} under OUT
+
     """label with speech recognition across the worker nodes (--utterances on, two speech
     actors): once one file's speech is done, the node transcribing another is killed and comes
     back. The files already done are not transcribed again (their results, written before their
@@ -215,16 +209,16 @@ def test_label_utterances_transcribe_nothing_twice_when_a_node_dies(cluster, tin
                              "--output", f"file://{out}"], log)
     with _driving(cluster, proc):
         def transcribing_after_one_is_done():
-            done = _cached_speech(out)
+            done = cache_files(out)
             busy = _decoding(cluster, out, "speech:") if done else None
             return (busy, done) if busy else None
         (node, item), done = _wait(transcribing_after_one_is_done, 400, "a talk transcribed and another in progress",
                                    proc, log)
         _replace_node_then_finish(cluster, node, proc, log, 400)
-    after = _cached_speech(out)
+    after = cache_files(out)
     assert 1 <= len(done) < 4, done  # the kill cut a transcription short, with another already done
     assert len(after) == 4 and {k: after[k] for k in done} == done, (done, after)  # done before the kill: kept
-    rows = pq.read_table(out, columns=["id", "error", "transcript"]).to_pylist()
+    rows = _rows(out)
     assert [r for r in rows if r["error"]] == [] and len({r["id"] for r in rows}) == len(rows)
     assert {r["id"].split("#")[0] for r in rows} == {p.name for p in src.iterdir()}
     assert item.removeprefix("speech:") in {r["id"].split("#")[0] for r in rows}

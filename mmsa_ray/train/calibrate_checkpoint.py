@@ -46,8 +46,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def describe(record: dict) -> list[str]:
     """One line per head: temperature, top-label step, ECE before and after, the uncertainty threshold."""
-    return [f"{head}: temperature {c['temperature']:.3f}, top {c.get('top_slope', 1):.3f} x logit "
-            f"+ {c.get('top_intercept', 0):.3f}; ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}, "
+    return [f"{head}: temperature {c['temperature']:.3f}, top {c['top_slope']:.3f} x logit "
+            f"+ {c['top_intercept']:.3f}; ECE {c['ece_before']:.4f} -> {c['ece_after']:.4f}, "
             f"NLL {c['nll_before']:.4f} -> {c['nll_after']:.4f}; uncertain below {c['threshold']:.3f} "
             f"(the confident {c['coverage']:.1%} of rows reach accuracy {c['target_accuracy']:.2f})"
             for head, c in record.items() if head in ("emotion", "sentiment")]
