@@ -242,23 +242,26 @@ def expression_inputs(frame: np.ndarray, boxes: list[tuple[float, float, float, 
     """Grey squares around each box of one frame uint8 [3, H, W] -> float32 [N, 1, 64, 64] in [-1, 1]
     (the box made square about its centre, grown by `margin` of its side on each side, the
     part outside the frame filled with the frame's mean grey)."""
-    grey = torch.from_numpy(np.tensordot(np.asarray(_GREY, np.float32), frame.astype(np.float32), axes=1))
-    height, width = grey.shape
+    if not boxes:
+        return torch.zeros((0, 1, EXPRESSION_SIZE, EXPRESSION_SIZE))
+    height, width = frame.shape[1:]
+    # only the squares are made grey; numpy's mean, not a BLAS product, whose idle threads spin
+    fill = sum(w * float(m) for w, m in zip(_GREY, frame.reshape(3, -1).mean(axis=1), strict=True))
+    grey = torch.tensor(_GREY, dtype=torch.float32).view(3, 1, 1)
     out = []
     for x1, y1, x2, y2 in boxes:
         side = max(x2 - x1, y2 - y1) * (1 + 2 * margin)
         cx, cy = (x1 + x2) / 2, (y1 + y2) / 2
         left, top = int(round(cx - side / 2)), int(round(cy - side / 2))
         n = max(int(round(side)), 1)
-        square = torch.full((n, n), float(grey.mean()))
+        square = torch.full((n, n), fill)
         sx, sy = max(left, 0), max(top, 0)
         ex, ey = min(left + n, width), min(top + n, height)
         if ex > sx and ey > sy:
-            square[sy - top:ey - top, sx - left:ex - left] = grey[sy:ey, sx:ex]
+            rgb = torch.from_numpy(np.ascontiguousarray(frame[:, sy:ey, sx:ex])).float()
+            square[sy - top:ey - top, sx - left:ex - left] = (rgb * grey).sum(dim=0)
         out.append(F.interpolate(square[None, None], size=(EXPRESSION_SIZE, EXPRESSION_SIZE), mode="bilinear",
                                  antialias=True, align_corners=False))
-    if not out:
-        return torch.zeros((0, 1, EXPRESSION_SIZE, EXPRESSION_SIZE))
     return (torch.cat(out) / 255.0 - 0.5) * 2.0
 
 
