@@ -47,6 +47,10 @@ class FaceConfig:
     margin: float = 0.1  # share of the face's side added around it before reading its expression
     track_iou: float = 0.3  # a face continues a track when its box overlaps the track's last box this much
     max_gap_frames: int = 1  # sampled frames a track may miss and still continue
+    # Full detection on every Nth sampled frame (a batch's first included); the frames between
+    # re-read the faces of the frame before them with ONet alone: a new face is found at the
+    # next full detection (N / sample_fps s at most), for about half the CPU at N = 2.
+    detect_every: int = 2
 
     def __post_init__(self):
         if not (self.sample_fps > 0 and np.isfinite(self.sample_fps)):
@@ -58,6 +62,8 @@ class FaceConfig:
                              f"got {self.max_side}")
         if not all(0 < t < 1 for t in (*self.thresholds, self.min_score, self.track_iou)):
             raise ValueError("thresholds, min_score and track_iou must be probabilities in (0, 1)")
+        if not (isinstance(self.detect_every, int) and self.detect_every >= 1):
+            raise ValueError(f"detect_every must be a whole number of frames >= 1, got {self.detect_every!r}")
         if not 0 < self.pyramid_factor < 1:
             raise ValueError(f"pyramid_factor must be in (0, 1), got {self.pyramid_factor}")
 
@@ -226,14 +232,84 @@ def detect(frames: np.ndarray, nets: FaceNets, config: FaceConfig | None = None)
         keep = batched_nms(boxes[:, :4], boxes[:, 4], owner, 0.7)
         boxes, owner = _square(_apply_offsets(boxes[keep], offsets[keep])), owner[keep]
     if len(boxes):
-        boxes, owner, (offsets, marks) = _stage(images, boxes, owner, nets.onet, 48, config.thresholds[2])
-        landmarks = _landmarks(boxes, marks).tolist()
-        boxes = _apply_offsets(boxes, offsets)
-        for i in _nms_min(boxes[:, :4].cpu().numpy(), boxes[:, 4].cpu().numpy(), owner.cpu().numpy(), 0.7):
-            x1, y1, x2, y2, score = boxes[i].tolist()
-            if score >= config.min_score:
-                result[int(owner[i])].append(Face((x1, y1, x2, y2), score, [tuple(p) for p in landmarks[i]]))
+        _last_stage(images, boxes, owner, nets, config, result)
     return result
+
+
+def _last_stage(images: torch.Tensor, boxes: torch.Tensor, owner: torch.Tensor, nets: FaceNets, config: FaceConfig,
+                result: list[list[Face]]) -> None:
+    """ONet over square boxes [M, >=4] px of `images` (the frame of each: owner [M]): the faces it
+    confirms, after MTCNN's last NMS and min_score, appended to result[frame], best first."""
+    boxes, owner, (offsets, marks) = _stage(images, boxes, owner, nets.onet, 48, config.thresholds[2])
+    landmarks = _landmarks(boxes, marks).tolist()
+    boxes = _apply_offsets(boxes, offsets)
+    for i in _nms_min(boxes[:, :4].cpu().numpy(), boxes[:, 4].cpu().numpy(), owner.cpu().numpy(), 0.7):
+        x1, y1, x2, y2, score = boxes[i].tolist()
+        if score >= config.min_score:
+            result[int(owner[i])].append(Face((x1, y1, x2, y2), score, [tuple(p) for p in landmarks[i]]))
+
+
+@torch.inference_mode()
+def follow(frames: np.ndarray, before: list[list[Face]], nets: FaceNets, config: FaceConfig) -> list[list[Face]]:
+    """frames uint8 [F, 3, H, W] RGB and, per frame, the faces of the frame sampled just before it
+    -> per frame, those faces found again, best first. First ONet alone re-reads each face's box
+    (made square): enough for a face that moved a little. A face it does not find where the
+    tracker would continue it (IoU >= track_iou) is searched for by full detection in a window
+    three times its side around where it was, for faces from half its size up."""
+    result: list[list[Face]] = [[] for _ in range(len(frames))]
+    pairs = [(k, face.box) for k, faces in enumerate(before) for face in faces]
+    if pairs:
+        images = torch.from_numpy(np.ascontiguousarray(frames)).to(nets.device, torch.float32)
+        boxes = _square(torch.tensor([box for _, box in pairs], dtype=torch.float32, device=nets.device))
+        owner = torch.tensor([k for k, _ in pairs], device=nets.device)
+        _last_stage(images, boxes, owner, nets, config, result)
+    for k, box in pairs:
+        if not any(iou(box, face.box) >= config.track_iou for face in result[k]):
+            result[k] = _best_first(result[k] + _detect_near(frames[k], box, nets, config))
+    return result
+
+
+def _detect_near(frame: np.ndarray, box: tuple[float, float, float, float], nets: FaceNets,
+                 config: FaceConfig) -> list[Face]:
+    """Full detection in the window of one frame uint8 [3, H, W] three times a box's side about
+    its centre, for faces from half its side up; boxes and landmarks in the frame's px."""
+    height, width = frame.shape[1:]
+    side = max(box[2] - box[0], box[3] - box[1])
+    cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
+    left, top = max(int(cx - 1.5 * side), 0), max(int(cy - 1.5 * side), 0)
+    right, bottom = min(int(cx + 1.5 * side) + 1, width), min(int(cy + 1.5 * side) + 1, height)
+    near = dataclasses.replace(config, min_face_px=max(12, int(side / 2)), max_side=max(config.max_side, 2 * side))
+    faces = detect(np.ascontiguousarray(frame[None, :, top:bottom, left:right]), nets, near)[0]
+    for face in faces:
+        face.box = (face.box[0] + left, face.box[1] + top, face.box[2] + left, face.box[3] + top)
+        face.landmarks = [(x + left, y + top) for x, y in face.landmarks]
+    return faces
+
+
+def _best_first(faces: list[Face]) -> list[Face]:
+    """One frame's faces, best score first, without the ones that MTCNN's last NMS would drop
+    (a box mostly inside a better one)."""
+    if len(faces) < 2:
+        return faces
+    boxes, scores = np.array([f.box for f in faces]), np.array([f.score for f in faces])
+    return [faces[i] for i in _nms_min(boxes, scores, np.zeros(len(faces), np.int64), 0.7)]
+
+
+def detect_and_follow(frames: np.ndarray, nets: FaceNets, config: FaceConfig) -> list[list[Face]]:
+    """frames uint8 [F, 3, H, W] RGB in time order -> per frame, its faces: full detection on frames
+    0, N, 2N, ... (N = config.detect_every), and on each frame between, the faces of the frame
+    before it followed (follow). N = 1 detects on every frame."""
+    found: list[list[Face]] = [[] for _ in range(len(frames))]
+    keys = list(range(0, len(frames), config.detect_every))
+    for k, faces in zip(keys, detect(frames[keys], nets, config), strict=True):
+        found[k] = faces
+    for step in range(1, config.detect_every):  # all the frames `step` after a full detection at once
+        between = [k + step for k in keys if k + step < len(frames)]
+        if between:
+            for k, faces in zip(between, follow(frames[between], [found[k - 1] for k in between], nets, config),
+                                strict=True):
+                found[k] = faces
+    return found
 
 
 # ---- expressions ----
@@ -315,7 +391,7 @@ def track(faces_per_frame: list[list[Face]], times: list[float], config: FaceCon
 
 def read_faces(frames: np.ndarray, nets: FaceNets, config: FaceConfig) -> list[list[Face]]:
     """Frames uint8 [F, 3, H, W] RGB -> per frame, its faces with their expression probabilities."""
-    found = detect(frames, nets, config)
+    found = detect_and_follow(np.asarray(frames), nets, config)
     every = [face for faces in found for face in faces]
     if every:  # one batch for all the faces of these frames
         inputs = torch.cat([expression_inputs(frame, [f.box for f in faces], config.margin)

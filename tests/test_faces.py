@@ -13,7 +13,7 @@ import torch
 from safetensors.torch import load_file
 
 from mmsa_ray import face_models
-from mmsa_ray.faces import Face, FaceConfig, detect, faces_in_window, iou, sample_times, track
+from mmsa_ray.faces import Face, FaceConfig, detect, detect_and_follow, faces_in_window, iou, sample_times, track
 from mmsa_ray.labels import EMOTIONS
 from mmsa_ray.media import DecodeConfig, decode_clip
 
@@ -90,6 +90,33 @@ def test_a_clip_without_a_face_has_no_video_signal(tmp_path, nets):
     clip = decode_clip(str(tmp_path / "none.mp4"), config=DecodeConfig(num_frames=4, height=270, width=480))
     assert faces_in_window(clip.frames, clip.frame_times, nets) == {
         "faces": [], "face_count": 0, "face_emotion": None, "face_emotion_probs": None}
+
+
+def test_frames_between_full_detections_follow_the_faces(tmp_path, nets):
+    """detect_every 2: the frames between full detections re-read the faces already found (ONet
+    alone, or detection around where they were when it loses them) and find the same faces as
+    full detection on every frame, also one that moved half its width; a face that comes on
+    screen between full detections is found at the next one."""
+    mediagen.write_faces_video(tmp_path / "two.mp4", heads=2)  # the astronaut moves right and grows
+    frames = decode_clip(str(tmp_path / "two.mp4"), config=DecodeConfig(num_frames=8, height=270, width=480)).frames
+    every = detect_and_follow(frames, nets, FaceConfig(detect_every=1))
+    followed = detect_and_follow(frames, nets, FaceConfig(detect_every=2))
+    assert [len(f) for f in every] == [len(f) for f in followed] == [2] * 8
+    assert followed[0::2] == every[0::2]  # frames 0, 2, ...: full detection, the same faces
+    for full, kept in zip(every[1::2], followed[1::2], strict=True):
+        for a, b in zip(sorted(full, key=lambda f: f.box[0]), sorted(kept, key=lambda f: f.box[0]), strict=True):
+            assert iou(a.box, b.box) > 0.75 and b.score >= 0.9, (a, b)
+
+    astronaut = as_frames(mediagen.skimage_picture("astronaut.png"))  # her face is about 88 px wide
+    moved = np.zeros((2, 3, 512, 640), np.uint8)
+    moved[0, :, :, :512], moved[1, :, :, 45:557] = astronaut[0], astronaut[0]
+    jumped = detect_and_follow(moved, nets, FaceConfig(detect_every=2))
+    assert [len(f) for f in jumped] == [1, 1] and jumped[1][0].box[0] - jumped[0][0].box[0] == pytest.approx(45, abs=3)
+    arriving = np.concatenate([np.zeros_like(astronaut), astronaut, astronaut, astronaut])
+    assert [len(f) for f in detect_and_follow(arriving, nets, FaceConfig(detect_every=2))] == [0, 0, 1, 1]
+    assert [len(f) for f in detect_and_follow(arriving, nets, FaceConfig(detect_every=1))] == [0, 1, 1, 1]
+    with pytest.raises(ValueError, match="detect_every must be a whole number of frames >= 1, got 0"):
+        FaceConfig(detect_every=0)
 
 
 @pytest.mark.parametrize("face_px", [40, 60])

@@ -70,13 +70,15 @@ def test_face_flags(tmp_path, capsys):
     assert tuple(name for name, _ in FACE_FIELDS) == FACE_COLUMNS  # the Parquet columns are the core's
     config = label_job.parse_args([str(tmp_path), "--output", str(tmp_path / "o"), "--faces", "off",
                                    "--face-actors", "1,3", "--face-gpus-per-actor", "0.5", "--face-fps", "1",
-                                   "--min-face", "60", "--face-max-side", "960"])
+                                   "--min-face", "60", "--face-max-side", "960", "--face-detect-every", "3"])
     assert not config.faces.enabled and config.faces.actors == (1, 3) and config.faces.gpus_per_actor == 0.5
     assert config.fuse is None
-    assert (config.faces.face.sample_fps, config.faces.face.min_face_px, config.faces.face.max_side) == (1.0, 60, 960)
+    face = config.faces.face
+    assert (face.sample_fps, face.min_face_px, face.max_side, face.detect_every) == (1.0, 60, 960, 3)
     assert label_job.parse_args([str(tmp_path), "--output", str(tmp_path / "o")]).faces.enabled
     for flags, message in ((["--min-face", "8"], "min_face_px must be at least 12"),
                            (["--face-fps", "0"], "sample_fps must be a positive"),
+                           (["--face-detect-every", "0"], "detect_every must be a whole number of frames >= 1, got 0"),
                            (["--face-max-side", "60"], "max_side must be at least twice min_face_px (80), got 60"),
                            (["--faces", "maybe"], "invalid choice: 'maybe'"),
                            (["--fuse", "text=1,voice=1"], "NAME in ['face', 'text'], got 'voice=1'")):

@@ -126,6 +126,10 @@ def add_face_args(p, d: FaceStageConfig) -> None:
                    help="GPUs per face actor: 0 runs the face networks on CPU (default)")
     g.add_argument("--face-fps", type=float, default=d.face.sample_fps,
                    help=f"frames looked at per second of a row (default {d.face.sample_fps:g})")
+    g.add_argument("--face-detect-every", type=int, default=d.face.detect_every, metavar="N",
+                   help="full face detection on every Nth frame looked at; the frames between follow the faces "
+                   f"already found, a new face is found at the next full detection (default {d.face.detect_every}; "
+                   "1: every frame, about twice the CPU)")
     g.add_argument("--min-face", type=int, default=d.face.min_face_px, metavar="PX",
                    help=f"smallest face searched for, px of the frames read (default {d.face.min_face_px})")
     g.add_argument("--fuse", default=None, metavar="text=1,face=W",
@@ -137,7 +141,8 @@ def add_face_args(p, d: FaceStageConfig) -> None:
 
 def face_stage_from_args(a) -> FaceStageConfig:
     """FaceStageConfig from add_face_args' flags (ValueError for a bad combination)."""
-    face = dataclasses.replace(FaceConfig(), sample_fps=a.face_fps, min_face_px=a.min_face, max_side=a.face_max_side)
+    face = dataclasses.replace(FaceConfig(), sample_fps=a.face_fps, min_face_px=a.min_face, max_side=a.face_max_side,
+                               detect_every=a.face_detect_every)
     return FaceStageConfig(enabled=a.faces == "on", actors=a.face_actors, cpus_per_actor=a.face_cpus_per_actor,
                            gpus_per_actor=a.face_gpus_per_actor, face=face)
 
