@@ -17,6 +17,7 @@ import pytest
 from mmsa_ray.labels import EMOTIONS, SENTIMENTS
 from mmsa_ray.report import html as report
 from mmsa_ray.report import subtitles
+from mmsa_ray.report.summary import summarize
 
 MARKUP = "<b>bold</b> & more --> yes"
 TRANSCRIPTS = {(0.0, 2.0): "I can't believe it!", (2.0, 4.0): MARKUP, (4.0, 6.0): None}
@@ -200,7 +201,7 @@ def test_failures_table_lists_each_error_rows_cause(page, rows):
 
 @pytest.mark.slow
 def test_summary_numbers(rows):
-    s = report.summarize(rows)
+    s = summarize(rows)
     assert (s["rows"], s["files"], s["labeled"], s["failed"]) == (7, 5, 5, 2)
     assert sum(s["emotions"].values()) == 5 and sum(s["sentiments"].values()) == 5
     # audio in all 5 labeled rows, video in the 4 mp4 rows, text in the 3 with a transcript
@@ -248,7 +249,7 @@ def test_rows_without_a_signal_are_shown_as_such_never_as_a_class(tmp_path):
            {**base, "id": "a#t=3,6.5", "start": 3.0, "end": 6.5, "emotion": None, "sentiment": None,
             "emotion_probs": None, "sentiment_probs": None, "modalities": [], "transcript": None,
             "speech": "unrecognized", "no_label_reason": "speech not recognized"}]
-    s = report.summarize(raw)
+    s = summarize(raw)
     assert (s["labeled"], s["no_signal"], s["failed"]) == (1, 2, 1)
     assert (s["unrecognized"], s["unrecognized_s"]) == (1, 3.5)
     assert s["no_signal_reasons"] == [("no speech", 1), ("speech not recognized", 1)]
