@@ -24,7 +24,7 @@ import pytest
 from mmsa_ray import checkpoint
 from mmsa_ray.labels import MODALITIES
 from mmsa_ray.train import driver as train
-from mmsa_ray.train import featurize
+from mmsa_ray.train import featurize, model_args
 from mmsa_ray.train.meld import ClipRecord, read_meld
 
 REPO = Path(__file__).resolve().parents[1]
@@ -38,7 +38,7 @@ def cache_dir(tmp_path_factory):
 @pytest.fixture(scope="module")
 def features(ray_local, sample_root, small_model_config, cache_dir):
     """train + dev of the sample data featurized with all modalities (what train's cached mode reuses)."""
-    model = featurize.build_model(small_model_config, init_seed=0)
+    model = model_args.build_model(small_model_config, init_seed=0)
     out = {}
     for split in ("train", "dev"):
         out[split] = featurize.featurize_records(read_meld(sample_root, split).records, model, split,
@@ -72,7 +72,7 @@ def test_featurize_sample(features, sample_root, small_model_config, cache_dir):
     assert pq.ParquetFile(next(Path(tr.path).glob("*.parquet"))).metadata.row_group(0).num_rows == 64
     assert np.abs(np.asarray(row["video_emb"])).sum() > 0 and np.abs(np.asarray(row["text_emb"])).sum() > 0
     # a second run is a cache hit (no Ray work), and so is a subset of the modalities
-    model = featurize.build_model(small_model_config, init_seed=0)
+    model = model_args.build_model(small_model_config, init_seed=0)
     train_records = read_meld(sample_root, "train").records
     again = featurize.featurize_records(train_records, model, "train", cache_dir=str(cache_dir))
     assert again.reused and again.path == tr.path
@@ -86,7 +86,7 @@ def test_featurize_error_rows_and_text_only(ray_local, sample_root, small_model_
     bad_file.write_bytes(b"\x00\x00\x00\x18ftypmp42 this is not a video")
     bad = ClipRecord(**{**good.__dict__, "id": "dev/dia9_utt9", "path": str(bad_file), "utterance_id": 9})
     none = ClipRecord(**{**good.__dict__, "id": "dev/dia9_utt8", "path": None, "utterance_id": 8})
-    model = featurize.build_model(small_model_config, init_seed=0)
+    model = model_args.build_model(small_model_config, init_seed=0)
     res = featurize.featurize_records([good, bad, none], model, "dev", cache_dir=str(tmp_path / "c"), batch_size=4)
     assert res.rows == 3 and [e["id"] for e in res.errors] == ["dev/dia9_utt9"]
     assert str(bad_file) in res.errors[0]["error"] and "1 failed" in res.summary()

@@ -184,9 +184,9 @@ def _run_dirs(job: JobConfig) -> _RunDirs:
 def _initial_model(model_config, seed: int, run_dir: str):
     """The model every worker starts from, saved to <run_dir>/init_model: frozen trunks as built with seed 0
     (whatever --seed), the trainable parts from `seed`. Returns the model and that path."""
-    from mmsa_ray.train import featurize
+    from mmsa_ray.train import model_args
 
-    model = featurize.build_model(model_config, init_seed=0)
+    model = model_args.build_model(model_config, init_seed=0)
     reset_trainable(model, seed)
     init_model = os.path.join(run_dir, "init_model")
     checkpoint.save(model, init_model)
@@ -363,13 +363,13 @@ def time_summary(info: dict, history: list[dict]) -> str:
 def build_parser() -> argparse.ArgumentParser:
     """`mmsa-ray train`'s flags, in groups; the training defaults are TrainConfig's."""
     from mmsa_ray import console
-    from mmsa_ray.train import featurize
+    from mmsa_ray.train import model_args
 
     p = argparse.ArgumentParser(prog="mmsa-ray train",
                                 description="Train the model data-parallel on Ray Train (cached features by default).")
     _add_data_args(p.add_argument_group("data and workers"))
     _add_optimizer_args(p.add_argument_group("optimisation"), TrainConfig())
-    featurize.add_model_args(p.add_argument_group("model"))
+    model_args.add_model_args(p.add_argument_group("model"))
     _add_output_args(p.add_argument_group("outputs, storage and the feature cache"))
     p.add_argument("--pid-dir", default=None, help=argparse.SUPPRESS)
     console.add_verbose_arg(p)
@@ -452,7 +452,7 @@ def _add_output_args(g) -> None:
 def _configs_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> tuple[JobConfig, TrainConfig, object]:
     """The job, training and model configs of parsed flags; a bad flag is `p.error` (exit 2) before any work."""
     from mmsa_ray.checkpoint import refuse_non_checkpoint
-    from mmsa_ray.train import featurize
+    from mmsa_ray.train import model_args
     from mmsa_ray.train.meld import check_meld_root, default_meld_dir
 
     if args.num_workers < 1:
@@ -477,7 +477,7 @@ def _configs_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
     if unknown:
         p.error(f"--finetune takes text and/or video, got {sorted(unknown)}")
     modalities = parse_modalities(args.modalities)
-    model_config = featurize.model_config_from_args(args, freeze_text="text" not in finetune,
+    model_config = model_args.model_config_from_args(args, freeze_text="text" not in finetune,
                                                     freeze_video="video" not in finetune, modalities=modalities)
     cfg = TrainConfig(
         modalities=modalities, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
