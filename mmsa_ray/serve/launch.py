@@ -14,7 +14,8 @@ from ray.serve import Application
 
 from mmsa_ray import console
 from mmsa_ray.serve.config import DecodeLimits, IngressLimits, ServeConfig, add_serve_args, serve_config_from_args
-from mmsa_ray.serve.deployments import Ingress, Model, Preprocessor, Speech
+from mmsa_ray.serve.deployments import Model, Preprocessor, Speech
+from mmsa_ray.serve.ingress import Ingress
 from mmsa_ray.serve.plan import DeploymentPlan, ResourcePlan, plan_resources
 
 READY_TIMEOUT_S = 120.0  # `mmsa-ray serve` gives up when a deployment has no running replica by then
