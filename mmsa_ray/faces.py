@@ -1,7 +1,9 @@
 """Faces: frames -> faces -> tracks within a row's window -> expression per track.
 
     frames uint8 [F, 3, H, W] RGB at times [F] s
-      ─► detect (MTCNN: an image pyramid through PNet, crops through RNet and ONet)
+      ─► detect (MTCNN: an image pyramid through PNet, crops through RNet and ONet) on every
+         detect_every-th frame; on the frames between, follow the faces found (ONet on their
+         boxes, or MTCNN in a window around a face that moved further)
            per frame: boxes [N, 4] px (x1, y1, x2, y2), scores [N], landmarks [N, 5, 2] px
       ─► expressions (FER-2013 mini-Xception on a grey 64x64 square around each box)
            per face: probabilities [7] in MELD's emotion order
@@ -48,8 +50,8 @@ class FaceConfig:
     track_iou: float = 0.3  # a face continues a track when its box overlaps the track's last box this much
     max_gap_frames: int = 1  # sampled frames a track may miss and still continue
     # Full detection on every Nth sampled frame (a batch's first included); the frames between
-    # re-read the faces of the frame before them with ONet alone: a new face is found at the
-    # next full detection (N / sample_fps s at most), for about half the CPU at N = 2.
+    # follow the faces of the frame before them (follow): a new face is found at the next full
+    # detection (N / sample_fps s later at most), for about half the CPU at N = 2.
     detect_every: int = 2
 
     def __post_init__(self):
@@ -278,7 +280,8 @@ def _detect_near(frame: np.ndarray, box: tuple[float, float, float, float], nets
     cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
     left, top = max(int(cx - 1.5 * side), 0), max(int(cy - 1.5 * side), 0)
     right, bottom = min(int(cx + 1.5 * side) + 1, width), min(int(cy + 1.5 * side) + 1, height)
-    near = dataclasses.replace(config, min_face_px=max(12, int(side / 2)), max_side=max(config.max_side, 2 * side))
+    # max_side only bounds min_face_px here: the window is read as it is
+    near = dataclasses.replace(config, min_face_px=max(12, int(side / 2)), max_side=max(config.max_side, int(side) + 2))
     faces = detect(np.ascontiguousarray(frame[None, :, top:bottom, left:right]), nets, near)[0]
     for face in faces:
         face.box = (face.box[0] + left, face.box[1] + top, face.box[2] + left, face.box[3] + top)
