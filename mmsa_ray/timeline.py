@@ -15,9 +15,13 @@ Timeline rows (JavaScript objects, one per labeled or failed row):
     label   a short text for the tooltip ("joy 0.82 · positive")
     transcript, text_emotion, audio_emotion, video_emotion   shown in the tooltip
     speaker, spc      who speaks (rows with speakers) and how clearly, 0..1
+    face, faces       the main face's expression ("no face" for video without one; null when
+                      faces were not read) and how many faces the row shows
 Two strips share the x axis: emotion above, sentiment below; colour = class, opacity =
-confidence. One mark per row in each strip. Rows with speakers add a third strip on top
-(the spec's usermeta.speaker_strip, put in by web/timeline.js): one colour per speaker.
+confidence. One mark per row in each strip. Rows with faces add a face strip above them, and
+rows with speakers a speaker strip on top (the spec's usermeta.face_strip and speaker_strip,
+put in by web/timeline.js): the face's expression in the emotions' colours, one colour per
+speaker.
 """
 
 from __future__ import annotations
@@ -115,14 +119,42 @@ def speaker_strip():
     )
 
 
+NO_FACE = "no face"  # the face strip's class of a row with video but no face
+FACE_COLOURS = {**{e: EMOTION_COLOURS[e] for e in EMOTIONS}, NO_FACE: "#f0f0f0"}
+
+
+def face_strip():
+    """The face strip: a mark per row whose faces were read, coloured by the main face's
+    expression in the emotions' colours ("no face": near white)."""
+    import altair as alt
+
+    return (
+        alt.Chart(alt.NamedData(name=DATA_NAME))
+        .transform_filter("datum.face != null")
+        .mark_rect(cursor="pointer", stroke="white", strokeWidth=0.5)
+        .encode(x=alt.X("t0:Q", scale=alt.Scale(zero=True, nice=False), axis=None), x2="t1:Q",
+                color=alt.Color("face:N", title="face", scale=alt.Scale(domain=list(FACE_COLOURS),
+                                                                       range=list(FACE_COLOURS.values())),
+                                legend=alt.Legend(orient="top", direction="horizontal", titleOrient="left",
+                                                  symbolType="square", values=[NO_FACE])),
+                tooltip=[alt.Tooltip("face:N", title="main face"), alt.Tooltip("faces:Q", title="faces"),
+                         alt.Tooltip("t0:Q", title="start s", format=".2f"),
+                         alt.Tooltip("transcript:N", title="transcript")])
+        .properties(height=14, width=600, name="face_strip")
+    )
+
+
+def _unit(chart) -> dict:
+    spec = chart.to_dict()
+    return {k: spec[k] for k in ("data", "transform", "mark", "encoding", "height", "width", "name") if k in spec}
+
+
 @functools.cache
 def timeline_spec() -> dict:
-    """The Vega-Lite spec of timeline_chart() as a dict (no rows in it), with the speaker
-    strip's unit spec in usermeta.speaker_strip."""
+    """The Vega-Lite spec of timeline_chart() as a dict (no rows in it), with the face and
+    speaker strips' unit specs in usermeta.face_strip and usermeta.speaker_strip."""
     spec = timeline_chart().to_dict()
-    strip = speaker_strip().to_dict()
-    spec["usermeta"] = {"speaker_strip": {k: strip[k] for k in ("data", "transform", "mark", "encoding", "height",
-                                                                 "width", "name") if k in strip}}
+    spec["usermeta"] = {"face_strip": _unit(face_strip()), "speaker_strip": _unit(speaker_strip())}
     return spec
 
 

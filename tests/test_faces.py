@@ -23,6 +23,17 @@ def nets() -> face_models.FaceNets:
     return face_models.load_face_nets()
 
 
+def thumbnail_pixels(uri: str) -> np.ndarray:
+    """A "data:image/jpeg;base64,..." thumbnail -> float [H, W, 3] RGB."""
+    import base64
+    import io
+
+    from PIL import Image
+
+    assert uri.startswith("data:image/jpeg;base64,")
+    return np.asarray(Image.open(io.BytesIO(base64.b64decode(uri.split(",", 1)[1]))).convert("RGB"), float)
+
+
 def as_frames(picture: np.ndarray) -> np.ndarray:
     """uint8 [H, W, 3] -> uint8 [1, 3, H, W]."""
     return np.ascontiguousarray(picture.transpose(2, 0, 1)[None])
@@ -67,6 +78,13 @@ def test_two_faces_tracked_apart_and_the_smile_reads_joy(tmp_path, nets):
     assert out["face_emotion_probs"] == astronaut["emotion_probs"] and len(astronaut["emotion_probs"]) == len(EMOTIONS)
     assert astronaut["emotion_probs"][EMOTIONS.index("joy")] > 0.9
     assert sum(cameraman["emotion_probs"]) == pytest.approx(1.0, abs=1e-4) and cameraman["emotion"] != "joy"
+    # each track's thumbnail: its largest face as a 40 px JPEG, in colour (the cameraman's photo is grey)
+    spread = []
+    for summary in (astronaut, cameraman):
+        picture = thumbnail_pixels(summary["thumbnail"])
+        assert picture.shape == (40, 40, 3)
+        spread.append(float(np.abs(picture - picture.mean(axis=2, keepdims=True)).mean()))
+    assert spread[0] > 10 > 3 > spread[1], spread
 
 
 def test_a_rotated_phone_video_is_read_upright(tmp_path, nets):

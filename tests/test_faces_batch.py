@@ -45,6 +45,7 @@ def test_label_reads_faces_per_utterance(ray_local, tmp_path, capsys):
         # 2 frames per second over the utterance, every one showing both faces
         assert astronaut["seconds"] == cameraman["seconds"] == pytest.approx(row["end"] - row["start"], abs=0.51)
         assert row["start"] <= astronaut["start"] <= astronaut["end"] <= row["end"]
+        assert all(t["thumbnail"].startswith("data:image/jpeg;base64,") for t in (astronaut, cameraman))
         text, face = (np.clip(np.asarray(row[k], float), 1e-12, 1) for k in ("emotion_probs", "face_emotion_probs"))
         mean = np.sqrt(text * face)  # equal weights: the geometric mean (a probability of 0 floored at 1e-12)
         np.testing.assert_allclose(row["fused_emotion_probs"], mean / mean.sum(), atol=1e-6)
@@ -64,6 +65,7 @@ def test_label_reads_faces_per_utterance(ray_local, tmp_path, capsys):
             "of 3 rows that have both") in page
     assert "4 rows carry a fused emotion" not in page and "6 rows carry a fused emotion (--fuse)" in page
     assert page.count('"face":"joy"') == page.count('"faces":2') == 3 and page.count('"faces":0') == 1
+    assert page.count('"thumbs":["data:image/jpeg;base64,') == 3  # the two tracks' thumbnails of each video row
 
 
 def test_face_flags(tmp_path, capsys):

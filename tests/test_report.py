@@ -494,3 +494,46 @@ def test_speakers_in_the_report_its_subtitles_and_the_browser(tmp_path):
         Select(d.find_element(By.ID, "f-speaker")).select_by_value("spk1")
         browser.wait(d, "document.querySelectorAll('ol.lines li').length === 1", timeout=10, what="the filter")
         assert browser.console_errors(d) == []
+
+
+def test_faces_in_the_report_a_lane_and_thumbnails_in_the_browser(tmp_path):
+    """Rows with faces read (two faces, the main one a real smiling face from scikit-image), a
+    row of video without a face and a row whose faces were not read: the page draws a face
+    lane over the two rows with faces read, and the first row's line shows both tracks'
+    thumbnails as decoded 40 px pictures."""
+    import numpy as np
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from selenium.webdriver.common.by import By
+
+    from mmsa_ray.batch.label import LABEL_SCHEMA
+    from mmsa_ray.face_models import load_face_nets
+    from mmsa_ray.faces import faces_in_window
+
+    astronaut = mediagen.skimage_picture("astronaut.png").transpose(2, 0, 1)[None].copy()
+    seen = faces_in_window(astronaut, np.array([0.5]), load_face_nets())
+    assert seen["face_emotion"] == "joy" and seen["faces"][0]["thumbnail"].startswith("data:image/jpeg;base64,")
+    tracks = [seen["faces"][0], {**seen["faces"][0], "track": 1}]
+    media = mediagen.write_audio(tmp_path / "talk.wav", seconds=6.0, rate=16000, channels=1)
+    faces = [{"faces": tracks, "face_count": 2, "face_emotion": "joy",
+              "face_emotion_probs": tracks[0]["emotion_probs"]}, {"faces": [], "face_count": 0}, {}]
+    rows = [{**_label_row(f"talk.wav#t={a:.3f},{a + 2:.3f}", str(media), a, a + 2.0, transcript="Hello."), **f}
+            for a, f in zip((0.0, 2.0, 4.0), faces, strict=True)]
+    labels, out = tmp_path / "labels", tmp_path / "report"
+    labels.mkdir()
+    pq.write_table(pa.Table.from_pylist(rows, schema=LABEL_SCHEMA), labels / "part-00000.parquet")
+    report.make_report(report.ReportConfig(labels=str(labels), output=str(out)))
+
+    with browser.chrome() as d:
+        d.get((out / "index.html").as_uri())
+        d.execute_async_script("const done = arguments[0]; window.mmsaReportReady.then(() => done(true))")
+        browser.wait(d, "document.querySelectorAll('.timeline svg g.mark-rect').length === 3", what="the timeline")
+        strips = d.find_elements(By.CSS_SELECTOR, ".timeline svg g.mark-rect")
+        assert [len(g.find_elements(By.TAG_NAME, "path")) for g in strips] == [2, 3, 3]  # the face lane on top
+        lines = d.find_elements(By.CSS_SELECTOR, "ol.lines li")
+        assert [e.text for e in lines[1].find_elements(By.CSS_SELECTOR, ".face")] == ["no face"]
+        pictures = lines[0].find_elements(By.CSS_SELECTOR, ".thumbs img")
+        assert [p.get_attribute("alt") for p in pictures] == ["main face", "face 2"]
+        browser.wait(d, "Array.from(document.querySelectorAll('.thumbs img')).every(i => i.complete)", what="thumbs")
+        assert [d.execute_script("return arguments[0].naturalWidth", p) for p in pictures] == [40, 40]
+        assert not lines[2].find_elements(By.CSS_SELECTOR, ".thumbs, .face")

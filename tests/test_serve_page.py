@@ -85,9 +85,10 @@ def test_upload_shows_timeline_and_modalities(server, clips, tmp_path):
     with browser.chrome() as d:
         d.get(f"{server}/")
         assert _upload(d, clips["av"], transcript) == "done", d.find_element(By.ID, "error").text
-        # one whole-clip row: one bar per strip, coloured as the API's classes, spanning the clip
+        # one whole-clip row: one bar per strip (the face lane's says "no face"), coloured as the
+        # API's classes, spanning the clip
         strips = d.find_elements(By.CSS_SELECTOR, "#timeline svg g.mark-rect")
-        assert [len(g.find_elements(By.TAG_NAME, "path")) for g in strips] == [1, 1]
+        assert [len(g.find_elements(By.TAG_NAME, "path")) for g in strips] == [1, 1, 1]
         head = d.find_element(By.ID, "result-head").text
         assert want["emotion"] in head and want["sentiment"] in head
         labels = [c.text for c in d.find_elements(By.CSS_SELECTOR, "#lines li .chip")]

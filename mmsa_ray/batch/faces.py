@@ -31,6 +31,7 @@ FACE_TRACK_TYPE = pa.struct([
     ("score", pa.float32()),  # mean detection probability
     ("emotion", pa.string()),  # top expression (labels.EMOTIONS)
     ("emotion_probs", pa.list_(pa.float32())),  # mean over its frames, labels.EMOTIONS order
+    ("thumbnail", pa.string()),  # the largest face, 40 x 40 px, as a JPEG data URI (about 1.5 KB)
 ])
 FACE_FIELDS = [
     ("faces", pa.list_(FACE_TRACK_TYPE)),  # every face track of the row, main face first; null: no video

@@ -12,7 +12,8 @@ import html
 from collections import Counter
 from typing import Any
 
-COLUMNS = ("face_count", "face_emotion", "fused_emotion", "face_error")  # what the report reads of label's face columns
+# what the report reads of label's face columns (faces: each track's thumbnail)
+COLUMNS = ("faces", "face_count", "face_emotion", "fused_emotion", "face_error")
 
 
 def face_summary(raw: list[dict[str, Any]]) -> dict[str, Any] | None:

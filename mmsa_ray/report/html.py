@@ -232,6 +232,10 @@ def _page_row(r: dict[str, Any], fallback_end: float | None, archive: dict[tuple
         row["spc"] = _round(r.get("speaker_confidence"))
     if r.get("face_count") is not None:  # faces were read: how many, and the main face's expression
         row["faces"], row["face"], row["fused"] = r["face_count"], r.get("face_emotion"), r.get("fused_emotion")
+        # each track's thumbnail, main face first (a JPEG of about 1.5 KB; rows written before them have none)
+        thumbs = [t["thumbnail"] for t in r.get("faces") or () if t.get("thumbnail")]
+        if thumbs:
+            row["thumbs"] = thumbs
     return row
 
 

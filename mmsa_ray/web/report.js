@@ -106,6 +106,9 @@
       r.driver ? el("span", { class: "conf driver", text: "from " + r.driver }) : null,
       r.face ? el("span", { class: "conf face", text: "face " + r.face + (r.faces > 1 ? " (" + r.faces + " faces)" : "") }) : null,
       r.faces === 0 ? el("span", { class: "conf face", text: "no face" }) : null,
+      r.thumbs ? el("span", { class: "thumbs" }, r.thumbs.map(function (src, k) {
+        return el("img", { src: src, alt: k ? "face " + (k + 1) : "main face", title: k ? "face " + (k + 1) : "main face" });
+      })) : null,
       r.fused ? el("span", { class: "conf fused", text: "fused " + r.fused }) : null,
       r.sc != null ? el("span", { class: "conf", text: r.sc.toFixed(2) }) : null,
       r.eu || r.su ? el("span", { class: "conf", text: "uncertain" }) : null,

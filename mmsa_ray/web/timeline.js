@@ -19,6 +19,7 @@
     return SPEAKER_COLOURS[h % SPEAKER_COLOURS.length];
   };
   const top = (probs) => (probs && probs.length ? Math.max.apply(null, probs) : null);
+  const faceCount = (r) => (r.face_count != null ? r.face_count : typeof r.faces === "number" ? r.faces : null);
 
   // A label row (report row or the API's JSON) -> a timeline row (fields in timeline.py).
   window.mmsaTimelineRow = function (r, i) {
@@ -42,6 +43,9 @@
       text_emotion: r.text_emotion || "absent", audio_emotion: r.audio_emotion || "absent",
       video_emotion: r.video_emotion || "absent",
       speaker: r.who || r.speaker || null,
+      // report rows carry faces as a count; the API's rows as face_count (and faces: the tracks)
+      faces: faceCount(r),
+      face: faceCount(r) == null ? null : faceCount(r) === 0 ? "no face" : (r.face_emotion || r.face || null),
       spc: r.spc != null ? r.spc : (r.speaker_confidence != null ? r.speaker_confidence : 1),
     };
   };
@@ -51,6 +55,9 @@
   window.mmsaTimeline = function (el, rows, opts) {
     opts = opts || {};
     const spec = JSON.parse(JSON.stringify(SPEC));
+    if (rows.some(function (r) { return r.face != null; })) {  // a lane above the labels: the main face's expression
+      spec.vconcat.unshift(spec.usermeta.face_strip);
+    }
     const speakers = Array.from(new Set(rows.map(function (r) { return r.speaker; }).filter(Boolean))).sort();
     if (speakers.length) {  // a lane on top: who speaks when
       const strip = spec.usermeta.speaker_strip;
