@@ -352,9 +352,11 @@ def test_report_in_headless_chromium(made, page, rows, tmp_path):
         sections = {s.get_attribute("data-file"): s for s in d.find_elements(By.CSS_SELECTOR, "section.file")}
         n_rows = {f["name"]: f["rows"] for f in json.loads(page.scripts["mmsa-data"])["files"]}
         assert set(sections) == set(n_rows)
+        faced = Counter(report.file_name(r["id"]) for r in rows if r["face_count"] is not None)  # video rows
         for name, s in sections.items():
             strips = s.find_elements(By.CSS_SELECTOR, ".timeline svg g.mark-rect")
-            assert [len(g.find_elements(By.TAG_NAME, "path")) for g in strips] == [n_rows[name]] * 2, name
+            lanes = ([faced[name]] if faced[name] else []) + [n_rows[name]] * 2  # a face lane over video files
+            assert [len(g.find_elements(By.TAG_NAME, "path")) for g in strips] == lanes, name
         long = next(s for name, s in sections.items() if name.endswith("long.mp4"))
         video = long.find_element(By.TAG_NAME, "video")
         player = f"document.getElementById('{long.get_attribute('id')}').querySelector('video')"
@@ -369,8 +371,8 @@ def test_report_in_headless_chromium(made, page, rows, tmp_path):
         long.find_element(By.CSS_SELECTOR, 'ol.lines li[data-t0="2"]').click()
         assert d.execute_script("return arguments[0].currentTime", video) == pytest.approx(2.0, abs=0.05)
         assert "selected" in long.find_element(By.CSS_SELECTOR, 'ol.lines li[data-t0="2"]').get_attribute("class")
-        # a timeline mark too: the third emotion mark (4 s to 6 s)
-        mark = long.find_elements(By.CSS_SELECTOR, ".timeline svg g.mark-rect")[0].find_elements(By.TAG_NAME, "path")[2]
+        # a timeline mark too: the third emotion mark (4 s to 6 s), under the face lane
+        mark = long.find_elements(By.CSS_SELECTOR, ".timeline svg g.mark-rect")[1].find_elements(By.TAG_NAME, "path")[2]
         ActionChains(d).move_to_element(mark).click().perform()
         browser.wait(d, f"Math.abs({player}.currentTime - 4) < 0.05", timeout=10, what="the mark click to seek")
         drivers = [e.text for e in d.find_elements(By.CSS_SELECTOR, "ol.lines li .driver")]
