@@ -35,7 +35,7 @@ FER_TO_MELD = {"angry": "anger", "disgust": "disgust", "fear": "fear", "happy": 
 _FER_COLUMNS_IN_MELD_ORDER = [FER_CLASSES.index(next(f for f, m in FER_TO_MELD.items() if m == e)) for e in EMOTIONS]
 _GREY = (0.299, 0.587, 0.114)  # ITU-R BT.601 luma, as FER-2013's faces were made
 CHUNK_S = 8.0  # a row's frames are decoded this many seconds at a time: a long row never holds them all
-THUMBNAIL_PX = 40  # side of a track's thumbnail (a JPEG of about 1 KB in the row)
+THUMBNAIL_PX = 40  # side of a track's thumbnail (a JPEG data URI of about 1.5 KB in the row)
 FACE_COLUMNS = ("faces", "face_count", "face_emotion", "face_emotion_probs", "face_error")  # what a row gets
 
 
@@ -327,6 +327,8 @@ def _face_squares(frame: np.ndarray, boxes: list[tuple[float, float, float, floa
     """RGB squares around each box of one frame uint8 [3, H, W] -> float32 [3, n, n] each (the box
     made square about its centre, grown by `margin` of its side on each side, the part outside
     the frame filled with the frame's mean colour)."""
+    if not boxes:  # most frames of a face-free video: not even the frame's mean
+        return []
     height, width = frame.shape[1:]
     # numpy's mean, not a BLAS product: OpenBLAS's idle threads spin beside the networks
     fill = torch.from_numpy(frame.reshape(3, -1).mean(axis=1)).float().view(3, 1, 1)

@@ -32,6 +32,7 @@
     const t0 = r.t0 != null ? r.t0 : (r.start || 0);
     let t1 = r.t1 != null ? r.t1 : r.end;
     if (t1 == null || !(t1 > t0)) t1 = t0 + 1;
+    const faces = faceCount(r);
     return {
       i: r.i != null ? r.i : i, t0: t0, t1: t1,
       emotion: failed ? "failed" : nosignal ? "no signal" : r.emotion, ec: ec,
@@ -44,8 +45,8 @@
       video_emotion: r.video_emotion || "absent",
       speaker: r.who || r.speaker || null,
       // report rows carry faces as a count; the API's rows as face_count (and faces: the tracks)
-      faces: faceCount(r),
-      face: faceCount(r) == null ? null : faceCount(r) === 0 ? "no face" : (r.face_emotion || r.face || null),
+      faces: faces,
+      face: faces == null ? null : faces === 0 ? "no face" : (r.face_emotion || r.face || null),
       spc: r.spc != null ? r.spc : (r.speaker_confidence != null ? r.speaker_confidence : 1),
     };
   };
