@@ -22,6 +22,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "evaluate": ("mmsa_ray.train.evaluate", "metrics, confusion matrices, calibration and a report for a checkpoint"),
     "calibrate": ("mmsa_ray.train.calibrate_checkpoint", "fit a checkpoint's calibration and uncertainty threshold "
                   "on MELD dev"),
+    "average": ("mmsa_ray.train.average", "average the weights of checkpoints trained from one start (a soup)"),
     "transcribe": ("mmsa_ray.batch.transcribe", "transcribe speech into timed utterances as Parquet (Ray Data)"),
     "label": ("mmsa_ray.batch.label", "label a video archive into Parquet (Ray Data)"),
     "serve": ("mmsa_ray.serve.launch", "serve the model over HTTP (Ray Serve), with an upload page at /"),

@@ -139,7 +139,7 @@ def run(job: JobConfig, cfg: TrainConfig, model_config) -> dict:
     dirs = _run_dirs(job)
     cfg.modalities = parse_modalities(cfg.modalities)
     cfg.end_to_end = cfg.end_to_end or bool(cfg.finetune)
-    model, init_model = _initial_model(model_config, cfg.seed, dirs.run_dir)
+    model, init_model = initial_model(model_config, cfg, dirs.run_dir)
 
     records = {split: featurize.meld_records(job.meld_dir, split, job.limit) for split in ("train", "dev")}
     mel_shape = model_config.features.mel_shape
@@ -181,13 +181,14 @@ def _run_dirs(job: JobConfig) -> _RunDirs:
     return _RunDirs(name, storage, run_dir, job.cache_dir or featurize.default_cache_dir(storage))
 
 
-def _initial_model(model_config, seed: int, run_dir: str):
+def initial_model(model_config, cfg: TrainConfig, run_dir: str):
     """The model every worker starts from, saved to <run_dir>/init_model: frozen trunks as built with seed 0
-    (whatever --seed), the trainable parts from `seed`. Returns the model and that path."""
+    (whatever --seed), the trainable parts from cfg.init_seed (cfg.seed when None). Returns the model and
+    that path."""
     from mmsa_ray.train import model_args
 
     model = model_args.build_model(model_config, init_seed=0)
-    reset_trainable(model, seed)
+    reset_trainable(model, cfg.seed if cfg.init_seed is None else cfg.init_seed)
     init_model = os.path.join(run_dir, "init_model")
     checkpoint.save(model, init_model)
     return model, init_model
@@ -426,6 +427,9 @@ def _add_optimizer_args(g, d: TrainConfig) -> None:
                         f"mean of both (default {d.select_on})")
     g.add_argument("--seed", type=int, default=d.seed,
                    help=f"seed of the trainable parts' init, shuffling and dropout (default {d.seed})")
+    g.add_argument("--init-seed", type=int, default=d.init_seed,
+                   help="seed of the trainable parts' init alone (default: --seed); runs that share it start "
+                        "from one point and can be averaged by `mmsa-ray average`")
 
 
 def _add_output_args(g) -> None:
@@ -485,6 +489,7 @@ def _configs_from_args(p: argparse.ArgumentParser, args: argparse.Namespace) -> 
         label_smoothing=args.label_smoothing, class_weighting=args.class_weighting,
         modality_dropout=args.modality_dropout, truncate_future=args.truncate_future,
         speaker_dropout=args.speaker_dropout, patience=args.patience, select_on=args.select_on, seed=args.seed,
+        init_seed=args.init_seed,
         end_to_end=args.end_to_end, finetune=finetune, pid_dir=args.pid_dir,
     )
     job = JobConfig(meld_dir=meld_dir, output=args.output, storage_path=args.storage_path, name=args.name,

@@ -64,7 +64,10 @@ class TrainConfig:
     patience: int = 3  # epochs without dev improvement before stopping (0 = never)
     # dev weighted F1 that picks the best epoch: "emotion", "sentiment" or "mean" of the two heads
     select_on: str = "mean"
-    seed: int = 0
+    seed: int = 0  # shuffling and dropout; also the trainable parts' init unless init_seed says otherwise
+    # the trainable parts' init alone: runs that share it and differ in `seed` start from one point,
+    # so their weights can be averaged (a soup); None = seed
+    init_seed: int | None = None
     end_to_end: bool = False  # stream raw clips (decode+features) instead of cached features
     finetune: tuple[str, ...] = ()  # encoders to unfreeze ("text", "video"); implies end_to_end
     shuffle_buffer: int = 256  # rows in each worker's local shuffle buffer (0 = record order)
