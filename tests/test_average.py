@@ -3,6 +3,8 @@ starts or of different models (no Ray: checkpoints made here)."""
 
 from __future__ import annotations
 
+import json
+
 import pytest
 import torch
 
@@ -14,14 +16,15 @@ from mmsa_ray.train.driver import reset_trainable
 
 def _fine_tuned(start, path, seed: int, init_seed: int | None = None):
     """A copy of the model at `start` whose every trained parameter moved a little (as a run of
-    train --seed `seed` would), optionally re-initialised from `init_seed` first; saved to `path`."""
+    train --finetune text --seed `seed` would: token embeddings and video trunk frozen), optionally
+    re-initialised from `init_seed` first; saved to `path`."""
     model = checkpoint.load(start)
     if init_seed is not None:
         reset_trainable(model, init_seed)
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
-            if not name.startswith("video_backbone."):
+            if not name.startswith(("video_backbone.", "text_encoder.embeddings.")):
                 p.add_(0.05 * p.abs().mean() * torch.randn(p.shape, generator=gen))
     checkpoint.save(model, path)
     return model
@@ -32,15 +35,23 @@ def test_average_is_the_mean_of_runs_from_one_start_and_drops_calibration(tiny_c
     checkpoint.write_calibration(tmp_path / "s1", {"emotion": {"temperature": 1.5}, "sentiment": {"temperature": 1.2}})
     assert start_similarity(runs[0].state_dict(), runs[1].state_dict()) > 0.99
 
-    rc = cli.main(["average", *(str(tmp_path / f"s{s}") for s in (1, 2, 3)), "--output", str(tmp_path / "soup")])
+    rc = cli.main(["average", *(str(tmp_path / f"s{s}") for s in (1, 2, 3)), "--compact",
+                   "--output", str(tmp_path / "soup")])
     assert rc == 0
     assert f"averaged 3 checkpoints into {tmp_path / 'soup'}" in capsys.readouterr().out
     soup = checkpoint.load(tmp_path / "soup").state_dict()
     states = [r.state_dict() for r in runs]
     for name in ("text_encoder.encoder.layer.0.attention.self.query.weight", "fusion.0.weight", "emotion_head.weight",
                  "audio_encoder.conv.0.weight"):
-        torch.testing.assert_close(soup[name], sum(s[name] for s in states) / 3, rtol=0, atol=1e-6)
+        mean = sum(s[name] for s in states) / 3
+        if name.startswith("text_encoder."):  # compact: fine-tuned encoder layers are stored in float16
+            mean = mean.half().float()
+        torch.testing.assert_close(soup[name], mean, rtol=0, atol=1e-6)
     assert not torch.equal(soup["emotion_head.weight"], states[0]["emotion_head.weight"])
+    # what every run shares stays bit for bit, so the compact save leaves it to the base MiniLM
+    words = "text_encoder.embeddings.word_embeddings.weight"
+    assert torch.equal(soup[words], states[0][words])
+    assert words in json.loads((tmp_path / "soup" / "config.json").read_text())["compact"]["base_tensors"]
     assert checkpoint.read_calibration(tmp_path / "soup") is None  # the inputs' calibration does not hold for the mean
 
 

@@ -69,10 +69,18 @@ def average_models(paths: list[str]):
                 f"{path} and {paths[0]} did not start from the same initial weights (cosine similarity of their "
                 f"randomly initialised weights {cos:.2f}, below {SAME_START_COSINE}): their average is no model. "
                 "Train the runs to average with one --init-seed")
-    mean = {k: torch.stack([s[k].float() for s in states]).mean(0).to(v.dtype) if v.is_floating_point() else v
-            for k, v in states[0].items()}
+    mean = {k: _mean([s[k] for s in states]) for k in states[0]}
     models[0].load_state_dict(mean)
     return models[0]
+
+
+def _mean(tensors: list[torch.Tensor]) -> torch.Tensor:
+    """The element-wise mean in float32, cast back; a tensor equal in every run (a frozen layer, an
+    integer counter) is kept bit for bit, so a compact save still finds it equal to the base."""
+    first = tensors[0]
+    if not first.is_floating_point() or all(torch.equal(first, t) for t in tensors[1:]):
+        return first
+    return torch.stack([t.float() for t in tensors]).mean(0).to(first.dtype)
 
 
 def build_parser() -> argparse.ArgumentParser:
