@@ -36,6 +36,10 @@ from mmsa_ray.features import FeatureConfig
 from mmsa_ray.media.types import DecodeConfig
 
 VIDEO_EMB_DIM = 512  # r3d_18's pooled features
+# The model's parts that start from random weights (everything but the pretrained trunks), in the
+# order `train` initialises them from its seed (train.driver.reset_trainable)
+FROM_SCRATCH = ("video_proj", "text_proj", "audio_encoder", "fusion", "emotion_head", "sentiment_head",
+                "modality_heads")
 TEXT_POOLINGS = ("mean", "current", "cls")
 
 

@@ -76,9 +76,10 @@ def reset_trainable(model, seed: int) -> None:
     leaving the frozen (or to-be-finetuned) backbones as built."""
     import torch
 
+    from mmsa_ray.model import FROM_SCRATCH
+
     torch.manual_seed(seed)
-    for m in (model.video_proj, model.text_proj, model.audio_encoder, model.fusion, model.emotion_head,
-              model.sentiment_head, model.modality_heads):
+    for m in (getattr(model, name) for name in FROM_SCRATCH):
         if m is None:  # fusion="late" has no fusion layer or fused heads
             continue
         for sub in m.modules():
