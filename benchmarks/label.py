@@ -125,6 +125,23 @@ def main(argv: list[str] | None = None) -> int:
           f"model {base['model_s'] / len(clips) * 1e3:.0f} ms",
           flush=True)
 
+    summary = ray_run(args, checkpoint, clips, tmp)
+    assert summary.labeled == len(clips), summary
+    ray_rate = len(clips) / summary.seconds
+    print(summary.stats)
+    print(f"ray (2 CPUs): {ray_rate:.2f} clips/s "
+          f"({summary.seconds:.1f} s; listing, planning and model actor start-up included)")
+    steady = steady_rate(tmp / "labels")
+    print(f"ray steady state: {steady:.2f} clips/s "
+          "(rows after the first model batch / time between first and last batch)")
+    print(f"ratio ray / loop: {ray_rate / base['clips_per_s']:.2f} end to end, "
+          f"{steady / base['clips_per_s']:.2f} steady state (target >= 1.6)")
+    return 0
+
+
+def ray_run(args, checkpoint: Path, clips: list[Path], tmp: Path):
+    """`label` of the clips on a local Ray of 2 CPUs, after a warm-up run on a few copies;
+    the timed run's LabelSummary."""
     import ray
 
     from mmsa_ray.batch import label
@@ -153,17 +170,7 @@ def main(argv: list[str] | None = None) -> int:
         summary = label.label(config(clips[0].parent, tmp / "labels"))
     finally:
         ray.shutdown()
-    assert summary.labeled == len(clips), summary
-    ray_rate = len(clips) / summary.seconds
-    print(summary.stats)
-    print(f"ray (2 CPUs): {ray_rate:.2f} clips/s "
-          f"({summary.seconds:.1f} s; listing, planning and model actor start-up included)")
-    steady = steady_rate(tmp / "labels")
-    print(f"ray steady state: {steady:.2f} clips/s "
-          "(rows after the first model batch / time between first and last batch)")
-    print(f"ratio ray / loop: {ray_rate / base['clips_per_s']:.2f} end to end, "
-          f"{steady / base['clips_per_s']:.2f} steady state (target >= 1.6)")
-    return 0
+    return summary
 
 
 def compare_starter(full: Path, clips: list[Path], batch_size: int) -> int:

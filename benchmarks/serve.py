@@ -239,7 +239,7 @@ def speech_section(args) -> None:
           f"{f', other codes {other}' if other else ''}; the next upload: HTTP {after.status_code}")
 
 
-def main() -> None:
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--section", choices=("model", "speech"), default="model",
                         help="model: clips with a transcript, batching off and on (default); speech: uploads "
@@ -255,7 +255,25 @@ def main() -> None:
     parser.add_argument("--batch-wait-timeout-s", type=float, default=0.02)
     parser.add_argument("--num-gpus", type=float, default=None,
                         help="GPUs per model replica (default: 1 if CUDA is available)")
-    args = parser.parse_args()
+    return parser
+
+
+def _print_results(results: dict[tuple[str, int], dict[str, float]], baseline: float, clients: list[int]) -> None:
+    """The latency and throughput table of the batching runs, and the two ratios the targets name."""
+    print(f"\n{'mode':<10} {'clients':>7} {'n':>4} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>7} {'p50/in-proc':>12}")
+    for (label, n_clients), r in results.items():
+        print(f"{label:<10} {n_clients:>7} {r['n']:>4} {r['p50'] * 1000:>9.1f} {r['p95'] * 1000:>9.1f}"
+              f" {r['rps']:>7.2f} {r['p50'] / baseline:>12.2f}")
+    lo, hi = min(clients), max(clients)
+    print(f"\np50 at {lo} client / in-process: unbatched {results[('unbatched', lo)]['p50'] / baseline:.2f}, "
+          f"batched {results[('batched', lo)]['p50'] / baseline:.2f}  (target <= 1.25)")
+    print(f"req/s at {hi} clients, batched / unbatched: "
+          f"{results[('batched', hi)]['rps'] / results[('unbatched', hi)]['rps']:.2f}  "
+          f"(target >= 1.5 on GPU, >= 1.0 on CPU)")
+
+
+def main() -> None:
+    args = _parser().parse_args()
     if args.section == "speech":
         speech_section(args)
         return
@@ -304,16 +322,7 @@ def main() -> None:
         serve.shutdown()
         ray.shutdown()
 
-    print(f"\n{'mode':<10} {'clients':>7} {'n':>4} {'p50 ms':>9} {'p95 ms':>9} {'req/s':>7} {'p50/in-proc':>12}")
-    for (label, clients), r in results.items():
-        print(f"{label:<10} {clients:>7} {r['n']:>4} {r['p50'] * 1000:>9.1f} {r['p95'] * 1000:>9.1f}"
-              f" {r['rps']:>7.2f} {r['p50'] / baseline:>12.2f}")
-    lo, hi = min(args.clients), max(args.clients)
-    print(f"\np50 at {lo} client / in-process: unbatched {results[('unbatched', lo)]['p50'] / baseline:.2f}, "
-          f"batched {results[('batched', lo)]['p50'] / baseline:.2f}  (target <= 1.25)")
-    print(f"req/s at {hi} clients, batched / unbatched: "
-          f"{results[('batched', hi)]['rps'] / results[('unbatched', hi)]['rps']:.2f}  "
-          f"(target >= 1.5 on GPU, >= 1.0 on CPU)")
+    _print_results(results, baseline, args.clients)
 
 
 if __name__ == "__main__":

@@ -96,8 +96,6 @@ def _timed(fn):
 
 def stage(args) -> None:
     """Ours against WhisperModel.transcribe on the same file, interleaved rounds."""
-    import jiwer
-
     from mmsa_ray.media import probe_duration
     from mmsa_ray.speech import SpeechConfig, SpeechRecognizer
 
@@ -137,27 +135,37 @@ def stage(args) -> None:
                 times[name].append((wall, cpu))
                 print(f"  round {r + 1} {name:6s} wall {wall:6.1f} s (RTF {seconds / wall:5.1f}x)  "
                       f"cpu {cpu:6.1f} s (RTF {seconds / cpu:5.1f}x)")
-        norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
-                              jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
-        wer = jiwer.wer(texts["direct"], texts["ours"], reference_transform=norm, hypothesis_transform=norm)
-        print(f"{'':8s}{'RTF wall min/median':>22s}{'RTF cpu min/median':>22s}")
-        for name, ts in times.items():
-            walls, cpus = [t[0] for t in ts], [t[1] for t in ts]
-            print(f"{name:8s}{seconds / min(walls):10.1f}x /{seconds / statistics.median(walls):6.1f}x"
-                  f"{seconds / min(cpus):14.1f}x /{seconds / statistics.median(cpus):6.1f}x")
-        wall_ratio = min(t[0] for t in times["ours"]) / min(t[0] for t in times["direct"])
-        cpu_ratio = min(t[1] for t in times["ours"]) / min(t[1] for t in times["direct"])
-        print(f"ours/direct cost: wall {wall_ratio:.2f}x, cpu {cpu_ratio:.2f}x (target <= 1.2)")
-        print(f"WER of ours against direct: {wer:.3f} ({len(texts['direct'].split())} words; target <= 0.10)")
-        found = sum(u.end - u.start for u in heard if u.speech == "found")
-        lost = [u for u in heard if u.speech == "unrecognized"]
-        lost_s = sum(u.end - u.start for u in lost)
-        print(f"coverage of ours: {found:.1f} s in utterances with words, {len(lost)} stretches of speech "
-              f"unrecognized ({lost_s:.1f} s): {100 * found / max(found + lost_s, 1e-9):.1f}%")
-        if truth is not None:
-            print("WER against what was said: " + ", ".join(
-                f"{name} {jiwer.wer(truth, texts[name], reference_transform=norm, hypothesis_transform=norm):.3f}"
-                for name in ("ours", "direct")))
+        _stage_report(seconds, times, texts, heard, truth)
+
+
+def _stage_report(seconds: float, times: dict[str, list[tuple[float, float]]], texts: dict[str, str], heard: list,
+                  truth: str | None) -> None:
+    """The stage's table: real-time factors (min and median of the rounds), our cost against
+    faster-whisper's, the WER between the two (and against what was said, when known), and
+    the coverage of our utterances."""
+    import jiwer
+
+    norm = jiwer.Compose([jiwer.ToLowerCase(), jiwer.RemovePunctuation(), jiwer.RemoveMultipleSpaces(),
+                          jiwer.Strip(), jiwer.ReduceToListOfListOfWords()])
+    wer = jiwer.wer(texts["direct"], texts["ours"], reference_transform=norm, hypothesis_transform=norm)
+    print(f"{'':8s}{'RTF wall min/median':>22s}{'RTF cpu min/median':>22s}")
+    for name, ts in times.items():
+        walls, cpus = [t[0] for t in ts], [t[1] for t in ts]
+        print(f"{name:8s}{seconds / min(walls):10.1f}x /{seconds / statistics.median(walls):6.1f}x"
+              f"{seconds / min(cpus):14.1f}x /{seconds / statistics.median(cpus):6.1f}x")
+    wall_ratio = min(t[0] for t in times["ours"]) / min(t[0] for t in times["direct"])
+    cpu_ratio = min(t[1] for t in times["ours"]) / min(t[1] for t in times["direct"])
+    print(f"ours/direct cost: wall {wall_ratio:.2f}x, cpu {cpu_ratio:.2f}x (target <= 1.2)")
+    print(f"WER of ours against direct: {wer:.3f} ({len(texts['direct'].split())} words; target <= 0.10)")
+    found = sum(u.end - u.start for u in heard if u.speech == "found")
+    lost = [u for u in heard if u.speech == "unrecognized"]
+    lost_s = sum(u.end - u.start for u in lost)
+    print(f"coverage of ours: {found:.1f} s in utterances with words, {len(lost)} stretches of speech "
+          f"unrecognized ({lost_s:.1f} s): {100 * found / max(found + lost_s, 1e-9):.1f}%")
+    if truth is not None:
+        print("WER against what was said: " + ", ".join(
+            f"{name} {jiwer.wer(truth, texts[name], reference_transform=norm, hypothesis_transform=norm):.3f}"
+            for name in ("ours", "direct")))
 
 
 def pipeline(args) -> None:
@@ -169,36 +177,21 @@ def pipeline(args) -> None:
 
     from mmsa_ray.batch import label
     from mmsa_ray.batch.utterances import SpeechStageConfig
-    from mmsa_ray.features import collate
-    from mmsa_ray.predict import Predictor
-    from mmsa_ray.speech import SpeechConfig, SpeechRecognizer
+    from mmsa_ray.media import probe_duration
+    from mmsa_ray.speech import SpeechConfig
 
     tmp = Path(tempfile.mkdtemp(prefix="mmsa-bench-utterances-"))
     src = tmp / "talks"
     src.mkdir()
-    audio_s = sum(make_talk(src / f"talk{i}.mp4", args.pipeline_minutes, seed=i) for i in range(args.pipeline_files))
+    for i in range(args.pipeline_files):
+        make_talk(src / f"talk{i}.mp4", args.pipeline_minutes, seed=i)
+    audio_s = sum(probe_duration(str(f)) for f in src.iterdir())
     checkpoint = _checkpoint(args, tmp)
     speech = SpeechConfig(model=args.asr_model, device=args.asr_device, compute_type=args.asr_compute_type,
                           cpu_threads=1)
     print(f"\npipeline: {args.pipeline_files} talks, {audio_s:.0f} s of audio; checkpoint {checkpoint}", flush=True)
 
-    # the loop: one process, one thread for Whisper and torch alike
-    import torch
-
-    torch.set_num_threads(1)
-    recognizer, predictor = SpeechRecognizer(speech), Predictor.from_checkpoint(checkpoint, device="cpu")
-    turns = predictor.feature_config.context_turns if predictor.uses_context else 0
-    t0 = time.perf_counter()
-    n = 0
-    for path in sorted(src.iterdir()):
-        utts = recognizer.transcribe(str(path))
-        feats = [predictor.preprocess(str(path), u.text, u.start, u.end,
-                                      context=[v.text for v in utts[max(0, i - turns):i]] if turns else None)
-                 for i, u in enumerate(utts)]
-        for i in range(0, len(feats), 16):
-            predictor.predict_batch(collate(feats[i:i + 16]))
-        n += len(utts)
-    loop_s = time.perf_counter() - t0
+    n, loop_s = _loop(src, speech, checkpoint)
     print(f"loop (1 CPU): {n} utterances in {loop_s:.1f} s: {n / loop_s:.2f} utterances/s, "
           f"RTF {audio_s / loop_s:.1f}x", flush=True)
 
@@ -222,6 +215,32 @@ def pipeline(args) -> None:
     print(f"ray (2 CPUs): {summary.labeled} utterances in {summary.seconds:.1f} s: {rate:.2f} utterances/s, "
           f"RTF {audio_s / summary.seconds:.1f}x (listing, planning and actor start-up included)")
     print(f"ratio ray / loop: {rate / (n / loop_s):.2f} (utterances: ray {summary.labeled}, loop {n})")
+
+
+def _loop(src: Path, speech, checkpoint: Path) -> tuple[int, float]:
+    """(utterances, seconds) of the pipeline's work done by a plain loop in this process:
+    one thread for Whisper and torch alike, each file transcribed, then its utterances
+    preprocessed with their context and predicted 16 at a time."""
+    import torch
+
+    from mmsa_ray.features import collate
+    from mmsa_ray.predict import Predictor
+    from mmsa_ray.speech import SpeechRecognizer
+
+    torch.set_num_threads(1)
+    recognizer, predictor = SpeechRecognizer(speech), Predictor.from_checkpoint(checkpoint, device="cpu")
+    turns = predictor.feature_config.context_turns if predictor.uses_context else 0
+    t0 = time.perf_counter()
+    n = 0
+    for path in sorted(src.iterdir()):
+        utts = recognizer.transcribe(str(path))
+        feats = [predictor.preprocess(str(path), u.text, u.start, u.end,
+                                      context=[v.text for v in utts[max(0, i - turns):i]] if turns else None)
+                 for i, u in enumerate(utts)]
+        for i in range(0, len(feats), 16):
+            predictor.predict_batch(collate(feats[i:i + 16]))
+        n += len(utts)
+    return n, time.perf_counter() - t0
 
 
 def _checkpoint(args, tmp: Path) -> Path:

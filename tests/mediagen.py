@@ -157,19 +157,8 @@ def write_video(
     n = max(1, round(seconds * fps)) if frame_times is None else len(frame_times)
     rng = np.random.default_rng(seed)
     with av.open(str(path), "w", options=container_options or {}) as container:
-        vs = container.add_stream(codec, rate=fps)
-        vs.width, vs.height = width, height
-        vs.pix_fmt = pix_fmt or _PIX_FMT.get(codec, "yuv420p")
-        vs.codec_context.thread_count = 1
-        if frame_times is not None:
-            vs.codec_context.time_base = fractions.Fraction(1, 1000)
-        opts = {"preset": "veryfast"} if codec == "libx264" else {}
-        if codec == "libvpx-vp9":
-            opts = {"deadline": "realtime", "cpu-used": "8"}
-        opts.update(options or {})
-        vs.options = opts
-        if rotation is not None:
-            vs.set_display_rotation(rotation)
+        vs = _video_stream(container, codec, fps, width, height, pix_fmt, options, rotation,
+                           millisecond_pts=frame_times is not None)
         aus = None
         if audio is not None:
             rate, channels, acodec = audio
@@ -190,6 +179,26 @@ def write_video(
             wave = tone(a_seconds, aus.rate, channels, freq) if audio_samples is None else audio_samples
             _encode_audio(container, aus, wave, round(start * fps) / fps, audio_gaps)
     return path
+
+
+def _video_stream(container, codec: str, fps: fractions.Fraction, width: int, height: int, pix_fmt: str | None,
+                  options: dict[str, str] | None, rotation: float | None, millisecond_pts: bool):
+    """A video stream of `container` set up as write_video asks: fast encoder presets
+    unless `options` say otherwise, one encoder thread, millisecond timestamps for variable
+    frame rates."""
+    vs = container.add_stream(codec, rate=fps)
+    vs.width, vs.height = width, height
+    vs.pix_fmt = pix_fmt or _PIX_FMT.get(codec, "yuv420p")
+    vs.codec_context.thread_count = 1
+    if millisecond_pts:
+        vs.codec_context.time_base = fractions.Fraction(1, 1000)
+    opts = {"preset": "veryfast"} if codec == "libx264" else {}
+    if codec == "libvpx-vp9":
+        opts = {"deadline": "realtime", "cpu-used": "8"}
+    vs.options = {**opts, **(options or {})}
+    if rotation is not None:
+        vs.set_display_rotation(rotation)
+    return vs
 
 
 def _encode_audio(container, stream, samples: np.ndarray, start: float = 0.0,
