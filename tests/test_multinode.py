@@ -385,9 +385,9 @@ def test_serve_keeps_answering_when_a_node_dies(cluster, archive, tiny_checkpoin
 
 def test_jobs_submitted_with_the_token_run_across_the_nodes(cluster, archive, tiny_checkpoint, tmp_path):
     """`ray job submit` to the cluster's head: without the token refused, nothing created; with
-    it, a label job on the cluster, every clip a row. (A train job
-    submitted the same way is test_jobs_submit's, on one node; Ray Train's workers on two nodes
-    are test_train_resumes_from_its_checkpoint_when_a_workers_node_dies's.)"""
+    it, a label job on the cluster, every clip a row. (A train job submitted the same way is
+    test_jobs_submit's, on one node; Ray Train's workers on two nodes are the node-death train
+    test's.)"""
     from test_jobs_submit import Head
 
     head = Head(cluster.dashboard, cluster.token, cluster.root / "home", cluster.base_env)
